@@ -1,0 +1,285 @@
+//! The forwarding decision. A message from origin O on topic T, arriving at
+//! this region X, goes to each child C of X in O's shortest-path tree whose
+//! subtree holds a region that wants T; it is delivered locally if X wants
+//! T. Backstops: never to a region the message already visited, never past
+//! the hop limit.
+//!
+//! Routes are cached per (origin, topic). The cache is tagged with the
+//! versions of the link-state database and the interests it was computed
+//! from and is dropped as a whole when either changes; trees are likewise
+//! rebuilt lazily, once per LSDB version, and only for origins that carry
+//! traffic.
+
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::graph::{RegionGraph, Tree};
+use crate::interest::{Applied, Delta, Snapshot};
+use crate::interests::{DeltaError, Interests};
+use crate::lsdb::{Lsa, LsaLink, LsaOutcome, Lsdb};
+use crate::region::{NodeName, RegionId, RegionIds, RegionName, RegionSet};
+use crate::topic::TopicName;
+
+/// Default hop limit: more than the diameter of any sane deployment, few
+/// enough that a bug cannot keep a message alive for long.
+pub const DEFAULT_HOP_LIMIT: u32 = 16;
+
+/// Most cached routes kept before the cache is emptied and refilled.
+const ROUTE_CACHE_LIMIT: usize = 65_536;
+
+/// Where one message goes from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this region wants the message (publish it to the local broker).
+    pub deliver_local: bool,
+    /// Neighbours to send it to, in name order.
+    pub forward: Vec<RegionName>,
+    /// Neighbours the tree would use but that were skipped because the
+    /// message already visited them (a loop the backstop caught).
+    pub skipped_visited: usize,
+    /// Whether the hop limit stopped forwarding.
+    pub hop_limited: bool,
+}
+
+/// The cached part of a decision: independent of visited list and hops.
+#[derive(Debug, Clone)]
+struct Route {
+    /// Whether this region wants the topic.
+    deliver_local: bool,
+    /// Tree children to forward to.
+    next: Vec<RegionId>,
+}
+
+/// This region's routing brain: the LSDB, everyone's interest, the trees
+/// and the route cache.
+#[derive(Debug)]
+pub struct Router {
+    /// This region.
+    me: RegionName,
+    /// Its id.
+    me_id: RegionId,
+    /// Region ids shared by the matcher and the trees.
+    ids: RegionIds,
+    /// Link state.
+    lsdb: Lsdb,
+    /// Interest of every region.
+    interests: Interests,
+    /// Hop limit for forwarding.
+    hop_limit: u32,
+    /// Graph built from the LSDB at `graph_version`.
+    graph: Option<RegionGraph>,
+    /// LSDB version `graph` and `trees` were built from.
+    graph_version: u64,
+    /// Graph position of each region id (by id index), for the current graph.
+    positions: Vec<Option<usize>>,
+    /// Region id of each graph position.
+    pos_ids: Vec<RegionId>,
+    /// Shortest-path trees computed so far for the current graph, by origin id.
+    trees: FxHashMap<RegionId, Tree>,
+    /// Cached routes.
+    routes: FxHashMap<(RegionId, TopicName), Route>,
+    /// (LSDB version, interests version) the cached routes were computed with.
+    routes_version: (u64, u64),
+    /// Scratch set reused by lookups.
+    scratch: RegionSet,
+    /// Number of tree computations (for metrics and tests).
+    tree_builds: u64,
+}
+
+impl Router {
+    /// A router for region `me`; LSAs not refreshed within `lsa_max_age` age out.
+    pub fn new(me: RegionName, lsa_max_age: Duration) -> Self {
+        let mut ids = RegionIds::default();
+        let me_id = ids.intern(&me);
+        Self {
+            lsdb: Lsdb::new(me.clone(), lsa_max_age),
+            me,
+            me_id,
+            ids,
+            interests: Interests::new(),
+            hop_limit: DEFAULT_HOP_LIMIT,
+            graph: None,
+            graph_version: u64::MAX,
+            positions: Vec::new(),
+            pos_ids: Vec::new(),
+            trees: FxHashMap::default(),
+            routes: FxHashMap::default(),
+            routes_version: (u64::MAX, u64::MAX),
+            scratch: RegionSet::new(),
+            tree_builds: 0,
+        }
+    }
+
+    /// Set the hop limit (at least 1).
+    pub fn with_hop_limit(mut self, hop_limit: u32) -> Self {
+        self.hop_limit = hop_limit.max(1);
+        self
+    }
+
+    /// This region.
+    pub fn me(&self) -> &RegionName {
+        &self.me
+    }
+
+    /// The link-state database.
+    pub fn lsdb(&self) -> &Lsdb {
+        &self.lsdb
+    }
+
+    /// Everyone's interest.
+    pub fn interests(&self) -> &Interests {
+        &self.interests
+    }
+
+    /// How many shortest-path trees have been computed so far.
+    pub fn tree_builds(&self) -> u64 {
+        self.tree_builds
+    }
+
+    /// Replace this region's own LSA; returns it for flooding.
+    pub fn originate(&mut self, now: Instant, links: Vec<LsaLink>, seq_floor: u64) -> Lsa {
+        self.lsdb.originate(now, links, seq_floor)
+    }
+
+    /// Take in a neighbour's LSA.
+    pub fn handle_lsa(&mut self, now: Instant, lsa: Lsa) -> LsaOutcome {
+        self.lsdb.handle_lsa(now, lsa)
+    }
+
+    /// Age out stale LSAs.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<RegionName> {
+        self.lsdb.handle_timeout(now)
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.lsdb.poll_timeout()
+    }
+
+    /// Install a region's interest snapshot.
+    pub fn handle_snapshot(&mut self, snapshot: Snapshot) {
+        self.interests.handle_snapshot(&mut self.ids, snapshot);
+    }
+
+    /// Apply a region's interest delta.
+    pub fn handle_delta(&mut self, region: &RegionName, node: &NodeName, delta: &Delta) -> Result<Applied, DeltaError> {
+        self.interests.handle_delta(&mut self.ids, region, node, delta)
+    }
+
+    /// Forget a (region, node)'s interest table.
+    pub fn remove_interest(&mut self, region: &RegionName, node: &NodeName) {
+        self.interests.remove(&mut self.ids, region, node);
+    }
+
+    /// The current region graph.
+    pub fn graph(&mut self) -> Option<&RegionGraph> {
+        self.refresh_graph();
+        self.graph.as_ref()
+    }
+
+    /// The shortest-path tree of `origin` in the current graph, with the graph.
+    pub fn tree(&mut self, origin: &RegionName) -> Option<(&RegionGraph, &Tree)> {
+        self.refresh_graph();
+        let id = self.ids.get(origin.as_str())?;
+        self.ensure_tree(id)?;
+        Some((self.graph.as_ref()?, self.trees.get(&id)?))
+    }
+
+    fn refresh_graph(&mut self) {
+        if self.graph.is_some() && self.graph_version == self.lsdb.version() {
+            return;
+        }
+        let graph = self.lsdb.graph();
+        self.positions.clear();
+        self.pos_ids.clear();
+        for (pos, name) in graph.regions().iter().enumerate() {
+            let id = self.ids.intern(name);
+            if self.positions.len() <= id.index() {
+                self.positions.resize(id.index() + 1, None);
+            }
+            self.positions[id.index()] = Some(pos);
+            self.pos_ids.push(id);
+        }
+        self.trees.clear();
+        self.graph = Some(graph);
+        self.graph_version = self.lsdb.version();
+    }
+
+    fn position(&self, id: RegionId) -> Option<usize> {
+        self.positions.get(id.index()).copied().flatten()
+    }
+
+    fn ensure_tree(&mut self, origin: RegionId) -> Option<()> {
+        if self.trees.contains_key(&origin) {
+            return Some(());
+        }
+        let graph = self.graph.as_ref()?;
+        let tree = graph.tree(self.ids.name(origin))?;
+        self.tree_builds += 1;
+        self.trees.insert(origin, tree);
+        Some(())
+    }
+
+    /// Where a message from `origin` on `topic` goes from here, given the
+    /// regions it has already visited and the hops it has taken.
+    pub fn decide(&mut self, origin: &RegionName, topic: &TopicName, visited: &[RegionName], hops: u32) -> Decision {
+        let origin_id = self.ids.intern(origin);
+        let route = self.route(origin_id, topic);
+        let mut decision = Decision { deliver_local: route.deliver_local, ..Decision::default() };
+        if route.next.is_empty() {
+            return decision;
+        }
+        if hops >= self.hop_limit {
+            decision.hop_limited = true;
+            return decision;
+        }
+        for id in &route.next {
+            let name = self.ids.name(*id);
+            if visited.contains(name) || name == origin {
+                decision.skipped_visited += 1;
+            } else {
+                decision.forward.push(name.clone());
+            }
+        }
+        decision
+    }
+
+    fn route(&mut self, origin: RegionId, topic: &TopicName) -> Route {
+        self.refresh_graph();
+        let version = (self.lsdb.version(), self.interests.version());
+        if self.routes_version != version || self.routes.len() >= ROUTE_CACHE_LIMIT {
+            self.routes.clear();
+            self.routes_version = version;
+        }
+        if let Some(route) = self.routes.get(&(origin, topic.clone())) {
+            return route.clone();
+        }
+        let route = self.compute_route(origin, topic);
+        self.routes.insert((origin, topic.clone()), route.clone());
+        route
+    }
+
+    fn compute_route(&mut self, origin: RegionId, topic: &TopicName) -> Route {
+        let mut wanting = std::mem::take(&mut self.scratch);
+        wanting.clear();
+        self.interests.wanting_into(topic, &mut wanting);
+        let mut route = Route { deliver_local: wanting.contains(self.me_id), next: Vec::new() };
+        if let (Some(()), Some(me), Some(_)) = (self.ensure_tree(origin), self.position(self.me_id), self.position(origin)) {
+            if let Some(tree) = self.trees.get(&origin) {
+                for region in wanting.iter().filter(|r| *r != self.me_id) {
+                    let Some(pos) = self.position(region) else { continue };
+                    if let Some(child) = tree.child_towards(me, pos) {
+                        let id = self.pos_ids[child];
+                        if !route.next.contains(&id) {
+                            route.next.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        route.next.sort_by(|a, b| self.ids.name(*a).cmp(self.ids.name(*b)));
+        self.scratch = wanting;
+        route
+    }
+}
