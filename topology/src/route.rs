@@ -283,3 +283,94 @@ impl Router {
         route
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interest::InterestVersion;
+    use crate::region::Cost;
+    use crate::topic::TopicFilter;
+
+    fn r(s: &str) -> RegionName {
+        RegionName::new(s).unwrap()
+    }
+    fn link(peer: &str, cost: u64, up: bool) -> LsaLink {
+        LsaLink { peer: r(peer), cost: Cost::new(cost).unwrap(), up }
+    }
+    fn lsa(origin: &str, seq: u64, links: Vec<LsaLink>) -> Lsa {
+        Lsa { origin: r(origin), seq, links }
+    }
+    fn snapshot(region: &str, filters: &[&str]) -> Snapshot {
+        Snapshot {
+            version: InterestVersion { region: r(region), node: NodeName::new("n1").unwrap(), epoch: 1, seq: 0 },
+            filters: filters.iter().map(|f| TopicFilter::new(f).unwrap()).collect(),
+        }
+    }
+
+    /// Triangle a-b-c with a cheap a-b, b-c and an expensive a-c.
+    fn triangle_at(me: &str, ac_up: bool) -> Router {
+        let now = Instant::now();
+        let mut router = Router::new(r(me), Duration::from_secs(60));
+        let all = [
+            lsa("a", 1, vec![link("b", 1, true), link("c", 5, ac_up)]),
+            lsa("b", 1, vec![link("a", 1, true), link("c", 1, true)]),
+            lsa("c", 1, vec![link("a", 5, ac_up), link("b", 1, true)]),
+        ];
+        for l in all {
+            if l.origin.as_str() == me {
+                router.originate(now, l.links, 0);
+            } else {
+                router.handle_lsa(now, l);
+            }
+        }
+        router
+    }
+
+    #[test]
+    fn forwards_along_the_tree_and_reroutes_when_a_link_goes_down() {
+        let mut a = triangle_at("a", true);
+        a.handle_snapshot(snapshot("c", &["t/#"]));
+        let topic = TopicName::new("t/1").unwrap();
+        // a->c costs 5 direct, 2 via b: the tree goes through b.
+        let d = a.decide(&r("a"), &topic, &[r("a")], 0);
+        assert_eq!(d.forward, vec![r("b")]);
+        assert!(!d.deliver_local);
+        let mut b = triangle_at("b", true);
+        b.handle_snapshot(snapshot("c", &["t/#"]));
+        assert_eq!(b.decide(&r("a"), &topic, &[r("a")], 1).forward, vec![r("c")]);
+        // Nobody wants other topics: nothing crosses.
+        assert_eq!(a.decide(&r("a"), &TopicName::new("u").unwrap(), &[], 0), Decision::default());
+
+        // b-c fails: a goes direct to c (new LSAs invalidate the cached route).
+        let now = Instant::now();
+        a.handle_lsa(now, lsa("b", 2, vec![link("a", 1, true), link("c", 1, false)]));
+        assert_eq!(a.decide(&r("a"), &topic, &[r("a")], 0).forward, vec![r("c")]);
+    }
+
+    #[test]
+    fn backstops_visited_and_hop_limit() {
+        let mut b = triangle_at("b", true).with_hop_limit(2);
+        b.handle_snapshot(snapshot("c", &["t"]));
+        let topic = TopicName::new("t").unwrap();
+        let d = b.decide(&r("a"), &topic, &[r("a"), r("c")], 1);
+        assert!(d.forward.is_empty());
+        assert_eq!(d.skipped_visited, 1);
+        let d = b.decide(&r("a"), &topic, &[r("a")], 2);
+        assert!(d.forward.is_empty() && d.hop_limited);
+    }
+
+    #[test]
+    fn interest_changes_invalidate_cached_routes() {
+        let mut a = triangle_at("a", true);
+        let topic = TopicName::new("x/y").unwrap();
+        assert!(a.decide(&r("a"), &topic, &[], 0).forward.is_empty());
+        a.handle_snapshot(snapshot("b", &["x/+"]));
+        a.handle_snapshot(snapshot("a", &["x/#"]));
+        let d = a.decide(&r("a"), &topic, &[], 0);
+        assert_eq!(d.forward, vec![r("b")]);
+        assert!(d.deliver_local);
+        let builds = a.tree_builds();
+        a.decide(&r("a"), &topic, &[], 0);
+        assert_eq!(a.tree_builds(), builds, "trees are cached per LSDB version");
+    }
+}
