@@ -1,1 +1,156 @@
-//! Placeholder
+//! mqlink's configuration: the region YAML parsed into checked types, with
+//! every error naming the file, line and column and what was expected, and
+//! the cross-checks of a whole deployment (several region files at once).
+//!
+//! # Layout
+//!
+//! - [`raw`](crate::raw) (private): the YAML as serde sees it, every value
+//!   spanned with its position (serde-saphyr).
+//! - [`region`]: the checked [`RegionConfig`] and the raw-to-checked
+//!   conversion, which reports every problem in a file, not just the first.
+//! - [`units`]: sizes, durations, endpoints, broker URLs, "did you mean".
+//! - [`deployment`]: whole-deployment checks (links declared on both sides,
+//!   duplicate regions, partitions, single points of failure, export/import
+//!   filters that can never overlap).
+//! - [`diagnostic`]: [`Diagnostic`] (`file:line:column: severity: message`)
+//!   and [`ConfigError`].
+//!
+//! # The region file, and its defaults
+//!
+//! ```yaml
+//! region: eu-west                 # required; a DNS label: a-z, 0-9, '-'
+//! node: eu-west-a                 # default: the machine's hostname
+//! broker:
+//!   url: mqtt://127.0.0.1:1883    # default; mqtts:// for TLS (default port 8883)
+//!   client_id: mqlink-eu-west-a   # default: mqlink-<node>, or mqlink-<region>-<node>
+//!                                 #   when the node name does not start with the region
+//!   username: agent               # optional
+//!   password_file: secrets/pw     # optional
+//! listen:
+//!   quic: 0.0.0.0:7443            # default
+//!   admin: 127.0.0.1:7444         # default (loopback only)
+//!   metrics: 127.0.0.1:9464       # default (loopback only)
+//! tls:                            # required: mutual TLS is not optional
+//!   cert: certs/eu-west.pem
+//!   key: certs/eu-west.key
+//!   ca: certs/ca.pem
+//! links:                          # default: none
+//!   - region: us-east             # required
+//!     endpoints: [linker.us-east.example.net:7443]   # required, at least one
+//!     cost: 80                    # default: measured RTT in ms; 1 to 1,000,000
+//!     export: ["factory/#"]       # default ["#"]: everything may be sent
+//!     import: ["factory/#"]       # default ["#"]: everything may be accepted
+//! interest:
+//!   static: ["alerts/#"]          # default: none; `$share/<g>/<f>` counts as <f>
+//!   dynamic: mosquitto            # default: none
+//! spool:
+//!   dir: /var/lib/mqlink          # default
+//!   max_bytes: 1GiB               # default; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB
+//!   max_age: 24h                  # default; units ms, s, m, h, d (e.g. 1h30m)
+//! ```
+//!
+//! Relative paths are relative to the directory of the file that names
+//! them. `export: []` means "send nothing to this neighbour" (a one-way
+//! link); a `#` default does not include `$`-topics (MQTT's rule), so
+//! `$SYS/...` never crosses unless a filter names it.
+
+mod raw;
+
+pub mod deployment;
+pub mod diagnostic;
+pub mod region;
+pub mod units;
+
+use std::path::Path;
+
+pub use deployment::{Deployment, check_deployment};
+pub use diagnostic::{ConfigError, Diagnostic, Pos, Severity};
+pub use region::{
+    BrokerConfig, DynamicInterest, InterestConfig, LinkConfig, ListenConfig, RegionConfig, SpoolConfig, TlsConfig,
+};
+pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
+
+/// A loaded region file: the checked config, and warnings that do not stop it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The checked configuration.
+    pub config: RegionConfig,
+    /// Problems that do not make the file invalid (e.g. a certificate file not there yet).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parse region YAML `text`, reporting positions against `file`. `hostname`
+/// is the default node name. Reads nothing from disk.
+pub fn parse(file: &Path, text: &str, hostname: &str) -> Result<RegionConfig, ConfigError> {
+    let raw: raw::RawRegion = serde_saphyr::from_str(text).map_err(|e| ConfigError { diagnostics: vec![yaml_error(file, &e)] })?;
+    let mut ctx = region::Ctx { file, diags: Vec::new() };
+    let config = region::convert(&mut ctx, raw, hostname);
+    match config {
+        Some(config) if ctx.diags.is_empty() => Ok(config),
+        _ => Err(ConfigError { diagnostics: ctx.diags }),
+    }
+}
+
+/// Read and parse the region file at `file`; warn about referenced files
+/// that do not exist (yet).
+pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        diagnostics: vec![Diagnostic::error(file, None, format!("cannot read the file: {e}"))],
+    })?;
+    let config = parse(file, &text, &hostname())?;
+    let mut warnings = Vec::new();
+    let tls = &config.tls;
+    let files = [("tls.cert", Some(&tls.cert)), ("tls.key", Some(&tls.key)), ("tls.ca", Some(&tls.ca))];
+    for (what, path) in files.into_iter().chain([("broker.password_file", config.broker.password_file.as_ref())]) {
+        if let Some(path) = path.filter(|p| !p.exists()) {
+            warnings.push(Diagnostic::warning(
+                file,
+                None,
+                format!("{what}: `{}` does not exist (yet); `mqlink run` needs it", path.display()),
+            ));
+        }
+    }
+    Ok(Loaded { config, warnings })
+}
+
+/// This machine's hostname (the default node name), or `node`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| mqlink_topology::NodeName::new(h).is_ok())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+/// Turn a serde-saphyr error into a diagnostic with a message of our own
+/// words where we can do better than the generic one.
+fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
+    let pos = err.location().and_then(Pos::of);
+    let message = match err.without_snippet() {
+        serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
+            let mut m = format!("unknown key `{field}`");
+            if let Some(near) = units::nearest(field, expected) {
+                m.push_str(&format!("; did you mean `{near}`?"));
+            }
+            m.push_str(&format!(" (expected one of: {})", expected.join(", ")));
+            m
+        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => format!("missing required key `{field}`"),
+        other => {
+            let text = other.to_string();
+            let text = text.rfind(" at line ").map_or(text.as_str(), |i| &text[..i]).to_owned();
+            if text.starts_with("duplicate mapping key") {
+                text.split(", set DuplicateKeyPolicy").next().unwrap_or(&text).replace("mapping key:", "key")
+            } else if text == "invalid u64" {
+                "expected a whole number".to_owned()
+            } else {
+                text
+            }
+        }
+    };
+    Diagnostic::error(file, pos, message)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,360 @@
+//! The checked region configuration and the conversion from the raw YAML,
+//! collecting every problem in the file (not just the first) with its
+//! position.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mqlink_topology::{Cost, NodeName, RegionName, Subscription, TopicFilter};
+use serde::Serialize;
+use serde_saphyr::Spanned;
+
+use crate::diagnostic::{Diagnostic, Pos};
+use crate::raw::{RawBroker, RawInterest, RawLink, RawListen, RawRegion, RawSpool, RawTls, Text};
+use crate::units::{BrokerUrl, ByteSize, Endpoint, parse_duration, parse_listen};
+
+/// Default QUIC listen address.
+pub const DEFAULT_QUIC: &str = "0.0.0.0:7443";
+/// Default admin (gRPC) listen address: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7444";
+/// Default Prometheus listen address: loopback only.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+/// Default local broker.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+/// Default spool directory.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/mqlink";
+/// Default spool size limit.
+pub const DEFAULT_SPOOL_MAX_BYTES: ByteSize = ByteSize(1 << 30);
+/// Default spool age limit.
+pub const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// One agent's configuration, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionConfig {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// This region's name.
+    pub region: RegionName,
+    /// Where `region:` is in the file (for deployment-level messages).
+    pub region_pos: Option<Pos>,
+    /// This agent's node (replica) name.
+    pub node: NodeName,
+    /// The local broker.
+    pub broker: BrokerConfig,
+    /// Listening sockets.
+    pub listen: ListenConfig,
+    /// Certificate files (absolute, or relative to the working directory).
+    pub tls: TlsConfig,
+    /// Links to neighbouring regions.
+    pub links: Vec<LinkConfig>,
+    /// Where local interest comes from.
+    pub interest: InterestConfig,
+    /// The on-disk spool.
+    pub spool: SpoolConfig,
+}
+
+/// `broker:`
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerConfig {
+    /// Broker URL.
+    pub url: BrokerUrl,
+    /// MQTT client id of the agent.
+    pub client_id: String,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// Optional file holding the password.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `listen:`
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenConfig {
+    /// QUIC (UDP) address for peer agents.
+    pub quic: SocketAddr,
+    /// gRPC admin API (TCP).
+    pub admin: SocketAddr,
+    /// Prometheus metrics (TCP).
+    pub metrics: SocketAddr,
+}
+
+/// `tls:`
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// This region's certificate (PEM), whose SAN names the region.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The deployment's CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
+/// One entry of `links:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkConfig {
+    /// The neighbouring region.
+    pub region: RegionName,
+    /// Where the entry's `region:` is.
+    pub pos: Option<Pos>,
+    /// Where to reach the neighbour's agents (tried in order).
+    pub endpoints: Vec<Endpoint>,
+    /// Configured cost; `None` means "measured round-trip time in ms".
+    pub cost: Option<Cost>,
+    /// Where `cost:` is, if given.
+    pub cost_pos: Option<Pos>,
+    /// What may be sent to the neighbour (default `#`: everything).
+    pub export: Vec<TopicFilter>,
+    /// Where `export:` is, if given.
+    pub export_pos: Option<Pos>,
+    /// What may be accepted from it (default `#`: everything).
+    pub import: Vec<TopicFilter>,
+    /// Where `import:` is, if given.
+    pub import_pos: Option<Pos>,
+}
+
+/// `interest:`
+#[derive(Debug, Clone, Serialize)]
+pub struct InterestConfig {
+    /// Filters this region always wants (`static:`).
+    pub static_filters: Vec<TopicFilter>,
+    /// Dynamic interest source.
+    pub dynamic: DynamicInterest,
+}
+
+/// Where dynamic interest comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DynamicInterest {
+    /// Only static filters.
+    None,
+    /// Follow client subscriptions on a Mosquitto 2.x broker.
+    Mosquitto,
+}
+
+/// `spool:`
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolConfig {
+    /// Directory holding the spool.
+    pub dir: PathBuf,
+    /// Size limit.
+    pub max_bytes: ByteSize,
+    /// Age limit: older messages are dropped (and counted).
+    pub max_age: Duration,
+}
+
+/// Collects diagnostics while converting one file.
+pub(crate) struct Ctx<'a> {
+    /// The file being converted.
+    pub file: &'a Path,
+    /// Problems found so far.
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, pos: Option<Pos>, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(self.file, pos, msg));
+    }
+
+    /// Parse a spanned text with `parse`, reporting failure at its position.
+    fn parse<T, E: ToString>(&mut self, text: &Text, what: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+        match parse(text.value.as_str()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(Pos::of(text.referenced), format!("{what}: {}", e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Resolve a path relative to the config file's directory.
+    fn path(&mut self, text: &Text, what: &str) -> Option<PathBuf> {
+        if text.value.trim().is_empty() {
+            self.err(Pos::of(text.referenced), format!("{what}: expected a file path, found an empty string"));
+            return None;
+        }
+        let p = Path::new(&text.value);
+        Some(if p.is_absolute() { p.to_owned() } else { self.file.parent().unwrap_or(Path::new("")).join(p) })
+    }
+
+    fn filters(&mut self, list: &[Text], what: &str) -> Vec<TopicFilter> {
+        list.iter().filter_map(|t| self.parse(t, what, TopicFilter::new)).collect()
+    }
+}
+
+fn pos<T>(s: &Spanned<T>) -> Option<Pos> {
+    Pos::of(s.referenced)
+}
+
+/// Convert a parsed file into a checked config, or every problem in it.
+pub(crate) fn convert(ctx: &mut Ctx<'_>, raw: RawRegion, hostname: &str) -> Option<RegionConfig> {
+    let region = ctx.parse(&raw.region, "region", RegionName::new);
+    let node = match &raw.node {
+        Some(n) => ctx.parse(n, "node", NodeName::new),
+        None => NodeName::new(hostname).ok().or_else(|| NodeName::new("node").ok()),
+    };
+    let broker = convert_broker(ctx, raw.broker, region.as_ref(), node.as_ref());
+    let listen = convert_listen(ctx, raw.listen);
+    let tls = convert_tls(ctx, &raw.tls);
+    let links: Vec<LinkConfig> = raw.links.iter().filter_map(|l| convert_link(ctx, l, region.as_ref())).collect();
+    check_duplicate_links(ctx, &links);
+    let interest = convert_interest(ctx, raw.interest);
+    let spool = convert_spool(ctx, raw.spool);
+    let region_pos = pos(&raw.region);
+    Some(RegionConfig {
+        file: ctx.file.to_owned(),
+        region: region?,
+        region_pos,
+        node: node?,
+        broker: broker?,
+        listen: listen?,
+        tls: tls?,
+        links,
+        interest: interest?,
+        spool: spool?,
+    })
+}
+
+fn convert_broker(
+    ctx: &mut Ctx<'_>,
+    raw: Option<RawBroker>,
+    region: Option<&RegionName>,
+    node: Option<&NodeName>,
+) -> Option<BrokerConfig> {
+    let raw = raw.unwrap_or(RawBroker { url: None, client_id: None, username: None, password_file: None });
+    let url = match &raw.url {
+        Some(u) => ctx.parse(u, "broker.url", BrokerUrl::parse),
+        None => BrokerUrl::parse(DEFAULT_BROKER).ok(),
+    };
+    let client_id = match &raw.client_id {
+        Some(c) if c.value.is_empty() || c.value.len() > 65_535 || c.value.contains('\0') => {
+            ctx.err(pos(c), "broker.client_id: expected 1 to 65535 bytes without NUL");
+            None
+        }
+        Some(c) => Some(c.value.clone()),
+        None => match (region, node) {
+            (Some(r), Some(n)) if n.as_str().starts_with(r.as_str()) => Some(format!("mqlink-{n}")),
+            (Some(r), Some(n)) => Some(format!("mqlink-{r}-{n}")),
+            _ => None,
+        },
+    };
+    let password_file = raw.password_file.as_ref().and_then(|p| ctx.path(p, "broker.password_file"));
+    Some(BrokerConfig { url: url?, client_id: client_id?, username: raw.username.map(|u| u.value), password_file })
+}
+
+fn convert_listen(ctx: &mut Ctx<'_>, raw: Option<RawListen>) -> Option<ListenConfig> {
+    let raw = raw.unwrap_or(RawListen { quic: None, admin: None, metrics: None });
+    let mut one = |t: &Option<Text>, what: &str, default: &str| match t {
+        Some(t) => ctx.parse(t, what, parse_listen),
+        None => parse_listen(default).ok(),
+    };
+    let quic = one(&raw.quic, "listen.quic", DEFAULT_QUIC);
+    let admin = one(&raw.admin, "listen.admin", DEFAULT_ADMIN);
+    let metrics = one(&raw.metrics, "listen.metrics", DEFAULT_METRICS);
+    if let (Some(a), Some(m)) = (admin, metrics) {
+        if a == m {
+            let at = raw.metrics.as_ref().or(raw.admin.as_ref()).and_then(pos);
+            ctx.err(at, format!("listen.metrics: {m} is also listen.admin; the two TCP listeners need different addresses"));
+            return None;
+        }
+    }
+    Some(ListenConfig { quic: quic?, admin: admin?, metrics: metrics? })
+}
+
+fn convert_tls(ctx: &mut Ctx<'_>, raw: &RawTls) -> Option<TlsConfig> {
+    let cert = ctx.path(&raw.cert, "tls.cert");
+    let key = ctx.path(&raw.key, "tls.key");
+    let ca = ctx.path(&raw.ca, "tls.ca");
+    Some(TlsConfig { cert: cert?, key: key?, ca: ca? })
+}
+
+fn convert_link(ctx: &mut Ctx<'_>, raw: &Spanned<RawLink>, me: Option<&RegionName>) -> Option<LinkConfig> {
+    let l = &raw.value;
+    let region = ctx.parse(&l.region, "links.region", RegionName::new);
+    if let (Some(r), Some(me)) = (&region, me) {
+        if r == me {
+            ctx.err(pos(&l.region), format!("links.region: `{r}` is this region itself; a link must name another region"));
+        }
+    }
+    let endpoints: Vec<Endpoint> =
+        l.endpoints.value.iter().filter_map(|e| ctx.parse(e, "links.endpoints", Endpoint::parse)).collect();
+    if l.endpoints.value.is_empty() {
+        ctx.err(pos(&l.endpoints), "links.endpoints: expected at least one `host:port` of the peer's agent");
+    }
+    let cost = l.cost.as_ref().and_then(|c| match Cost::new(c.value) {
+        Ok(cost) => Some(cost),
+        Err(e) => {
+            ctx.err(pos(c), format!("links.cost: {e}"));
+            None
+        }
+    });
+    let everything = || TopicFilter::new("#").ok().into_iter().collect::<Vec<_>>();
+    let export = l.export.as_ref().map_or_else(everything, |e| ctx.filters(&e.value, "links.export"));
+    let import = l.import.as_ref().map_or_else(everything, |i| ctx.filters(&i.value, "links.import"));
+    Some(LinkConfig {
+        region: region?,
+        pos: pos(&l.region),
+        endpoints,
+        cost,
+        cost_pos: l.cost.as_ref().and_then(pos),
+        export,
+        export_pos: l.export.as_ref().and_then(pos),
+        import,
+        import_pos: l.import.as_ref().and_then(pos),
+    })
+}
+
+fn check_duplicate_links(ctx: &mut Ctx<'_>, links: &[LinkConfig]) {
+    for (i, link) in links.iter().enumerate() {
+        if let Some(first) = links[..i].iter().find(|l| l.region == link.region) {
+            let first_at = crate::diagnostic::at(ctx.file, first.pos);
+            ctx.err(link.pos, format!("links: `{}` is listed twice (first at {first_at}); one entry per neighbour", link.region));
+        }
+    }
+}
+
+fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<InterestConfig> {
+    let Some(raw) = raw else {
+        return Some(InterestConfig { static_filters: Vec::new(), dynamic: DynamicInterest::None });
+    };
+    let static_filters = raw
+        .static_filters
+        .iter()
+        .filter_map(|t| ctx.parse(t, "interest.static", Subscription::parse))
+        .map(|s| s.filter().clone())
+        .collect();
+    let dynamic = match &raw.dynamic {
+        None => Some(DynamicInterest::None),
+        Some(d) => match d.value.as_str() {
+            "none" => Some(DynamicInterest::None),
+            "mosquitto" => Some(DynamicInterest::Mosquitto),
+            other => {
+                ctx.err(pos(d), format!("interest.dynamic: unknown source `{other}`; expected `mosquitto` or `none`"));
+                None
+            }
+        },
+    };
+    Some(InterestConfig { static_filters, dynamic: dynamic? })
+}
+
+fn convert_spool(ctx: &mut Ctx<'_>, raw: Option<RawSpool>) -> Option<SpoolConfig> {
+    let raw = raw.unwrap_or(RawSpool { dir: None, max_bytes: None, max_age: None });
+    let dir = match &raw.dir {
+        Some(d) => ctx.path(d, "spool.dir"),
+        None => Some(PathBuf::from(DEFAULT_SPOOL_DIR)),
+    };
+    let max_bytes = match &raw.max_bytes {
+        Some(t) => ctx.parse(t, "spool.max_bytes", |s| match ByteSize::parse(s) {
+            Ok(ByteSize(0)) => Err("expected a size above zero".to_owned()),
+            other => other,
+        }),
+        None => Some(DEFAULT_SPOOL_MAX_BYTES),
+    };
+    let max_age = match &raw.max_age {
+        Some(t) => ctx.parse(t, "spool.max_age", |s| match parse_duration(s) {
+            Ok(d) if d.is_zero() => Err("expected a duration above zero".to_owned()),
+            other => other,
+        }),
+        None => Some(DEFAULT_SPOOL_MAX_AGE),
+    };
+    Some(SpoolConfig { dir: dir?, max_bytes: max_bytes?, max_age: max_age? })
+}

@@ -1,0 +1,214 @@
+//! Tests of parsing, per-file validation and deployment checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "conf/eu.yaml";
+
+fn ok(text: &str) -> RegionConfig {
+    match parse(Path::new(FILE), text, "host-1") {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(Path::new(FILE), text, "host-1") {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const MINIMAL: &str = "region: eu\ntls: { cert: c.pem, key: c.key, ca: ca.pem }\n";
+
+#[test]
+fn minimal_file_gets_the_documented_defaults() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.region.as_str(), "eu");
+    assert_eq!(c.node.as_str(), "host-1");
+    assert_eq!(c.broker.url.to_string(), "mqtt://127.0.0.1:1883");
+    assert_eq!(c.broker.client_id, "mqlink-eu-host-1");
+    assert_eq!(c.listen.quic.to_string(), "0.0.0.0:7443");
+    assert_eq!(c.listen.admin.to_string(), "127.0.0.1:7444");
+    assert_eq!(c.listen.metrics.to_string(), "127.0.0.1:9464");
+    assert_eq!(c.tls.cert, PathBuf::from("conf/c.pem"));
+    assert!(c.links.is_empty());
+    assert!(c.interest.static_filters.is_empty());
+    assert_eq!(c.interest.dynamic, DynamicInterest::None);
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/mqlink"));
+    assert_eq!(c.spool.max_bytes, ByteSize(1 << 30));
+    assert_eq!(c.spool.max_age, Duration::from_secs(86_400));
+    assert_eq!(c.region_pos, Some(Pos { line: 1, column: 9 }));
+}
+
+#[test]
+fn full_file_parses_into_checked_types() {
+    let c = ok(r#"
+region: eu-west
+node: eu-west-a
+broker:
+  url: mqtts://broker.local
+  username: agent
+  password_file: /etc/mqlink/pw
+listen: { quic: "[::]:7443", admin: 127.0.0.1:1, metrics: 127.0.0.1:2 }
+tls: { cert: /c.pem, key: /c.key, ca: /ca.pem }
+links:
+  - region: us-east
+    endpoints: [linker.us-east.example.net:7443, "10.0.0.1:7443"]
+    cost: 80
+    export: ["factory/#"]
+    import: []
+interest:
+  static: ["alerts/#", "$share/g/cmd/+"]
+  dynamic: mosquitto
+spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m }
+"#);
+    assert_eq!(c.broker.client_id, "mqlink-eu-west-a");
+    assert_eq!(c.broker.url.port, 8883);
+    let l = &c.links[0];
+    assert_eq!(l.cost.map(|c| c.get()), Some(80));
+    assert_eq!(l.endpoints.len(), 2);
+    assert_eq!(l.export[0].as_str(), "factory/#");
+    assert!(l.import.is_empty());
+    assert_eq!(l.pos, Some(Pos { line: 11, column: 13 }));
+    assert_eq!(c.interest.static_filters.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["alerts/#", "cmd/+"]);
+    assert_eq!(c.interest.dynamic, DynamicInterest::Mosquitto);
+    assert_eq!(c.spool.max_age, Duration::from_secs(5400));
+}
+
+#[test]
+fn typo_in_a_key_names_position_and_suggests() {
+    let e = errors("region: eu\nlisen:\n  quic: 0.0.0.0:1\ntls: { cert: c, key: k, ca: a }\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("conf/eu.yaml:2:1: error: unknown key `lisen`; did you mean `listen`?"), "{}", e[0]);
+    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: us\n    endpionts: [a:1]\n");
+    assert!(e[0].starts_with("conf/eu.yaml:5:5: error: unknown key `endpionts`; did you mean `endpoints`?"), "{}", e[0]);
+}
+
+#[test]
+fn bad_values_are_all_reported_with_positions() {
+    let e = errors(
+        r#"region: EU
+tls: { cert: c, key: k, ca: a }
+links:
+  - region: us
+    endpoints: [nohost]
+    cost: 0
+    export: ["a/#/b"]
+interest:
+  static: ["x+"]
+  dynamic: redis
+spool: { max_bytes: lots, max_age: 0s }
+"#,
+    );
+    let expect = [
+        "conf/eu.yaml:1:9: error: region: invalid region name `EU`",
+        "conf/eu.yaml:5:17: error: links.endpoints: invalid endpoint `nohost`",
+        "conf/eu.yaml:6:11: error: links.cost: invalid cost 0",
+        "conf/eu.yaml:7:14: error: links.export: `#` must be the last level of a filter (found in level 2 of 3)",
+        "conf/eu.yaml:9:12: error: interest.static: `+` must occupy a whole level",
+        "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto` or `none`",
+        "conf/eu.yaml:11:21: error: spool.max_bytes: invalid size `lots`",
+        "conf/eu.yaml:11:36: error: spool.max_age: expected a duration above zero",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got}\nwant {want}");
+    }
+}
+
+#[test]
+fn structural_errors() {
+    let e = errors("region: eu\n");
+    assert!(e[0].contains("missing required key `tls`"), "{}", e[0]);
+    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nregion: us\n");
+    assert!(e[0].starts_with("conf/eu.yaml:3:1: error: duplicate key"), "{}", e[0]);
+    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: eu\n    endpoints: []\n");
+    assert!(e.iter().any(|m| m.contains("is this region itself")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("expected at least one `host:port`")), "{e:?}");
+    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - {region: us, endpoints: [a:1]}\n  - {region: us, endpoints: [b:1]}\n");
+    assert!(e[0].contains("`us` is listed twice (first at conf/eu.yaml:4:14)"), "{}", e[0]);
+    let e = errors("region: [eu\n");
+    assert!(e[0].starts_with("conf/eu.yaml:1:"), "{}", e[0]);
+}
+
+fn region_file(name: &str, links: &[(&str, &str)]) -> RegionConfig {
+    let mut text = format!("region: {name}\nnode: {name}-a\ntls: {{ cert: c, key: k, ca: a }}\nlinks:\n");
+    for (peer, extra) in links {
+        text.push_str(&format!("  - region: {peer}\n    endpoints: [{peer}.example:7443]\n"));
+        for line in extra.lines() {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    if links.is_empty() {
+        text.push_str("  []\n");
+    }
+    parse(Path::new(&format!("{name}.yaml")), &text, "h").unwrap()
+}
+
+fn messages(d: &Deployment) -> Vec<String> {
+    d.diagnostics.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn triangle_is_valid_without_warnings() {
+    let d = check_deployment(&[
+        region_file("a", &[("b", ""), ("c", "")]),
+        region_file("b", &[("a", ""), ("c", "")]),
+        region_file("c", &[("a", ""), ("b", "")]),
+    ]);
+    assert!(d.is_valid());
+    assert!(d.diagnostics.is_empty(), "{:?}", messages(&d));
+    assert_eq!(d.links.len(), 3);
+}
+
+#[test]
+fn one_sided_link_and_unknown_region_are_errors() {
+    let d = check_deployment(&[
+        region_file("a", &[("b", ""), ("c", ""), ("zz", "")]),
+        region_file("b", &[("a", ""), ("c", "")]),
+        region_file("c", &[("b", "")]),
+    ]);
+    let m = messages(&d);
+    assert!(!d.is_valid());
+    assert!(
+        m.iter().any(|x| x.starts_with("a.yaml:7:13: error: link to `c` is declared on this side only: c.yaml:1:9 has no link back to `a`")),
+        "{m:#?}"
+    );
+    assert!(m.iter().any(|x| x.starts_with("a.yaml:9:13: error: link to `zz`, but no file")), "{m:#?}");
+}
+
+#[test]
+fn line_topology_reports_single_points_of_failure_as_warnings() {
+    let d = check_deployment(&[
+        region_file("a", &[("b", "")]),
+        region_file("b", &[("a", ""), ("c", "")]),
+        region_file("c", &[("b", "")]),
+    ]);
+    assert!(d.is_valid(), "warnings only");
+    let m = messages(&d);
+    assert!(m.iter().any(|x| x.starts_with("a.yaml:5:13: warning: single point of failure: losing the link a <-> b")), "{m:#?}");
+    assert!(
+        m.iter().any(|x| x.starts_with("b.yaml:1:9: warning: single point of failure: losing region `b` cuts {c} off from {a}")),
+        "{m:#?}"
+    );
+}
+
+#[test]
+fn partitions_duplicates_and_dead_filters() {
+    let d = check_deployment(&[
+        region_file("a", &[("b", "export: [\"x/#\"]")]),
+        region_file("b", &[("a", "import: [\"y/#\"]\ncost: 3")]),
+        region_file("c", &[]),
+        region_file("c", &[]),
+    ]);
+    let m = messages(&d);
+    assert!(m.iter().any(|x| x.starts_with("c.yaml:1:9: error: partition: {c} cannot reach {a, b}")), "{m:#?}");
+    assert!(m.iter().any(|x| x.contains("region `c` node `c-a` is already defined in c.yaml:1:9")), "{m:#?}");
+    assert!(
+        m.iter().any(|x| x.starts_with("a.yaml:7:13: error: nothing `a` exports to `b` (export: [x/#]) can pass `b`'s import filter (import: [y/#] at b.yaml:7:13)")),
+        "{m:#?}"
+    );
+}
