@@ -43,11 +43,18 @@ impl Deployment {
 }
 
 fn list(names: &[RegionName]) -> String {
-    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn filters(fs: &[TopicFilter]) -> String {
-    format!("[{}]", fs.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        fs.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// Cross-check the region files of one deployment.
@@ -97,12 +104,14 @@ pub fn check_deployment(configs: &[RegionConfig]) -> Deployment {
             }
         }
     }
-    let rep: BTreeMap<&RegionName, &RegionConfig> = by_region.iter().map(|(r, cs)| (*r, cs[0])).collect();
+    let rep: BTreeMap<&RegionName, &RegionConfig> =
+        by_region.iter().map(|(r, cs)| (*r, cs[0])).collect();
     let regions: Vec<RegionName> = rep.keys().map(|r| (*r).clone()).collect();
 
     // Links: both sides, costs, export/import.
     let mut edges: Vec<(RegionName, RegionName, u32)> = Vec::new();
-    let mut link_pos: BTreeMap<(RegionName, RegionName), (&RegionConfig, &LinkConfig)> = BTreeMap::new();
+    let mut link_pos: BTreeMap<(RegionName, RegionName), (&RegionConfig, &LinkConfig)> =
+        BTreeMap::new();
     for (region, c) in &rep {
         for link in &c.links {
             let Some(peer) = rep.get(&link.region) else {
@@ -159,11 +168,17 @@ pub fn check_deployment(configs: &[RegionConfig]) -> Deployment {
     check_single_points(&mut diags, &graph, &rep, &edges, &link_pos);
 
     diags.sort_by(|a, b| {
-        (a.severity, &a.file, a.pos).cmp(&(b.severity, &b.file, b.pos)).then_with(|| a.message.cmp(&b.message))
+        (a.severity, &a.file, a.pos)
+            .cmp(&(b.severity, &b.file, b.pos))
+            .then_with(|| a.message.cmp(&b.message))
     });
     diags.dedup();
     let links = edges.into_iter().map(|(a, b, _)| (a, b)).collect();
-    Deployment { regions, links, diagnostics: diags }
+    Deployment {
+        regions,
+        links,
+        diagnostics: diags,
+    }
 }
 
 /// Messages that `c` exports over `link` must pass `peer`'s import filter on `back`.
@@ -177,7 +192,11 @@ fn check_direction(
     if link.export.is_empty() || back.import.is_empty() {
         return;
     }
-    if link.export.iter().any(|e| back.import.iter().any(|i| e.overlaps(i))) {
+    if link
+        .export
+        .iter()
+        .any(|e| back.import.iter().any(|i| e.overlaps(i)))
+    {
         return;
     }
     diags.push(Diagnostic::error(
@@ -195,14 +214,20 @@ fn check_direction(
     ));
 }
 
-fn check_partitions(diags: &mut Vec<Diagnostic>, graph: &RegionGraph, rep: &BTreeMap<&RegionName, &RegionConfig>) {
+fn check_partitions(
+    diags: &mut Vec<Diagnostic>,
+    graph: &RegionGraph,
+    rep: &BTreeMap<&RegionName, &RegionConfig>,
+) {
     let comps = graph.components();
     if comps.len() < 2 {
         return;
     }
     let main = &comps[0];
     for comp in &comps[1..] {
-        let Some(c) = comp.first().and_then(|r| rep.get(r)) else { continue };
+        let Some(c) = comp.first().and_then(|r| rep.get(r)) else {
+            continue;
+        };
         diags.push(Diagnostic {
             severity: Severity::Error,
             file: Some(c.file.clone()),
@@ -219,7 +244,11 @@ fn check_partitions(diags: &mut Vec<Diagnostic>, graph: &RegionGraph, rep: &BTre
 /// The two sides a graph falls into, as "{a, b} off from {c}" text.
 fn split(graph: &RegionGraph) -> String {
     let comps = graph.components();
-    let sides: Vec<String> = comps.iter().rev().map(|c| format!("{{{}}}", list(c))).collect();
+    let sides: Vec<String> = comps
+        .iter()
+        .rev()
+        .map(|c| format!("{{{}}}", list(c)))
+        .collect();
     sides.join(" off from ")
 }
 
@@ -236,10 +265,18 @@ fn check_single_points(
     for (a, b) in graph.bridges() {
         let without = RegionGraph::new(
             graph.regions().iter().cloned(),
-            edges.iter().filter(|(x, y, _)| !(*x == a && *y == b)).cloned(),
+            edges
+                .iter()
+                .filter(|(x, y, _)| !(*x == a && *y == b))
+                .cloned(),
         );
-        let Some((c, link)) = link_pos.get(&(a.clone(), b.clone())) else { continue };
-        let other = link_pos.get(&(b.clone(), a.clone())).map(|(pc, pl)| at(&pc.file, pl.pos)).unwrap_or_default();
+        let Some((c, link)) = link_pos.get(&(a.clone(), b.clone())) else {
+            continue;
+        };
+        let other = link_pos
+            .get(&(b.clone(), a.clone()))
+            .map(|(pc, pl)| at(&pc.file, pl.pos))
+            .unwrap_or_default();
         diags.push(Diagnostic::warning(
             &c.file,
             link.pos,

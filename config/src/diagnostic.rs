@@ -19,7 +19,10 @@ pub struct Pos {
 impl Pos {
     /// Position from a serde-saphyr location (which is 1-based; 0 means unknown).
     pub(crate) fn of(loc: serde_saphyr::Location) -> Option<Pos> {
-        (loc.line() > 0).then(|| Pos { line: loc.line(), column: loc.column().max(1) })
+        (loc.line() > 0).then(|| Pos {
+            line: loc.line(),
+            column: loc.column().max(1),
+        })
     }
 }
 
@@ -50,12 +53,22 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `file:pos`.
     pub fn error(file: &Path, pos: Option<Pos>, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, file: Some(file.to_owned()), pos, message: message.into() }
+        Self {
+            severity: Severity::Error,
+            file: Some(file.to_owned()),
+            pos,
+            message: message.into(),
+        }
     }
 
     /// A warning at `file:pos`.
     pub fn warning(file: &Path, pos: Option<Pos>, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, file: Some(file.to_owned()), pos, message: message.into() }
+        Self {
+            severity: Severity::Warning,
+            file: Some(file.to_owned()),
+            pos,
+            message: message.into(),
+        }
     }
 
     /// `file:line:column` (as much of it as is known).
@@ -92,7 +105,11 @@ pub struct ConfigError {
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
-    diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Format `p` as `file:line:column` for use inside another message.

@@ -66,51 +66,64 @@ use std::path::Path;
 pub use deployment::{Deployment, check_deployment};
 pub use diagnostic::{ConfigError, Diagnostic, Pos, Severity};
 pub use region::{
-    BrokerConfig, DynamicInterest, InterestConfig, LinkConfig, ListenConfig, RegionConfig, SpoolConfig, TlsConfig,
+    BrokerConfig, DynamicInterest, InterestConfig, LinkConfig, ListenConfig, RegionConfig,
+    SpoolConfig, TlsConfig,
 };
 pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
-
-/// A loaded region file: the checked config, and warnings that do not stop it.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    /// The checked configuration.
-    pub config: RegionConfig,
-    /// Problems that do not make the file invalid (e.g. a certificate file not there yet).
-    pub warnings: Vec<Diagnostic>,
-}
 
 /// Parse region YAML `text`, reporting positions against `file`. `hostname`
 /// is the default node name. Reads nothing from disk.
 pub fn parse(file: &Path, text: &str, hostname: &str) -> Result<RegionConfig, ConfigError> {
-    let raw: raw::RawRegion = serde_saphyr::from_str(text).map_err(|e| ConfigError { diagnostics: vec![yaml_error(file, &e)] })?;
-    let mut ctx = region::Ctx { file, diags: Vec::new() };
+    let raw: raw::RawRegion = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        diagnostics: vec![yaml_error(file, &e)],
+    })?;
+    let mut ctx = region::Ctx {
+        file,
+        diags: Vec::new(),
+    };
     let config = region::convert(&mut ctx, raw, hostname);
     match config {
         Some(config) if ctx.diags.is_empty() => Ok(config),
-        _ => Err(ConfigError { diagnostics: ctx.diags }),
+        _ => Err(ConfigError {
+            diagnostics: ctx.diags,
+        }),
     }
 }
 
-/// Read and parse the region file at `file`; warn about referenced files
-/// that do not exist (yet).
-pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
+/// Read and parse the region file at `file`.
+pub fn load(file: &Path) -> Result<RegionConfig, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        diagnostics: vec![Diagnostic::error(file, None, format!("cannot read the file: {e}"))],
+        diagnostics: vec![Diagnostic::error(
+            file,
+            None,
+            format!("cannot read the file: {e}"),
+        )],
     })?;
-    let config = parse(file, &text, &hostname())?;
-    let mut warnings = Vec::new();
+    parse(file, &text, &hostname())
+}
+
+/// Warnings for files the config names that do not exist (yet): TLS
+/// material and the broker password file. `mqlink run` needs them; a check
+/// on a build machine may not have them.
+pub fn missing_files(config: &RegionConfig) -> Vec<Diagnostic> {
     let tls = &config.tls;
-    let files = [("tls.cert", Some(&tls.cert)), ("tls.key", Some(&tls.key)), ("tls.ca", Some(&tls.ca))];
-    for (what, path) in files.into_iter().chain([("broker.password_file", config.broker.password_file.as_ref())]) {
-        if let Some(path) = path.filter(|p| !p.exists()) {
-            warnings.push(Diagnostic::warning(
-                file,
+    let files = [
+        ("tls.cert", Some(&tls.cert)),
+        ("tls.key", Some(&tls.key)),
+        ("tls.ca", Some(&tls.ca)),
+    ];
+    files
+        .into_iter()
+        .chain([("broker.password_file", config.broker.password_file.as_ref())])
+        .filter_map(|(what, path)| {
+            let path = path.filter(|p| !p.exists())?;
+            Some(Diagnostic::warning(
+                &config.file,
                 None,
-                format!("{what}: `{}` does not exist (yet); `mqlink run` needs it", path.display()),
-            ));
-        }
-    }
-    Ok(Loaded { config, warnings })
+                format!("{what}: `{}` does not exist", path.display()),
+            ))
+        })
+        .collect()
 }
 
 /// This machine's hostname (the default node name), or `node`.
@@ -128,7 +141,9 @@ pub fn hostname() -> String {
 fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
     let pos = err.location().and_then(Pos::of);
     let message = match err.without_snippet() {
-        serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => {
             let mut m = format!("unknown key `{field}`");
             if let Some(near) = units::nearest(field, expected) {
                 m.push_str(&format!("; did you mean `{near}`?"));
@@ -136,12 +151,20 @@ fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
             m.push_str(&format!(" (expected one of: {})", expected.join(", ")));
             m
         }
-        serde_saphyr::Error::SerdeMissingField { field, .. } => format!("missing required key `{field}`"),
+        serde_saphyr::Error::SerdeMissingField { field, .. } => {
+            format!("missing required key `{field}`")
+        }
         other => {
             let text = other.to_string();
-            let text = text.rfind(" at line ").map_or(text.as_str(), |i| &text[..i]).to_owned();
+            let text = text
+                .rfind(" at line ")
+                .map_or(text.as_str(), |i| &text[..i])
+                .to_owned();
             if text.starts_with("duplicate mapping key") {
-                text.split(", set DuplicateKeyPolicy").next().unwrap_or(&text).replace("mapping key:", "key")
+                text.split(", set DuplicateKeyPolicy")
+                    .next()
+                    .unwrap_or(&text)
+                    .replace("mapping key:", "key")
             } else if text == "invalid u64" {
                 "expected a whole number".to_owned()
             } else {

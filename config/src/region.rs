@@ -156,11 +156,19 @@ impl Ctx<'_> {
     }
 
     /// Parse a spanned text with `parse`, reporting failure at its position.
-    fn parse<T, E: ToString>(&mut self, text: &Text, what: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+    fn parse<T, E: ToString>(
+        &mut self,
+        text: &Text,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
         match parse(text.value.as_str()) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.err(Pos::of(text.referenced), format!("{what}: {}", e.to_string()));
+                self.err(
+                    Pos::of(text.referenced),
+                    format!("{what}: {}", e.to_string()),
+                );
                 None
             }
         }
@@ -169,15 +177,24 @@ impl Ctx<'_> {
     /// Resolve a path relative to the config file's directory.
     fn path(&mut self, text: &Text, what: &str) -> Option<PathBuf> {
         if text.value.trim().is_empty() {
-            self.err(Pos::of(text.referenced), format!("{what}: expected a file path, found an empty string"));
+            self.err(
+                Pos::of(text.referenced),
+                format!("{what}: expected a file path, found an empty string"),
+            );
             return None;
         }
         let p = Path::new(&text.value);
-        Some(if p.is_absolute() { p.to_owned() } else { self.file.parent().unwrap_or(Path::new("")).join(p) })
+        Some(if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.file.parent().unwrap_or(Path::new("")).join(p)
+        })
     }
 
     fn filters(&mut self, list: &[Text], what: &str) -> Vec<TopicFilter> {
-        list.iter().filter_map(|t| self.parse(t, what, TopicFilter::new)).collect()
+        list.iter()
+            .filter_map(|t| self.parse(t, what, TopicFilter::new))
+            .collect()
     }
 }
 
@@ -190,12 +207,18 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, raw: RawRegion, hostname: &str) -> Opti
     let region = ctx.parse(&raw.region, "region", RegionName::new);
     let node = match &raw.node {
         Some(n) => ctx.parse(n, "node", NodeName::new),
-        None => NodeName::new(hostname).ok().or_else(|| NodeName::new("node").ok()),
+        None => NodeName::new(hostname)
+            .ok()
+            .or_else(|| NodeName::new("node").ok()),
     };
     let broker = convert_broker(ctx, raw.broker, region.as_ref(), node.as_ref());
     let listen = convert_listen(ctx, raw.listen);
     let tls = convert_tls(ctx, &raw.tls);
-    let links: Vec<LinkConfig> = raw.links.iter().filter_map(|l| convert_link(ctx, l, region.as_ref())).collect();
+    let links: Vec<LinkConfig> = raw
+        .links
+        .iter()
+        .filter_map(|l| convert_link(ctx, l, region.as_ref()))
+        .collect();
     check_duplicate_links(ctx, &links);
     let interest = convert_interest(ctx, raw.interest);
     let spool = convert_spool(ctx, raw.spool);
@@ -220,14 +243,22 @@ fn convert_broker(
     region: Option<&RegionName>,
     node: Option<&NodeName>,
 ) -> Option<BrokerConfig> {
-    let raw = raw.unwrap_or(RawBroker { url: None, client_id: None, username: None, password_file: None });
+    let raw = raw.unwrap_or(RawBroker {
+        url: None,
+        client_id: None,
+        username: None,
+        password_file: None,
+    });
     let url = match &raw.url {
         Some(u) => ctx.parse(u, "broker.url", BrokerUrl::parse),
         None => BrokerUrl::parse(DEFAULT_BROKER).ok(),
     };
     let client_id = match &raw.client_id {
         Some(c) if c.value.is_empty() || c.value.len() > 65_535 || c.value.contains('\0') => {
-            ctx.err(pos(c), "broker.client_id: expected 1 to 65535 bytes without NUL");
+            ctx.err(
+                pos(c),
+                "broker.client_id: expected 1 to 65535 bytes without NUL",
+            );
             None
         }
         Some(c) => Some(c.value.clone()),
@@ -237,12 +268,24 @@ fn convert_broker(
             _ => None,
         },
     };
-    let password_file = raw.password_file.as_ref().and_then(|p| ctx.path(p, "broker.password_file"));
-    Some(BrokerConfig { url: url?, client_id: client_id?, username: raw.username.map(|u| u.value), password_file })
+    let password_file = raw
+        .password_file
+        .as_ref()
+        .and_then(|p| ctx.path(p, "broker.password_file"));
+    Some(BrokerConfig {
+        url: url?,
+        client_id: client_id?,
+        username: raw.username.map(|u| u.value),
+        password_file,
+    })
 }
 
 fn convert_listen(ctx: &mut Ctx<'_>, raw: Option<RawListen>) -> Option<ListenConfig> {
-    let raw = raw.unwrap_or(RawListen { quic: None, admin: None, metrics: None });
+    let raw = raw.unwrap_or(RawListen {
+        quic: None,
+        admin: None,
+        metrics: None,
+    });
     let mut one = |t: &Option<Text>, what: &str, default: &str| match t {
         Some(t) => ctx.parse(t, what, parse_listen),
         None => parse_listen(default).ok(),
@@ -257,28 +300,52 @@ fn convert_listen(ctx: &mut Ctx<'_>, raw: Option<RawListen>) -> Option<ListenCon
             return None;
         }
     }
-    Some(ListenConfig { quic: quic?, admin: admin?, metrics: metrics? })
+    Some(ListenConfig {
+        quic: quic?,
+        admin: admin?,
+        metrics: metrics?,
+    })
 }
 
 fn convert_tls(ctx: &mut Ctx<'_>, raw: &RawTls) -> Option<TlsConfig> {
     let cert = ctx.path(&raw.cert, "tls.cert");
     let key = ctx.path(&raw.key, "tls.key");
     let ca = ctx.path(&raw.ca, "tls.ca");
-    Some(TlsConfig { cert: cert?, key: key?, ca: ca? })
+    Some(TlsConfig {
+        cert: cert?,
+        key: key?,
+        ca: ca?,
+    })
 }
 
-fn convert_link(ctx: &mut Ctx<'_>, raw: &Spanned<RawLink>, me: Option<&RegionName>) -> Option<LinkConfig> {
+fn convert_link(
+    ctx: &mut Ctx<'_>,
+    raw: &Spanned<RawLink>,
+    me: Option<&RegionName>,
+) -> Option<LinkConfig> {
     let l = &raw.value;
     let region = ctx.parse(&l.region, "links.region", RegionName::new);
     if let (Some(r), Some(me)) = (&region, me) {
         if r == me {
-            ctx.err(pos(&l.region), format!("links.region: `{r}` is this region itself; a link must name another region"));
+            ctx.err(
+                pos(&l.region),
+                format!(
+                    "links.region: `{r}` is this region itself; a link must name another region"
+                ),
+            );
         }
     }
-    let endpoints: Vec<Endpoint> =
-        l.endpoints.value.iter().filter_map(|e| ctx.parse(e, "links.endpoints", Endpoint::parse)).collect();
+    let endpoints: Vec<Endpoint> = l
+        .endpoints
+        .value
+        .iter()
+        .filter_map(|e| ctx.parse(e, "links.endpoints", Endpoint::parse))
+        .collect();
     if l.endpoints.value.is_empty() {
-        ctx.err(pos(&l.endpoints), "links.endpoints: expected at least one `host:port` of the peer's agent");
+        ctx.err(
+            pos(&l.endpoints),
+            "links.endpoints: expected at least one `host:port` of the peer's agent",
+        );
     }
     let cost = l.cost.as_ref().and_then(|c| match Cost::new(c.value) {
         Ok(cost) => Some(cost),
@@ -288,8 +355,14 @@ fn convert_link(ctx: &mut Ctx<'_>, raw: &Spanned<RawLink>, me: Option<&RegionNam
         }
     });
     let everything = || TopicFilter::new("#").ok().into_iter().collect::<Vec<_>>();
-    let export = l.export.as_ref().map_or_else(everything, |e| ctx.filters(&e.value, "links.export"));
-    let import = l.import.as_ref().map_or_else(everything, |i| ctx.filters(&i.value, "links.import"));
+    let export = l
+        .export
+        .as_ref()
+        .map_or_else(everything, |e| ctx.filters(&e.value, "links.export"));
+    let import = l
+        .import
+        .as_ref()
+        .map_or_else(everything, |i| ctx.filters(&i.value, "links.import"));
     Some(LinkConfig {
         region: region?,
         pos: pos(&l.region),
@@ -307,14 +380,23 @@ fn check_duplicate_links(ctx: &mut Ctx<'_>, links: &[LinkConfig]) {
     for (i, link) in links.iter().enumerate() {
         if let Some(first) = links[..i].iter().find(|l| l.region == link.region) {
             let first_at = crate::diagnostic::at(ctx.file, first.pos);
-            ctx.err(link.pos, format!("links: `{}` is listed twice (first at {first_at}); one entry per neighbour", link.region));
+            ctx.err(
+                link.pos,
+                format!(
+                    "links: `{}` is listed twice (first at {first_at}); one entry per neighbour",
+                    link.region
+                ),
+            );
         }
     }
 }
 
 fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<InterestConfig> {
     let Some(raw) = raw else {
-        return Some(InterestConfig { static_filters: Vec::new(), dynamic: DynamicInterest::None });
+        return Some(InterestConfig {
+            static_filters: Vec::new(),
+            dynamic: DynamicInterest::None,
+        });
     };
     let static_filters = raw
         .static_filters
@@ -324,20 +406,29 @@ fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<Inter
         .collect();
     let dynamic = match &raw.dynamic {
         None => Some(DynamicInterest::None),
-        Some(d) => match d.value.as_str() {
-            "none" => Some(DynamicInterest::None),
-            "mosquitto" => Some(DynamicInterest::Mosquitto),
-            other => {
-                ctx.err(pos(d), format!("interest.dynamic: unknown source `{other}`; expected `mosquitto` or `none`"));
-                None
+        Some(d) => {
+            match d.value.as_str() {
+                "none" => Some(DynamicInterest::None),
+                "mosquitto" => Some(DynamicInterest::Mosquitto),
+                other => {
+                    ctx.err(pos(d), format!("interest.dynamic: unknown source `{other}`; expected `mosquitto` or `none`"));
+                    None
+                }
             }
-        },
+        }
     };
-    Some(InterestConfig { static_filters, dynamic: dynamic? })
+    Some(InterestConfig {
+        static_filters,
+        dynamic: dynamic?,
+    })
 }
 
 fn convert_spool(ctx: &mut Ctx<'_>, raw: Option<RawSpool>) -> Option<SpoolConfig> {
-    let raw = raw.unwrap_or(RawSpool { dir: None, max_bytes: None, max_age: None });
+    let raw = raw.unwrap_or(RawSpool {
+        dir: None,
+        max_bytes: None,
+        max_age: None,
+    });
     let dir = match &raw.dir {
         Some(d) => ctx.path(d, "spool.dir"),
         None => Some(PathBuf::from(DEFAULT_SPOOL_DIR)),
@@ -356,5 +447,9 @@ fn convert_spool(ctx: &mut Ctx<'_>, raw: Option<RawSpool>) -> Option<SpoolConfig
         }),
         None => Some(DEFAULT_SPOOL_MAX_AGE),
     };
-    Some(SpoolConfig { dir: dir?, max_bytes: max_bytes?, max_age: max_age? })
+    Some(SpoolConfig {
+        dir: dir?,
+        max_bytes: max_bytes?,
+        max_age: max_age?,
+    })
 }

@@ -72,8 +72,21 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m }
     assert_eq!(l.endpoints.len(), 2);
     assert_eq!(l.export[0].as_str(), "factory/#");
     assert!(l.import.is_empty());
-    assert_eq!(l.pos, Some(Pos { line: 11, column: 13 }));
-    assert_eq!(c.interest.static_filters.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["alerts/#", "cmd/+"]);
+    assert_eq!(
+        l.pos,
+        Some(Pos {
+            line: 11,
+            column: 13
+        })
+    );
+    assert_eq!(
+        c.interest
+            .static_filters
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>(),
+        ["alerts/#", "cmd/+"]
+    );
     assert_eq!(c.interest.dynamic, DynamicInterest::Mosquitto);
     assert_eq!(c.spool.max_age, Duration::from_secs(5400));
 }
@@ -82,9 +95,21 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m }
 fn typo_in_a_key_names_position_and_suggests() {
     let e = errors("region: eu\nlisen:\n  quic: 0.0.0.0:1\ntls: { cert: c, key: k, ca: a }\n");
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("conf/eu.yaml:2:1: error: unknown key `lisen`; did you mean `listen`?"), "{}", e[0]);
-    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: us\n    endpionts: [a:1]\n");
-    assert!(e[0].starts_with("conf/eu.yaml:5:5: error: unknown key `endpionts`; did you mean `endpoints`?"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("conf/eu.yaml:2:1: error: unknown key `lisen`; did you mean `listen`?"),
+        "{}",
+        e[0]
+    );
+    let e = errors(
+        "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: us\n    endpionts: [a:1]\n",
+    );
+    assert!(
+        e[0].starts_with(
+            "conf/eu.yaml:5:5: error: unknown key `endpionts`; did you mean `endpoints`?"
+        ),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -124,20 +149,42 @@ fn structural_errors() {
     let e = errors("region: eu\n");
     assert!(e[0].contains("missing required key `tls`"), "{}", e[0]);
     let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nregion: us\n");
-    assert!(e[0].starts_with("conf/eu.yaml:3:1: error: duplicate key"), "{}", e[0]);
-    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: eu\n    endpoints: []\n");
-    assert!(e.iter().any(|m| m.contains("is this region itself")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("expected at least one `host:port`")), "{e:?}");
-    let e = errors("region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - {region: us, endpoints: [a:1]}\n  - {region: us, endpoints: [b:1]}\n");
-    assert!(e[0].contains("`us` is listed twice (first at conf/eu.yaml:4:14)"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("conf/eu.yaml:3:1: error: duplicate key"),
+        "{}",
+        e[0]
+    );
+    let e = errors(
+        "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: eu\n    endpoints: []\n",
+    );
+    assert!(
+        e.iter().any(|m| m.contains("is this region itself")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("expected at least one `host:port`")),
+        "{e:?}"
+    );
+    let e = errors(
+        "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - {region: us, endpoints: [a:1]}\n  - {region: us, endpoints: [b:1]}\n",
+    );
+    assert!(
+        e[0].contains("`us` is listed twice (first at conf/eu.yaml:4:14)"),
+        "{}",
+        e[0]
+    );
     let e = errors("region: [eu\n");
     assert!(e[0].starts_with("conf/eu.yaml:1:"), "{}", e[0]);
 }
 
 fn region_file(name: &str, links: &[(&str, &str)]) -> RegionConfig {
-    let mut text = format!("region: {name}\nnode: {name}-a\ntls: {{ cert: c, key: k, ca: a }}\nlinks:\n");
+    let mut text =
+        format!("region: {name}\nnode: {name}-a\ntls: {{ cert: c, key: k, ca: a }}\nlinks:\n");
     for (peer, extra) in links {
-        text.push_str(&format!("  - region: {peer}\n    endpoints: [{peer}.example:7443]\n"));
+        text.push_str(&format!(
+            "  - region: {peer}\n    endpoints: [{peer}.example:7443]\n"
+        ));
         for line in extra.lines() {
             text.push_str(&format!("    {line}\n"));
         }
@@ -177,7 +224,11 @@ fn one_sided_link_and_unknown_region_are_errors() {
         m.iter().any(|x| x.starts_with("a.yaml:7:13: error: link to `c` is declared on this side only: c.yaml:1:9 has no link back to `a`")),
         "{m:#?}"
     );
-    assert!(m.iter().any(|x| x.starts_with("a.yaml:9:13: error: link to `zz`, but no file")), "{m:#?}");
+    assert!(
+        m.iter()
+            .any(|x| x.starts_with("a.yaml:9:13: error: link to `zz`, but no file")),
+        "{m:#?}"
+    );
 }
 
 #[test]
@@ -189,9 +240,15 @@ fn line_topology_reports_single_points_of_failure_as_warnings() {
     ]);
     assert!(d.is_valid(), "warnings only");
     let m = messages(&d);
-    assert!(m.iter().any(|x| x.starts_with("a.yaml:5:13: warning: single point of failure: losing the link a <-> b")), "{m:#?}");
     assert!(
-        m.iter().any(|x| x.starts_with("b.yaml:1:9: warning: single point of failure: losing region `b` cuts {c} off from {a}")),
+        m.iter().any(|x| x
+            .starts_with("a.yaml:5:13: warning: single point of failure: losing the link a <-> b")),
+        "{m:#?}"
+    );
+    assert!(
+        m.iter().any(|x| x.starts_with(
+            "b.yaml:1:9: warning: single point of failure: losing region `b` cuts {c} off from {a}"
+        )),
         "{m:#?}"
     );
 }
@@ -205,8 +262,16 @@ fn partitions_duplicates_and_dead_filters() {
         region_file("c", &[]),
     ]);
     let m = messages(&d);
-    assert!(m.iter().any(|x| x.starts_with("c.yaml:1:9: error: partition: {c} cannot reach {a, b}")), "{m:#?}");
-    assert!(m.iter().any(|x| x.contains("region `c` node `c-a` is already defined in c.yaml:1:9")), "{m:#?}");
+    assert!(
+        m.iter()
+            .any(|x| x.starts_with("c.yaml:1:9: error: partition: {c} cannot reach {a, b}")),
+        "{m:#?}"
+    );
+    assert!(
+        m.iter()
+            .any(|x| x.contains("region `c` node `c-a` is already defined in c.yaml:1:9")),
+        "{m:#?}"
+    );
     assert!(
         m.iter().any(|x| x.starts_with("a.yaml:7:13: error: nothing `a` exports to `b` (export: [x/#]) can pass `b`'s import filter (import: [y/#] at b.yaml:7:13)")),
         "{m:#?}"

@@ -18,7 +18,11 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     /// Parse a size.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let expected = || format!("invalid size `{s}`: expected a number of bytes with an optional unit, like `1GiB`, `512MiB` or `10MB`");
+        let expected = || {
+            format!(
+                "invalid size `{s}`: expected a number of bytes with an optional unit, like `1GiB`, `512MiB` or `10MB`"
+            )
+        };
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
@@ -35,13 +39,20 @@ impl ByteSize {
             "tib" => 1 << 40,
             _ => return Err(expected()),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size `{s}` is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size `{s}` is too large"))
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (unit, size) in UNITS {
             if self.0 >= size && self.0 % size == 0 {
                 return write!(f, "{}{unit}", self.0 / size);
@@ -54,21 +65,28 @@ impl fmt::Display for ByteSize {
 /// Parse a duration: one or more `<number><unit>` parts, units `ms`, `s`,
 /// `m`, `h`, `d`; e.g. `500ms`, `30s`, `1h30m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let expected =
-        || format!("invalid duration `{s}`: expected numbers with units ms, s, m, h or d, like `24h`, `30s` or `1h30m`");
+    let expected = || {
+        format!(
+            "invalid duration `{s}`: expected numbers with units ms, s, m, h or d, like `24h`, `30s` or `1h30m`"
+        )
+    };
     let mut rest = s.trim();
     if rest.is_empty() {
         return Err(expected());
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(expected());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| expected())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -86,7 +104,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Format a duration the way the config writes it (`24h`, `90s`, `250ms`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -108,17 +131,26 @@ impl Host {
     fn parse(s: &str) -> Result<Self, String> {
         let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
         if let Some(v6) = inner {
-            return v6.parse().map(Host::Ip).map_err(|_| format!("invalid IPv6 address `{v6}`"));
+            return v6
+                .parse()
+                .map(Host::Ip)
+                .map_err(|_| format!("invalid IPv6 address `{v6}`"));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Host::Ip(ip));
         }
-        let label_ok =
-            |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-');
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
         if s.len() <= 253 && s.trim_end_matches('.').split('.').all(label_ok) {
             Ok(Host::Dns(s.to_owned()))
         } else {
-            Err(format!("invalid host `{s}`: expected a DNS name or an IP address"))
+            Err(format!(
+                "invalid host `{s}`: expected a DNS name or an IP address"
+            ))
         }
     }
 }
@@ -153,7 +185,9 @@ fn split_host_port(s: &str) -> Option<(&str, &str)> {
 fn parse_port(s: &str, whole: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("invalid port `{s}` in `{whole}`: expected a number from 1 to 65535")),
+        _ => Err(format!(
+            "invalid port `{s}` in `{whole}`: expected a number from 1 to 65535"
+        )),
     }
 }
 
@@ -171,9 +205,14 @@ impl Endpoint {
     /// Parse `host:port`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let Some((host, port)) = split_host_port(s) else {
-            return Err(format!("invalid endpoint `{s}`: expected `host:port`, like `linker.us-east.example.net:7443`"));
+            return Err(format!(
+                "invalid endpoint `{s}`: expected `host:port`, like `linker.us-east.example.net:7443`"
+            ));
         };
-        Ok(Endpoint { host: Host::parse(host)?, port: parse_port(port, s)? })
+        Ok(Endpoint {
+            host: Host::parse(host)?,
+            port: parse_port(port, s)?,
+        })
     }
 }
 
@@ -191,7 +230,11 @@ impl From<Endpoint> for String {
 
 /// Parse a local socket address to listen on (`0.0.0.0:7443`, `[::]:7443`).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("invalid listen address `{s}`: expected `ip:port`, like `0.0.0.0:7443` or `[::1]:7444`"))
+    s.parse().map_err(|_| {
+        format!(
+            "invalid listen address `{s}`: expected `ip:port`, like `0.0.0.0:7443` or `[::1]:7444`"
+        )
+    })
 }
 
 /// The local broker's URL: `mqtt://host[:port]` (TCP, default port 1883)
@@ -215,7 +258,9 @@ impl BrokerUrl {
         } else if let Some(r) = s.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!("invalid broker URL `{s}`: expected `mqtt://host:port` or `mqtts://host:port`"));
+            return Err(format!(
+                "invalid broker URL `{s}`: expected `mqtt://host:port` or `mqtts://host:port`"
+            ));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '@', '?']) {
@@ -229,13 +274,23 @@ impl BrokerUrl {
             Some((h, p)) if !bracketed_v6 => (h, parse_port(p, s)?),
             _ => (rest, default_port),
         };
-        Ok(BrokerUrl { tls, host: Host::parse(host)?, port })
+        Ok(BrokerUrl {
+            tls,
+            host: Host::parse(host)?,
+            port,
+        })
     }
 }
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", if self.tls { "mqtts" } else { "mqtt" }, self.host, self.port)
+        write!(
+            f,
+            "{}://{}:{}",
+            if self.tls { "mqtts" } else { "mqtt" },
+            self.host,
+            self.port
+        )
     }
 }
 
@@ -305,23 +360,42 @@ mod tests {
     fn endpoints_and_urls() {
         let e = Endpoint::parse("linker.us-east.example.net:7443").unwrap();
         assert_eq!(e.host, Host::Dns("linker.us-east.example.net".into()));
-        assert_eq!(Endpoint::parse("[::1]:7443").unwrap().to_string(), "[::1]:7443");
+        assert_eq!(
+            Endpoint::parse("[::1]:7443").unwrap().to_string(),
+            "[::1]:7443"
+        );
         assert_eq!(Endpoint::parse("127.0.0.1:1").unwrap().port, 1);
-        for bad in ["host", "host:0", "host:70000", "bad_host:1", "[::1:7", ":7443"] {
+        for bad in [
+            "host",
+            "host:0",
+            "host:70000",
+            "bad_host:1",
+            "[::1:7",
+            ":7443",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(BrokerUrl::parse("mqtt://127.0.0.1").unwrap().port, 1883);
         let u = BrokerUrl::parse("mqtts://broker.local:9000").unwrap();
         assert!(u.tls && u.port == 9000);
-        assert_eq!(BrokerUrl::parse("mqtt://[::1]").unwrap().to_string(), "mqtt://[::1]:1883");
+        assert_eq!(
+            BrokerUrl::parse("mqtt://[::1]").unwrap().to_string(),
+            "mqtt://[::1]:1883"
+        );
         assert!(BrokerUrl::parse("http://x").is_err());
         assert!(BrokerUrl::parse("mqtt://user:pw@x").is_err());
     }
 
     #[test]
     fn suggestions() {
-        assert_eq!(nearest("lisen", &["region", "listen", "links"]), Some("listen"));
-        assert_eq!(nearest("endpionts", &["region", "endpoints", "cost"]), Some("endpoints"));
+        assert_eq!(
+            nearest("lisen", &["region", "listen", "links"]),
+            Some("listen")
+        );
+        assert_eq!(
+            nearest("endpionts", &["region", "endpoints", "cost"]),
+            Some("endpoints")
+        );
         assert_eq!(nearest("zzzzzz", &["region", "listen"]), None);
     }
 }

@@ -29,7 +29,16 @@ impl Rng {
     }
 }
 
-const METRICS: &[&str] = &["temp", "pressure", "humidity", "rpm", "power", "vibration", "flow", "level"];
+const METRICS: &[&str] = &[
+    "temp",
+    "pressure",
+    "humidity",
+    "rpm",
+    "power",
+    "vibration",
+    "flow",
+    "level",
+];
 
 fn build(regions: usize, per_region: usize, rng: &mut Rng) -> Matcher {
     let mut ids = RegionIds::default();
@@ -42,7 +51,11 @@ fn build(regions: usize, per_region: usize, rng: &mut Rng) -> Matcher {
             let filter = match i % 10 {
                 0 if i < 30 => format!("alerts/{}/#", rng.below(20)),
                 0..=6 => format!("dev/{}/cmd", rng.below(1_000_000)),
-                7 | 8 => format!("factory/{}/+/{}", rng.below(5_000), METRICS[rng.below(8) as usize]),
+                7 | 8 => format!(
+                    "factory/{}/+/{}",
+                    rng.below(5_000),
+                    METRICS[rng.below(8) as usize]
+                ),
                 _ => format!("fleet/{}/#", rng.below(100_000)),
             };
             added += usize::from(matcher.insert(&TopicFilter::new(&filter).unwrap(), id));
@@ -56,7 +69,12 @@ fn topics(n: usize, rng: &mut Rng) -> Vec<TopicName> {
         .map(|_| {
             let t = match rng.below(5) {
                 0 => format!("dev/{}/cmd", rng.below(1_000_000)),
-                1 => format!("factory/{}/line{}/{}", rng.below(5_000), rng.below(10), METRICS[rng.below(8) as usize]),
+                1 => format!(
+                    "factory/{}/line{}/{}",
+                    rng.below(5_000),
+                    rng.below(10),
+                    METRICS[rng.below(8) as usize]
+                ),
                 2 => format!("fleet/{}/gps/lat", rng.below(100_000)),
                 3 => format!("alerts/{}/fire", rng.below(40)),
                 _ => format!("telemetry/{}/raw", rng.below(1_000)),
@@ -79,7 +97,11 @@ fn matcher_lookup(c: &mut Criterion) {
             out.len()
         })
         .sum();
-    eprintln!("matcher: {} (filter, region) pairs; {hits} region matches over {} topics", matcher.len(), batch.len());
+    eprintln!(
+        "matcher: {} (filter, region) pairs; {hits} region matches over {} topics",
+        matcher.len(),
+        batch.len()
+    );
     let mut group = c.benchmark_group("matcher");
     group.throughput(Throughput::Elements(batch.len() as u64));
     group.bench_function("lookup_1m_filters_100_regions", |b| {

@@ -46,7 +46,11 @@ pub struct WideningCost {
 impl WideningCost {
     /// Unwanted traffic as a fraction of wanted (0 when nothing is wanted).
     pub fn overhead(&self) -> f64 {
-        if self.wanted == 0 { 0.0 } else { self.unwanted as f64 / self.wanted as f64 }
+        if self.wanted == 0 {
+            0.0
+        } else {
+            self.unwanted as f64 / self.wanted as f64
+        }
     }
 }
 
@@ -54,7 +58,10 @@ impl Aggregation {
     /// Estimate the cost of the widening on observed traffic: `sample`
     /// yields (topic, weight), e.g. message counts per topic seen on the
     /// exporting side over the last interval.
-    pub fn estimate<'a>(&self, sample: impl IntoIterator<Item = (&'a TopicName, u64)>) -> WideningCost {
+    pub fn estimate<'a>(
+        &self,
+        sample: impl IntoIterator<Item = (&'a TopicName, u64)>,
+    ) -> WideningCost {
         let mut cost = WideningCost::default();
         for (topic, weight) in sample {
             if self.original.iter().any(|f| f.matches(topic)) {
@@ -69,7 +76,10 @@ impl Aggregation {
     /// Number of filters that are wider than any original filter.
     pub fn widened(&self) -> usize {
         let original: BTreeSet<&TopicFilter> = self.original.iter().collect();
-        self.filters.iter().filter(|f| !original.contains(f)).count()
+        self.filters
+            .iter()
+            .filter(|f| !original.contains(f))
+            .count()
     }
 }
 
@@ -77,9 +87,15 @@ impl Aggregation {
 /// only widening.
 pub fn aggregate(filters: impl IntoIterator<Item = TopicFilter>, budget: usize) -> Aggregation {
     let budget = budget.max(1);
-    let original: Vec<TopicFilter> = filters.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
-    let mut set: BTreeSet<Levels> =
-        original.iter().map(|f| f.as_str().split('/').map(str::to_owned).collect()).collect();
+    let original: Vec<TopicFilter> = filters
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut set: BTreeSet<Levels> = original
+        .iter()
+        .map(|f| f.as_str().split('/').map(str::to_owned).collect())
+        .collect();
 
     if set.len() > budget {
         drop_covered(&mut set);
@@ -98,8 +114,15 @@ pub fn aggregate(filters: impl IntoIterator<Item = TopicFilter>, budget: usize) 
     if set.len() > budget {
         last_resort(&mut set);
     }
-    let filters: Vec<TopicFilter> = set.iter().filter_map(|l| TopicFilter::new(&l.join("/")).ok()).collect();
-    Aggregation { over_budget: filters.len() > budget, filters, original }
+    let filters: Vec<TopicFilter> = set
+        .iter()
+        .filter_map(|l| TopicFilter::new(&l.join("/")).ok())
+        .collect();
+    Aggregation {
+        over_budget: filters.len() > budget,
+        filters,
+        original,
+    }
 }
 
 fn to_filter(levels: &Levels) -> Option<TopicFilter> {
@@ -108,13 +131,18 @@ fn to_filter(levels: &Levels) -> Option<TopicFilter> {
 
 /// Remove every filter covered by another one in the set.
 fn drop_covered(set: &mut BTreeSet<Levels>) {
-    let wild: Vec<TopicFilter> =
-        set.iter().filter(|l| l.iter().any(|x| x == "+" || x == "#")).filter_map(to_filter).collect();
+    let wild: Vec<TopicFilter> = set
+        .iter()
+        .filter(|l| l.iter().any(|x| x == "+" || x == "#"))
+        .filter_map(to_filter)
+        .collect();
     if wild.is_empty() {
         return;
     }
     set.retain(|levels| {
-        let Some(me) = to_filter(levels) else { return true };
+        let Some(me) = to_filter(levels) else {
+            return true;
+        };
         !wild.iter().any(|w| *w != me && w.covers(&me))
     });
 }
@@ -134,8 +162,10 @@ fn plus_round(set: &mut BTreeSet<Levels>, budget: usize) -> bool {
             groups.entry((d, key)).or_default().push(levels.clone());
         }
     }
-    let mut candidates: Vec<((usize, Levels), Vec<Levels>)> =
-        groups.into_iter().filter(|(_, members)| members.len() >= 2).collect();
+    let mut candidates: Vec<((usize, Levels), Vec<Levels>)> = groups
+        .into_iter()
+        .filter(|(_, members)| members.len() >= 2)
+        .collect();
     // Largest first; ties by depth then text, so the result is deterministic.
     candidates.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
     let mut changed = false;
@@ -161,10 +191,14 @@ fn hash_round(set: &mut BTreeSet<Levels>, budget: usize, depth: usize) {
     let mut groups: BTreeMap<Levels, Vec<Levels>> = BTreeMap::new();
     for levels in set.iter() {
         if levels.len() > depth {
-            groups.entry(levels[..depth].to_vec()).or_default().push(levels.clone());
+            groups
+                .entry(levels[..depth].to_vec())
+                .or_default()
+                .push(levels.clone());
         }
     }
-    let mut candidates: Vec<(Levels, Vec<Levels>)> = groups.into_iter().filter(|(_, m)| m.len() >= 2).collect();
+    let mut candidates: Vec<(Levels, Vec<Levels>)> =
+        groups.into_iter().filter(|(_, m)| m.len() >= 2).collect();
     candidates.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
     for (prefix, members) in candidates {
         if set.len() <= budget {
@@ -205,7 +239,9 @@ mod tests {
 
     #[test]
     fn device_commands_collapse_to_plus() {
-        let filters = (0..10_000).map(|i| f(&format!("dev/{i}/cmd"))).chain([f("alerts/#"), f("alerts/fire")]);
+        let filters = (0..10_000)
+            .map(|i| f(&format!("dev/{i}/cmd")))
+            .chain([f("alerts/#"), f("alerts/fire")]);
         let agg = aggregate(filters, 10);
         assert_eq!(agg.filters, vec![f("alerts/#"), f("dev/+/cmd")]);
         assert_eq!(agg.widened(), 1);
@@ -216,7 +252,13 @@ mod tests {
             (TopicName::new("other").unwrap(), 100),
         ];
         let cost = agg.estimate(sample.iter().map(|(t, w)| (t, *w)));
-        assert_eq!(cost, WideningCost { wanted: 10, unwanted: 3 });
+        assert_eq!(
+            cost,
+            WideningCost {
+                wanted: 10,
+                unwanted: 3
+            }
+        );
         assert!((cost.overhead() - 0.3).abs() < 1e-9);
     }
 

@@ -40,7 +40,10 @@ impl RegionGraph {
             names.push(b.clone());
             let key = if a < b { (a, b) } else { (b, a) };
             let cost = cost.into();
-            edges.entry(key).and_modify(|c| *c = (*c).min(cost)).or_insert(cost);
+            edges
+                .entry(key)
+                .and_modify(|c| *c = (*c).min(cost))
+                .or_insert(cost);
         }
         names.sort();
         names.dedup();
@@ -84,14 +87,23 @@ impl RegionGraph {
 
     /// Cost of the link between `a` and `b`, if they are linked.
     pub fn cost(&self, a: &RegionName, b: &RegionName) -> Option<u32> {
-        let (a, b) = (NodeIndex::new(self.position(a)?), NodeIndex::new(self.position(b)?));
-        self.graph.find_edge(a, b).and_then(|e| self.graph.edge_weight(e).copied())
+        let (a, b) = (
+            NodeIndex::new(self.position(a)?),
+            NodeIndex::new(self.position(b)?),
+        );
+        self.graph
+            .find_edge(a, b)
+            .and_then(|e| self.graph.edge_weight(e).copied())
     }
 
     /// Neighbours of the region at `pos`, with link costs.
     pub fn neighbours(&self, pos: usize) -> impl Iterator<Item = (usize, u32)> + '_ {
         self.graph.edges(NodeIndex::new(pos)).map(move |e| {
-            let other = if e.source().index() == pos { e.target() } else { e.source() };
+            let other = if e.source().index() == pos {
+                e.target()
+            } else {
+                e.source()
+            };
             (other.index(), *e.weight())
         })
     }
@@ -108,12 +120,19 @@ impl RegionGraph {
         let mut comps: Vec<Vec<RegionName>> = petgraph::algo::kosaraju_scc(&self.graph)
             .into_iter()
             .map(|c| {
-                let mut names: Vec<RegionName> = c.into_iter().map(|n| self.names[n.index()].clone()).collect();
+                let mut names: Vec<RegionName> = c
+                    .into_iter()
+                    .map(|n| self.names[n.index()].clone())
+                    .collect();
                 names.sort();
                 names
             })
             .collect();
-        comps.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.first().cmp(&b.first())));
+        comps.sort_by(|a, b| {
+            b.len()
+                .cmp(&a.len())
+                .then_with(|| a.first().cmp(&b.first()))
+        });
         comps
     }
 
@@ -121,7 +140,10 @@ impl RegionGraph {
     pub fn bridges(&self) -> Vec<(RegionName, RegionName)> {
         let mut out: Vec<(RegionName, RegionName)> = petgraph::algo::bridges::bridges(&self.graph)
             .map(|e| {
-                let (a, b) = (self.names[e.source().index()].clone(), self.names[e.target().index()].clone());
+                let (a, b) = (
+                    self.names[e.source().index()].clone(),
+                    self.names[e.target().index()].clone(),
+                );
                 if a < b { (a, b) } else { (b, a) }
             })
             .collect();
@@ -131,10 +153,11 @@ impl RegionGraph {
 
     /// Regions whose loss would split the rest of their component, sorted.
     pub fn articulation_points(&self) -> Vec<RegionName> {
-        let mut out: Vec<RegionName> = petgraph::algo::articulation_points::articulation_points(&self.graph)
-            .into_iter()
-            .map(|n| self.names[n.index()].clone())
-            .collect();
+        let mut out: Vec<RegionName> =
+            petgraph::algo::articulation_points::articulation_points(&self.graph)
+                .into_iter()
+                .map(|n| self.names[n.index()].clone())
+                .collect();
         out.sort();
         out
     }
@@ -164,7 +187,9 @@ pub struct Tree {
 impl Tree {
     fn build(g: &RegionGraph, origin: usize) -> Self {
         let n = g.len();
-        let dists = petgraph::algo::dijkstra(&g.graph, NodeIndex::new(origin), None, |e| u64::from(*e.weight()));
+        let dists = petgraph::algo::dijkstra(&g.graph, NodeIndex::new(origin), None, |e| {
+            u64::from(*e.weight())
+        });
         let mut dist = vec![None; n];
         for (node, d) in dists {
             dist[node.index()] = Some(d);
@@ -204,7 +229,14 @@ impl Tree {
         for &x in order.iter().rev() {
             size[x] = 1 + children[x].iter().map(|c| size[*c]).sum::<u32>();
         }
-        Self { origin, parent, children, dist, pre, size }
+        Self {
+            origin,
+            parent,
+            children,
+            dist,
+            pre,
+            size,
+        }
     }
 
     /// Position of the origin.
@@ -234,7 +266,9 @@ impl Tree {
 
     /// Whether `pos` lies in the subtree rooted at `root` (including `root`).
     pub fn in_subtree(&self, root: usize, pos: usize) -> bool {
-        let (Some(&r), Some(&p)) = (self.pre.get(root), self.pre.get(pos)) else { return false };
+        let (Some(&r), Some(&p)) = (self.pre.get(root), self.pre.get(pos)) else {
+            return false;
+        };
         r != u32::MAX && p != u32::MAX && p >= r && p < r + self.size[root]
     }
 
@@ -282,8 +316,17 @@ mod tests {
 
     #[test]
     fn partitions_and_single_points_of_failure() {
-        let g = graph(&[("a", "b", 1), ("b", "c", 1), ("c", "a", 1), ("c", "d", 1), ("x", "y", 1)]);
-        assert_eq!(g.components(), vec![vec![r("a"), r("b"), r("c"), r("d")], vec![r("x"), r("y")]]);
+        let g = graph(&[
+            ("a", "b", 1),
+            ("b", "c", 1),
+            ("c", "a", 1),
+            ("c", "d", 1),
+            ("x", "y", 1),
+        ]);
+        assert_eq!(
+            g.components(),
+            vec![vec![r("a"), r("b"), r("c"), r("d")], vec![r("x"), r("y")]]
+        );
         assert_eq!(g.bridges(), vec![(r("c"), r("d")), (r("x"), r("y"))]);
         assert_eq!(g.articulation_points(), vec![r("c")]);
         let t = g.tree(&r("a")).unwrap();

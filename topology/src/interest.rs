@@ -41,12 +41,16 @@ pub struct Digest {
 impl Digest {
     fn add(&mut self, filter: &TopicFilter) {
         self.count += 1;
-        self.sum = self.sum.wrapping_add(stable_hash(filter.as_str().as_bytes()));
+        self.sum = self
+            .sum
+            .wrapping_add(stable_hash(filter.as_str().as_bytes()));
     }
 
     fn remove(&mut self, filter: &TopicFilter) {
         self.count -= 1;
-        self.sum = self.sum.wrapping_sub(stable_hash(filter.as_str().as_bytes()));
+        self.sum = self
+            .sum
+            .wrapping_sub(stable_hash(filter.as_str().as_bytes()));
     }
 }
 
@@ -139,7 +143,12 @@ impl InterestTable {
     /// An empty table for `region`/`node` in `epoch`, at seq 0.
     pub fn new(region: RegionName, node: NodeName, epoch: u64) -> Self {
         Self {
-            version: InterestVersion { region, node, epoch, seq: 0 },
+            version: InterestVersion {
+                region,
+                node,
+                epoch,
+                seq: 0,
+            },
             refs: BTreeMap::new(),
             digest: Digest::default(),
         }
@@ -147,7 +156,11 @@ impl InterestTable {
 
     /// A table holding exactly the filters of `snapshot`, at its version.
     pub fn from_snapshot(snapshot: Snapshot) -> Self {
-        let mut table = Self::new(snapshot.version.region.clone(), snapshot.version.node.clone(), 0);
+        let mut table = Self::new(
+            snapshot.version.region.clone(),
+            snapshot.version.node.clone(),
+            0,
+        );
         table.version = snapshot.version;
         for filter in snapshot.filters {
             table.insert_presence(filter);
@@ -211,7 +224,11 @@ impl InterestTable {
 
     fn next_delta(&mut self, ops: Vec<DeltaOp>) -> Delta {
         self.version.seq += 1;
-        Delta { epoch: self.version.epoch, seq: self.version.seq, ops }
+        Delta {
+            epoch: self.version.epoch,
+            seq: self.version.seq,
+            ops,
+        }
     }
 
     fn insert_presence(&mut self, filter: TopicFilter) -> bool {
@@ -225,20 +242,29 @@ impl InterestTable {
 
     /// The whole table, for a peer that has nothing or has drifted.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { version: self.version.clone(), filters: self.refs.keys().cloned().collect() }
+        Snapshot {
+            version: self.version.clone(),
+            filters: self.refs.keys().cloned().collect(),
+        }
     }
 
     /// Apply a peer's delta to this (remote) table. Presence only: an `Add`
     /// of a present filter or a `Remove` of an absent one changes nothing.
     pub fn apply(&mut self, delta: &Delta) -> Result<Applied, InterestError> {
         if delta.epoch != self.version.epoch {
-            return Err(InterestError::EpochMismatch { have: self.version.epoch, got: delta.epoch });
+            return Err(InterestError::EpochMismatch {
+                have: self.version.epoch,
+                got: delta.epoch,
+            });
         }
         if delta.seq <= self.version.seq {
             return Ok(Applied::Stale);
         }
         if delta.seq != self.version.seq + 1 {
-            return Err(InterestError::SeqGap { have: self.version.seq, got: delta.seq });
+            return Err(InterestError::SeqGap {
+                have: self.version.seq,
+                got: delta.seq,
+            });
         }
         let mut changed = Vec::new();
         for op in &delta.ops {
@@ -301,14 +327,25 @@ mod tests {
         TopicFilter::new(s).unwrap()
     }
     fn table(epoch: u64) -> InterestTable {
-        InterestTable::new(RegionName::new("eu").unwrap(), NodeName::new("eu-a").unwrap(), epoch)
+        InterestTable::new(
+            RegionName::new("eu").unwrap(),
+            NodeName::new("eu-a").unwrap(),
+            epoch,
+        )
     }
 
     #[test]
     fn refcounts_emit_deltas_only_on_presence_changes() {
         let mut t = table(7);
         let d1 = t.subscribe(f("a/+")).unwrap();
-        assert_eq!(d1, Delta { epoch: 7, seq: 1, ops: vec![DeltaOp::Add(f("a/+"))] });
+        assert_eq!(
+            d1,
+            Delta {
+                epoch: 7,
+                seq: 1,
+                ops: vec![DeltaOp::Add(f("a/+"))]
+            }
+        );
         assert_eq!(t.subscribe(f("a/+")), None);
         assert_eq!(t.unsubscribe(&f("a/+")), None);
         let d2 = t.unsubscribe(&f("a/+")).unwrap();
@@ -326,14 +363,23 @@ mod tests {
         let mut remote = InterestTable::from_snapshot(local.snapshot());
         assert_eq!(remote.digest(), local.digest());
         let d = local.subscribe(f("y")).unwrap();
-        assert_eq!(remote.apply(&d), Ok(Applied::Changed(vec![DeltaOp::Add(f("y"))])));
+        assert_eq!(
+            remote.apply(&d),
+            Ok(Applied::Changed(vec![DeltaOp::Add(f("y"))]))
+        );
         assert_eq!(remote.apply(&d), Ok(Applied::Stale));
         assert_eq!(remote.digest(), local.digest());
         local.subscribe(f("z"));
         let d4 = local.unsubscribe(&f("y")).unwrap();
-        assert_eq!(remote.apply(&d4), Err(InterestError::SeqGap { have: 2, got: 4 }));
+        assert_eq!(
+            remote.apply(&d4),
+            Err(InterestError::SeqGap { have: 2, got: 4 })
+        );
         let other_epoch = Delta { epoch: 9, ..d4 };
-        assert!(matches!(remote.apply(&other_epoch), Err(InterestError::EpochMismatch { .. })));
+        assert!(matches!(
+            remote.apply(&other_epoch),
+            Err(InterestError::EpochMismatch { .. })
+        ));
         assert_ne!(remote.digest(), local.digest());
     }
 
@@ -350,6 +396,13 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         let old = [f("a"), f("zz"), f("b/+"), f("0")];
         let ops = a.diff(old.iter());
-        assert_eq!(ops, vec![DeltaOp::Remove(f("0")), DeltaOp::Add(f("c/#")), DeltaOp::Remove(f("zz"))]);
+        assert_eq!(
+            ops,
+            vec![
+                DeltaOp::Remove(f("0")),
+                DeltaOp::Add(f("c/#")),
+                DeltaOp::Remove(f("zz"))
+            ]
+        );
     }
 }

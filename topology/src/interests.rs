@@ -72,7 +72,10 @@ impl Interests {
     /// Install (or replace) a table from a snapshot. Only the difference to
     /// the previous table touches the matcher.
     pub fn handle_snapshot(&mut self, ids: &mut RegionIds, snapshot: Snapshot) {
-        let key = (snapshot.version.region.clone(), snapshot.version.node.clone());
+        let key = (
+            snapshot.version.region.clone(),
+            snapshot.version.node.clone(),
+        );
         let region = ids.intern(&key.0);
         let new = InterestTable::from_snapshot(snapshot);
         let ops = match self.tables.get(&key) {
@@ -92,7 +95,10 @@ impl Interests {
         delta: &Delta,
     ) -> Result<Applied, DeltaError> {
         let Some(table) = self.tables.get_mut(&(region.clone(), node.clone())) else {
-            return Err(DeltaError::NoSnapshot { region: region.clone(), node: node.clone() });
+            return Err(DeltaError::NoSnapshot {
+                region: region.clone(),
+                node: node.clone(),
+            });
         };
         let applied = table.apply(delta)?;
         if let Applied::Changed(ops) = &applied {
@@ -125,7 +131,9 @@ impl Interests {
                 }
                 DeltaOp::Remove(filter) => {
                     let key = (region, filter.clone());
-                    let Some(count) = self.holders.get_mut(&key) else { continue };
+                    let Some(count) = self.holders.get_mut(&key) else {
+                        continue;
+                    };
                     *count -= 1;
                     if *count == 0 {
                         self.holders.remove(&key);
@@ -188,13 +196,23 @@ mod tests {
         all.handle_snapshot(&mut ids, snap("eu", "eu-a", 2, &["b"]));
         assert!(wants(&all), "eu-b still holds a/+");
         let v = all.version();
-        let delta = Delta { epoch: 1, seq: 1, ops: vec![DeltaOp::Remove(f("a/+"))] };
+        let delta = Delta {
+            epoch: 1,
+            seq: 1,
+            ops: vec![DeltaOp::Remove(f("a/+"))],
+        };
         let node_b = NodeName::new("eu-b").unwrap();
-        assert!(matches!(all.handle_delta(&mut ids, &eu, &node_b, &delta), Ok(Applied::Changed(_))));
+        assert!(matches!(
+            all.handle_delta(&mut ids, &eu, &node_b, &delta),
+            Ok(Applied::Changed(_))
+        ));
         assert!(!wants(&all));
         assert!(all.version() > v);
         let unknown = NodeName::new("eu-c").unwrap();
-        assert!(matches!(all.handle_delta(&mut ids, &eu, &unknown, &delta), Err(DeltaError::NoSnapshot { .. })));
+        assert!(matches!(
+            all.handle_delta(&mut ids, &eu, &unknown, &delta),
+            Err(DeltaError::NoSnapshot { .. })
+        ));
         all.remove(&mut ids, &eu, &NodeName::new("eu-a").unwrap());
         assert!(all.matcher().is_empty());
     }

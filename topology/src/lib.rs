@@ -32,7 +32,9 @@ pub mod topic;
 
 pub use aggregate::{Aggregation, WideningCost, aggregate};
 pub use graph::{RegionGraph, Tree};
-pub use interest::{Applied, Delta, DeltaOp, Digest, InterestError, InterestTable, InterestVersion, Snapshot};
+pub use interest::{
+    Applied, Delta, DeltaOp, Digest, InterestError, InterestTable, InterestVersion, Snapshot,
+};
 pub use interests::{DeltaError, Interests};
 pub use lsdb::{Lsa, LsaLink, LsaOutcome, Lsdb};
 pub use matcher::Matcher;

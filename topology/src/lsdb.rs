@@ -74,7 +74,13 @@ pub struct Lsdb {
 impl Lsdb {
     /// An empty database for region `me`.
     pub fn new(me: RegionName, max_age: Duration) -> Self {
-        Self { me, entries: BTreeMap::new(), own_seq: 0, max_age, version: 0 }
+        Self {
+            me,
+            entries: BTreeMap::new(),
+            own_seq: 0,
+            max_age,
+            version: 0,
+        }
     }
 
     /// This region.
@@ -104,8 +110,18 @@ impl Lsdb {
         links.sort_by(|a, b| a.peer.cmp(&b.peer));
         links.dedup_by(|a, b| a.peer == b.peer);
         self.own_seq = self.own_seq.max(seq_floor) + 1;
-        let lsa = Lsa { origin: self.me.clone(), seq: self.own_seq, links };
-        self.entries.insert(self.me.clone(), Entry { lsa: lsa.clone(), refreshed: now });
+        let lsa = Lsa {
+            origin: self.me.clone(),
+            seq: self.own_seq,
+            links,
+        };
+        self.entries.insert(
+            self.me.clone(),
+            Entry {
+                lsa: lsa.clone(),
+                refreshed: now,
+            },
+        );
         self.version += 1;
         lsa
     }
@@ -117,7 +133,11 @@ impl Lsdb {
                 self.own_seq = lsa.seq;
                 return LsaOutcome::OwnStale;
             }
-            return if lsa.seq == self.own_seq { LsaOutcome::Duplicate } else { LsaOutcome::Older };
+            return if lsa.seq == self.own_seq {
+                LsaOutcome::Duplicate
+            } else {
+                LsaOutcome::Older
+            };
         }
         if let Some(entry) = self.entries.get_mut(&lsa.origin) {
             if lsa.seq < entry.lsa.seq {
@@ -130,7 +150,13 @@ impl Lsdb {
         }
         lsa.links.sort_by(|a, b| a.peer.cmp(&b.peer));
         lsa.links.dedup_by(|a, b| a.peer == b.peer);
-        self.entries.insert(lsa.origin.clone(), Entry { lsa, refreshed: now });
+        self.entries.insert(
+            lsa.origin.clone(),
+            Entry {
+                lsa,
+                refreshed: now,
+            },
+        );
         self.version += 1;
         LsaOutcome::Installed
     }
@@ -142,7 +168,9 @@ impl Lsdb {
         let expired: Vec<RegionName> = self
             .entries
             .iter()
-            .filter(|(origin, e)| **origin != me && now.saturating_duration_since(e.refreshed) >= max_age)
+            .filter(|(origin, e)| {
+                **origin != me && now.saturating_duration_since(e.refreshed) >= max_age
+            })
             .map(|(origin, _)| origin.clone())
             .collect();
         for origin in &expired {
@@ -156,7 +184,11 @@ impl Lsdb {
 
     /// When the next foreign entry will age out, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.entries.iter().filter(|(origin, _)| **origin != self.me).map(|(_, e)| e.refreshed + self.max_age).min()
+        self.entries
+            .iter()
+            .filter(|(origin, _)| **origin != self.me)
+            .map(|(_, e)| e.refreshed + self.max_age)
+            .min()
     }
 
     /// The region graph the LSAs describe. A link counts only when both ends
@@ -167,9 +199,18 @@ impl Lsdb {
         let mut edges = Vec::new();
         for (origin, entry) in &self.entries {
             for link in entry.lsa.links.iter().filter(|l| l.up && *origin < l.peer) {
-                let Some(back) = self.entries.get(&link.peer) else { continue };
-                let Some(reverse) = back.lsa.links.iter().find(|l| l.peer == *origin && l.up) else { continue };
-                edges.push((origin.clone(), link.peer.clone(), link.cost.max(reverse.cost)));
+                let Some(back) = self.entries.get(&link.peer) else {
+                    continue;
+                };
+                let Some(reverse) = back.lsa.links.iter().find(|l| l.peer == *origin && l.up)
+                else {
+                    continue;
+                };
+                edges.push((
+                    origin.clone(),
+                    link.peer.clone(),
+                    link.cost.max(reverse.cost),
+                ));
             }
         }
         RegionGraph::new(self.entries.keys().cloned(), edges)
@@ -184,7 +225,11 @@ mod tests {
         RegionName::new(s).unwrap()
     }
     fn link(peer: &str, cost: u64, up: bool) -> LsaLink {
-        LsaLink { peer: r(peer), cost: Cost::new(cost).unwrap(), up }
+        LsaLink {
+            peer: r(peer),
+            cost: Cost::new(cost).unwrap(),
+            up,
+        }
     }
 
     #[test]
@@ -192,16 +237,32 @@ mod tests {
         let t0 = Instant::now();
         let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true)], 0);
-        let b1 = Lsa { origin: r("b"), seq: 5, links: vec![link("a", 20, true)] };
+        let b1 = Lsa {
+            origin: r("b"),
+            seq: 5,
+            links: vec![link("a", 20, true)],
+        };
         assert_eq!(db.handle_lsa(t0, b1.clone()), LsaOutcome::Installed);
         assert_eq!(db.handle_lsa(t0, b1.clone()), LsaOutcome::Duplicate);
-        assert_eq!(db.handle_lsa(t0, Lsa { seq: 4, ..b1.clone() }), LsaOutcome::Older);
+        assert_eq!(
+            db.handle_lsa(
+                t0,
+                Lsa {
+                    seq: 4,
+                    ..b1.clone()
+                }
+            ),
+            LsaOutcome::Older
+        );
         let g = db.graph();
         assert_eq!(g.edge_count(), 1);
         assert_eq!(g.cost(&r("a"), &r("b")), Some(20));
         assert_eq!(db.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         assert!(db.handle_timeout(t0 + Duration::from_secs(59)).is_empty());
-        assert_eq!(db.handle_timeout(t0 + Duration::from_secs(60)), vec![r("b")]);
+        assert_eq!(
+            db.handle_timeout(t0 + Duration::from_secs(60)),
+            vec![r("b")]
+        );
         assert_eq!(db.graph().edge_count(), 0);
         assert_eq!(db.graph().len(), 1);
     }
@@ -211,8 +272,22 @@ mod tests {
         let t0 = Instant::now();
         let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true), link("c", 10, true)], 0);
-        db.handle_lsa(t0, Lsa { origin: r("b"), seq: 1, links: vec![link("a", 10, false)] });
-        db.handle_lsa(t0, Lsa { origin: r("c"), seq: 1, links: vec![] });
+        db.handle_lsa(
+            t0,
+            Lsa {
+                origin: r("b"),
+                seq: 1,
+                links: vec![link("a", 10, false)],
+            },
+        );
+        db.handle_lsa(
+            t0,
+            Lsa {
+                origin: r("c"),
+                seq: 1,
+                links: vec![],
+            },
+        );
         assert_eq!(db.graph().edge_count(), 0);
     }
 
@@ -222,7 +297,11 @@ mod tests {
         let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
         let first = db.originate(t0, vec![], 0);
         assert_eq!(first.seq, 1);
-        let old = Lsa { origin: r("a"), seq: 41, links: vec![] };
+        let old = Lsa {
+            origin: r("a"),
+            seq: 41,
+            links: vec![],
+        };
         assert_eq!(db.handle_lsa(t0, old), LsaOutcome::OwnStale);
         assert_eq!(db.originate(t0, vec![], 0).seq, 42);
     }

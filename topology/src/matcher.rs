@@ -38,7 +38,10 @@ enum Edge {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty() && self.plus.is_none() && self.exact.is_empty() && self.hash.is_empty()
+        self.literal.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_empty()
+            && self.hash.is_empty()
     }
 }
 
@@ -56,7 +59,11 @@ pub struct Matcher {
 
 impl Default for Matcher {
     fn default() -> Self {
-        Self { nodes: vec![Node::default()], free: Vec::new(), len: 0 }
+        Self {
+            nodes: vec![Node::default()],
+            free: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -100,7 +107,10 @@ impl Matcher {
     }
 
     fn alloc(&mut self, parent: NodeIdx, edge: Edge) -> NodeIdx {
-        let node = Node { parent: Some((parent, edge)), ..Node::default() };
+        let node = Node {
+            parent: Some((parent, edge)),
+            ..Node::default()
+        };
         if let Some(idx) = self.free.pop() {
             self.nodes[idx as usize] = node;
             idx
@@ -174,7 +184,9 @@ impl Matcher {
     /// Free `at` and its ancestors while they hold nothing.
     fn prune(&mut self, mut at: NodeIdx) {
         while at != ROOT && self.nodes[at as usize].is_empty() {
-            let Some((parent, edge)) = self.nodes[at as usize].parent.take() else { return };
+            let Some((parent, edge)) = self.nodes[at as usize].parent.take() else {
+                return;
+            };
             let p = &mut self.nodes[parent as usize];
             match edge {
                 Edge::Plus => p.plus = None,
@@ -267,7 +279,10 @@ mod tests {
         assert!(!m.insert(&f("sport/#"), a));
         assert!(m.insert(&f("sport/+/player1"), b));
         assert!(m.insert(&f("#"), b));
-        assert_eq!(m.matches(&t("sport")).iter().collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(
+            m.matches(&t("sport")).iter().collect::<Vec<_>>(),
+            vec![a, b]
+        );
         assert_eq!(m.matches(&t("$SYS/x")).len(), 0);
         assert!(m.remove(&f("#"), b));
         assert!(!m.remove(&f("#"), b));

@@ -16,7 +16,9 @@ pub enum NameError {
     )]
     Region(String),
     /// A node name identifies one replica of a region.
-    #[error("invalid node name `{0}`: expected 1 to 64 characters of letters, digits, `.`, `_` and `-`")]
+    #[error(
+        "invalid node name `{0}`: expected 1 to 64 characters of letters, digits, `.`, `_` and `-`"
+    )]
     Node(String),
     /// Costs are positive so shortest paths are well defined.
     #[error("invalid cost {0}: expected a whole number from 1 to {max}", max = Cost::MAX)]
@@ -38,7 +40,11 @@ impl RegionName {
             && bytes.iter().all(|b| alnum(b) || *b == b'-')
             && bytes.first().is_some_and(alnum)
             && bytes.last().is_some_and(alnum);
-        if ok { Ok(Self(Arc::from(s))) } else { Err(NameError::Region(s.to_owned())) }
+        if ok {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(NameError::Region(s.to_owned()))
+        }
     }
 
     /// The name as a string.
@@ -56,8 +62,13 @@ impl NodeName {
     /// Check `s` and wrap it.
     pub fn new(s: &str) -> Result<Self, NameError> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok { Ok(Self(Arc::from(s))) } else { Err(NameError::Node(s.to_owned())) }
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(NameError::Node(s.to_owned()))
+        }
     }
 
     /// The name as a string.
@@ -112,12 +123,12 @@ macro_rules! name_impls {
     ($ty:ident) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
         impl std::str::FromStr for $ty {
@@ -298,7 +309,15 @@ mod tests {
         for ok in ["eu-west", "a", "us-east-1", "x9"] {
             assert!(RegionName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-eu", "eu-", "EU", "eu_west", "eu.west", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-eu",
+            "eu-",
+            "EU",
+            "eu_west",
+            "eu.west",
+            &"a".repeat(64),
+        ] {
             assert!(RegionName::new(bad).is_err(), "{bad}");
         }
         assert!(NodeName::new("eu-west-a.example_1").is_ok());
@@ -315,11 +334,16 @@ mod tests {
     #[test]
     fn region_sets() {
         let mut ids = RegionIds::default();
-        let names: Vec<_> = (0..200).map(|i| RegionName::new(&format!("r{i}")).unwrap()).collect();
+        let names: Vec<_> = (0..200)
+            .map(|i| RegionName::new(&format!("r{i}")).unwrap())
+            .collect();
         let all: Vec<_> = names.iter().map(|n| ids.intern(n)).collect();
         assert_eq!(ids.intern(&names[5]), all[5]);
         let mut set: RegionSet = [all[3], all[130], all[64]].into_iter().collect();
-        assert_eq!(set.iter().collect::<Vec<_>>(), vec![all[3], all[64], all[130]]);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![all[3], all[64], all[130]]
+        );
         assert!(set.contains(all[130]) && !set.contains(all[129]));
         set.remove(all[64]);
         assert_eq!(set.len(), 2);

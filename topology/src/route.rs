@@ -163,8 +163,14 @@ impl Router {
     }
 
     /// Apply a region's interest delta.
-    pub fn handle_delta(&mut self, region: &RegionName, node: &NodeName, delta: &Delta) -> Result<Applied, DeltaError> {
-        self.interests.handle_delta(&mut self.ids, region, node, delta)
+    pub fn handle_delta(
+        &mut self,
+        region: &RegionName,
+        node: &NodeName,
+        delta: &Delta,
+    ) -> Result<Applied, DeltaError> {
+        self.interests
+            .handle_delta(&mut self.ids, region, node, delta)
     }
 
     /// Forget a (region, node)'s interest table.
@@ -223,10 +229,19 @@ impl Router {
 
     /// Where a message from `origin` on `topic` goes from here, given the
     /// regions it has already visited and the hops it has taken.
-    pub fn decide(&mut self, origin: &RegionName, topic: &TopicName, visited: &[RegionName], hops: u32) -> Decision {
+    pub fn decide(
+        &mut self,
+        origin: &RegionName,
+        topic: &TopicName,
+        visited: &[RegionName],
+        hops: u32,
+    ) -> Decision {
         let origin_id = self.ids.intern(origin);
         let route = self.route(origin_id, topic);
-        let mut decision = Decision { deliver_local: route.deliver_local, ..Decision::default() };
+        let mut decision = Decision {
+            deliver_local: route.deliver_local,
+            ..Decision::default()
+        };
         if route.next.is_empty() {
             return decision;
         }
@@ -264,11 +279,20 @@ impl Router {
         let mut wanting = std::mem::take(&mut self.scratch);
         wanting.clear();
         self.interests.wanting_into(topic, &mut wanting);
-        let mut route = Route { deliver_local: wanting.contains(self.me_id), next: Vec::new() };
-        if let (Some(()), Some(me), Some(_)) = (self.ensure_tree(origin), self.position(self.me_id), self.position(origin)) {
+        let mut route = Route {
+            deliver_local: wanting.contains(self.me_id),
+            next: Vec::new(),
+        };
+        if let (Some(()), Some(me), Some(_)) = (
+            self.ensure_tree(origin),
+            self.position(self.me_id),
+            self.position(origin),
+        ) {
             if let Some(tree) = self.trees.get(&origin) {
                 for region in wanting.iter().filter(|r| *r != self.me_id) {
-                    let Some(pos) = self.position(region) else { continue };
+                    let Some(pos) = self.position(region) else {
+                        continue;
+                    };
                     if let Some(child) = tree.child_towards(me, pos) {
                         let id = self.pos_ids[child];
                         if !route.next.contains(&id) {
@@ -278,7 +302,9 @@ impl Router {
                 }
             }
         }
-        route.next.sort_by(|a, b| self.ids.name(*a).cmp(self.ids.name(*b)));
+        route
+            .next
+            .sort_by(|a, b| self.ids.name(*a).cmp(self.ids.name(*b)));
         self.scratch = wanting;
         route
     }
@@ -295,15 +321,31 @@ mod tests {
         RegionName::new(s).unwrap()
     }
     fn link(peer: &str, cost: u64, up: bool) -> LsaLink {
-        LsaLink { peer: r(peer), cost: Cost::new(cost).unwrap(), up }
+        LsaLink {
+            peer: r(peer),
+            cost: Cost::new(cost).unwrap(),
+            up,
+        }
     }
     fn lsa(origin: &str, seq: u64, links: Vec<LsaLink>) -> Lsa {
-        Lsa { origin: r(origin), seq, links }
+        Lsa {
+            origin: r(origin),
+            seq,
+            links,
+        }
     }
     fn snapshot(region: &str, filters: &[&str]) -> Snapshot {
         Snapshot {
-            version: InterestVersion { region: r(region), node: NodeName::new("n1").unwrap(), epoch: 1, seq: 0 },
-            filters: filters.iter().map(|f| TopicFilter::new(f).unwrap()).collect(),
+            version: InterestVersion {
+                region: r(region),
+                node: NodeName::new("n1").unwrap(),
+                epoch: 1,
+                seq: 0,
+            },
+            filters: filters
+                .iter()
+                .map(|f| TopicFilter::new(f).unwrap())
+                .collect(),
         }
     }
 
@@ -337,14 +379,26 @@ mod tests {
         assert!(!d.deliver_local);
         let mut b = triangle_at("b", true);
         b.handle_snapshot(snapshot("c", &["t/#"]));
-        assert_eq!(b.decide(&r("a"), &topic, &[r("a")], 1).forward, vec![r("c")]);
+        assert_eq!(
+            b.decide(&r("a"), &topic, &[r("a")], 1).forward,
+            vec![r("c")]
+        );
         // Nobody wants other topics: nothing crosses.
-        assert_eq!(a.decide(&r("a"), &TopicName::new("u").unwrap(), &[], 0), Decision::default());
+        assert_eq!(
+            a.decide(&r("a"), &TopicName::new("u").unwrap(), &[], 0),
+            Decision::default()
+        );
 
         // b-c fails: a goes direct to c (new LSAs invalidate the cached route).
         let now = Instant::now();
-        a.handle_lsa(now, lsa("b", 2, vec![link("a", 1, true), link("c", 1, false)]));
-        assert_eq!(a.decide(&r("a"), &topic, &[r("a")], 0).forward, vec![r("c")]);
+        a.handle_lsa(
+            now,
+            lsa("b", 2, vec![link("a", 1, true), link("c", 1, false)]),
+        );
+        assert_eq!(
+            a.decide(&r("a"), &topic, &[r("a")], 0).forward,
+            vec![r("c")]
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub enum TopicError {
         offset: usize,
     },
     /// Topic names (what is published to) cannot hold wildcards [MQTT-3.3.2-2].
-    #[error("a topic name cannot contain the wildcard `{wildcard}` (byte {offset}); wildcards belong in filters")]
+    #[error(
+        "a topic name cannot contain the wildcard `{wildcard}` (byte {offset}); wildcards belong in filters"
+    )]
     WildcardInName {
         /// The wildcard character.
         wildcard: char,
@@ -158,7 +160,11 @@ impl TopicFilter {
             let level = i + 1;
             for wildcard in ['+', '#'] {
                 if text.contains(wildcard) && text.len() != 1 {
-                    return Err(TopicError::WildcardNotAlone { wildcard, level, text: text.to_owned() });
+                    return Err(TopicError::WildcardNotAlone {
+                        wildcard,
+                        level,
+                        text: text.to_owned(),
+                    });
                 }
             }
             if text == "#" && level != levels {
@@ -276,18 +282,25 @@ impl Subscription {
         };
         let Some((group, filter)) = rest.split_once('/') else {
             return Err(if rest.is_empty() || rest.contains(['+', '#']) {
-                TopicError::InvalidShareName { name: rest.to_owned() }
+                TopicError::InvalidShareName {
+                    name: rest.to_owned(),
+                }
             } else {
                 TopicError::MissingSharedFilter
             });
         };
         if group.is_empty() || group.contains(['+', '#']) {
-            return Err(TopicError::InvalidShareName { name: group.to_owned() });
+            return Err(TopicError::InvalidShareName {
+                name: group.to_owned(),
+            });
         }
         if filter.is_empty() {
             return Err(TopicError::MissingSharedFilter);
         }
-        Ok(Subscription::Shared { group: Arc::from(group), filter: TopicFilter::new(filter)? })
+        Ok(Subscription::Shared {
+            group: Arc::from(group),
+            filter: TopicFilter::new(filter)?,
+        })
     }
 
     /// The filter that decides which messages the subscription receives:
@@ -303,7 +316,7 @@ macro_rules! string_newtype_impls {
     ($ty:ident) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
         impl fmt::Debug for $ty {
@@ -360,17 +373,47 @@ mod tests {
 
     #[test]
     fn filter_rules() {
-        for ok in ["#", "+", "a/#", "a/+/b", "/", "a//b", "+/+", "/#", "$SYS/#", "a/b/c"] {
+        for ok in [
+            "#", "+", "a/#", "a/+/b", "/", "a//b", "+/+", "/#", "$SYS/#", "a/b/c",
+        ] {
             assert!(TopicFilter::new(ok).is_ok(), "{ok}");
         }
-        assert_eq!(TopicFilter::new("a/#/b"), Err(TopicError::HashNotLast { level: 2, levels: 3 }));
-        assert!(matches!(TopicFilter::new("a#"), Err(TopicError::WildcardNotAlone { wildcard: '#', level: 1, .. })));
-        assert!(matches!(TopicFilter::new("a/b+"), Err(TopicError::WildcardNotAlone { wildcard: '+', level: 2, .. })));
+        assert_eq!(
+            TopicFilter::new("a/#/b"),
+            Err(TopicError::HashNotLast {
+                level: 2,
+                levels: 3
+            })
+        );
+        assert!(matches!(
+            TopicFilter::new("a#"),
+            Err(TopicError::WildcardNotAlone {
+                wildcard: '#',
+                level: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            TopicFilter::new("a/b+"),
+            Err(TopicError::WildcardNotAlone {
+                wildcard: '+',
+                level: 2,
+                ..
+            })
+        ));
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
         assert_eq!(TopicFilter::new("a\0b"), Err(TopicError::Nul { offset: 1 }));
-        assert_eq!(TopicFilter::new("$share/g/a"), Err(TopicError::SharedPrefix));
+        assert_eq!(
+            TopicFilter::new("$share/g/a"),
+            Err(TopicError::SharedPrefix)
+        );
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
-        assert_eq!(TopicFilter::new(&long), Err(TopicError::TooLong { len: MAX_TOPIC_LEN + 1 }));
+        assert_eq!(
+            TopicFilter::new(&long),
+            Err(TopicError::TooLong {
+                len: MAX_TOPIC_LEN + 1
+            })
+        );
         assert!(TopicFilter::new(&long[1..]).is_ok());
     }
 
@@ -378,7 +421,13 @@ mod tests {
     fn name_rules() {
         assert!(TopicName::new("a/b").is_ok());
         assert!(TopicName::new("/").is_ok());
-        assert_eq!(TopicName::new("a/+"), Err(TopicError::WildcardInName { wildcard: '+', offset: 2 }));
+        assert_eq!(
+            TopicName::new("a/+"),
+            Err(TopicError::WildcardInName {
+                wildcard: '+',
+                offset: 2
+            })
+        );
         assert_eq!(TopicName::new(""), Err(TopicError::Empty));
     }
 
@@ -423,10 +472,25 @@ mod tests {
         assert_eq!(s.filter(), &f("factory/+/temp"));
         assert!(matches!(&s, Subscription::Shared { group, .. } if &**group == "mqlink-eu"));
         assert_eq!(s.to_string(), "$share/mqlink-eu/factory/+/temp");
-        assert_eq!(Subscription::parse("$share/g"), Err(TopicError::MissingSharedFilter));
-        assert_eq!(Subscription::parse("$share/g/"), Err(TopicError::MissingSharedFilter));
-        assert!(matches!(Subscription::parse("$share//a"), Err(TopicError::InvalidShareName { .. })));
-        assert!(matches!(Subscription::parse("$share/g+/a"), Err(TopicError::InvalidShareName { .. })));
-        assert_eq!(Subscription::parse("a/b").unwrap(), Subscription::Plain(f("a/b")));
+        assert_eq!(
+            Subscription::parse("$share/g"),
+            Err(TopicError::MissingSharedFilter)
+        );
+        assert_eq!(
+            Subscription::parse("$share/g/"),
+            Err(TopicError::MissingSharedFilter)
+        );
+        assert!(matches!(
+            Subscription::parse("$share//a"),
+            Err(TopicError::InvalidShareName { .. })
+        ));
+        assert!(matches!(
+            Subscription::parse("$share/g+/a"),
+            Err(TopicError::InvalidShareName { .. })
+        ));
+        assert_eq!(
+            Subscription::parse("a/b").unwrap(),
+            Subscription::Plain(f("a/b"))
+        );
     }
 }

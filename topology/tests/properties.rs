@@ -6,21 +6,25 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mqlink_topology::{
-    Cost, InterestVersion, LsaLink, Matcher, NodeName, RegionIds, RegionName, Router, Snapshot, TopicFilter,
-    TopicName, aggregate,
+    Cost, InterestVersion, LsaLink, Matcher, NodeName, RegionIds, RegionName, Router, Snapshot,
+    TopicFilter, TopicName, aggregate,
 };
 use proptest::prelude::*;
 
 const LEVELS: &[&str] = &["a", "b", "c", ""];
 
 fn topic_strategy() -> impl Strategy<Value = TopicName> {
-    (any::<bool>(), prop::collection::vec(prop::sample::select(LEVELS), 1..5)).prop_map(|(system, mut levels)| {
-        if system {
-            levels[0] = "$s";
-        }
-        let s = levels.join("/");
-        TopicName::new(if s.is_empty() { "/" } else { &s }).unwrap()
-    })
+    (
+        any::<bool>(),
+        prop::collection::vec(prop::sample::select(LEVELS), 1..5),
+    )
+        .prop_map(|(system, mut levels)| {
+            if system {
+                levels[0] = "$s";
+            }
+            let s = levels.join("/");
+            TopicName::new(if s.is_empty() { "/" } else { &s }).unwrap()
+        })
 }
 
 fn filter_strategy() -> impl Strategy<Value = TopicFilter> {
@@ -123,12 +127,18 @@ fn graph_strategy() -> impl Strategy<Value = (usize, Vec<(usize, usize, u64)>)> 
 fn routers(n: usize, links: &[(usize, usize, u64)], interest: &[Vec<TopicFilter>]) -> Vec<Router> {
     let now = Instant::now();
     let mut lsas = Vec::new();
-    let mut out: Vec<Router> = (0..n).map(|i| Router::new(region(i), Duration::from_secs(60))).collect();
+    let mut out: Vec<Router> = (0..n)
+        .map(|i| Router::new(region(i), Duration::from_secs(60)))
+        .collect();
     for (i, router) in out.iter_mut().enumerate() {
         let mine: Vec<LsaLink> = links
             .iter()
             .filter(|(a, b, _)| *a == i || *b == i)
-            .map(|(a, b, c)| LsaLink { peer: region(if *a == i { *b } else { *a }), cost: Cost::new(*c).unwrap(), up: true })
+            .map(|(a, b, c)| LsaLink {
+                peer: region(if *a == i { *b } else { *a }),
+                cost: Cost::new(*c).unwrap(),
+                up: true,
+            })
             .collect();
         lsas.push(router.originate(now, mine, 0));
     }
@@ -138,7 +148,12 @@ fn routers(n: usize, links: &[(usize, usize, u64)], interest: &[Vec<TopicFilter>
         }
         for (i, filters) in interest.iter().enumerate() {
             router.handle_snapshot(Snapshot {
-                version: InterestVersion { region: region(i), node: NodeName::new("n").unwrap(), epoch: 1, seq: 0 },
+                version: InterestVersion {
+                    region: region(i),
+                    node: NodeName::new("n").unwrap(),
+                    epoch: 1,
+                    seq: 0,
+                },
                 filters: filters.clone(),
             });
         }

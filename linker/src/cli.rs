@@ -1,0 +1,42 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// mqlink: federate regional MQTT brokers into one global namespace.
+#[derive(Debug, Parser)]
+#[command(name = "mqlink", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate region config files. One file is checked alone; several are
+    /// one deployment and are cross-checked (links on both sides, partitions,
+    /// single points of failure, export/import filters that never overlap).
+    /// Exits 0 when there are no errors (warnings allowed), 1 otherwise.
+    Check(CheckArgs),
+}
+
+/// Arguments of `mqlink check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Region YAML files; repeat `--config` or list several after one.
+    #[arg(long = "config", short = 'c', required = true, num_args = 1.., action = ArgAction::Append, value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Print a JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also warn about referenced files (certificates, keys, password
+    /// file) that do not exist on this machine.
+    #[arg(long)]
+    pub files: bool,
+    /// Treat warnings as errors (exit 1 when there are any).
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
