@@ -142,20 +142,20 @@ pub fn check_deployment(configs: &[RegionConfig]) -> Deployment {
             check_direction(&mut diags, c, link, peer, back);
             link_pos.insert(((*region).clone(), link.region.clone()), (c, link));
             if *region < &link.region {
-                if let (Some(x), Some(y)) = (link.cost, back.cost) {
-                    if x != y {
-                        diags.push(Diagnostic::warning(
-                            &c.file,
-                            link.cost_pos,
-                            format!(
-                                "cost {} here but {} at {}; agents use the larger ({})",
-                                x.get(),
-                                y.get(),
-                                at(&peer.file, back.cost_pos),
-                                x.max(y).get()
-                            ),
-                        ));
-                    }
+                if let (Some(x), Some(y)) = (link.cost, back.cost)
+                    && x != y
+                {
+                    diags.push(Diagnostic::warning(
+                        &c.file,
+                        link.cost_pos,
+                        format!(
+                            "cost {} here but {} at {}; agents use the larger ({})",
+                            x.get(),
+                            y.get(),
+                            at(&peer.file, back.cost_pos),
+                            x.max(y).get()
+                        ),
+                    ));
                 }
                 let cost = link.cost.max(back.cost).map_or(1, |c| c.get());
                 edges.push(((*region).clone(), link.region.clone(), cost));

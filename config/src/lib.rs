@@ -12,7 +12,7 @@
 //! - [`deployment`]: whole-deployment checks (links declared on both sides,
 //!   duplicate regions, partitions, single points of failure, export/import
 //!   filters that can never overlap).
-//! - [`diagnostic`]: [`Diagnostic`] (`file:line:column: severity: message`)
+//! - [`diagnostic`]: [`Diagnostic`], printed as `file:line:column: severity: message`,
 //!   and [`ConfigError`].
 //!
 //! # The region file, and its defaults

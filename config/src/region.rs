@@ -293,12 +293,12 @@ fn convert_listen(ctx: &mut Ctx<'_>, raw: Option<RawListen>) -> Option<ListenCon
     let quic = one(&raw.quic, "listen.quic", DEFAULT_QUIC);
     let admin = one(&raw.admin, "listen.admin", DEFAULT_ADMIN);
     let metrics = one(&raw.metrics, "listen.metrics", DEFAULT_METRICS);
-    if let (Some(a), Some(m)) = (admin, metrics) {
-        if a == m {
-            let at = raw.metrics.as_ref().or(raw.admin.as_ref()).and_then(pos);
-            ctx.err(at, format!("listen.metrics: {m} is also listen.admin; the two TCP listeners need different addresses"));
-            return None;
-        }
+    if let (Some(a), Some(m)) = (admin, metrics)
+        && a == m
+    {
+        let at = raw.metrics.as_ref().or(raw.admin.as_ref()).and_then(pos);
+        ctx.err(at, format!("listen.metrics: {m} is also listen.admin; the two TCP listeners need different addresses"));
+        return None;
     }
     Some(ListenConfig {
         quic: quic?,
@@ -325,15 +325,13 @@ fn convert_link(
 ) -> Option<LinkConfig> {
     let l = &raw.value;
     let region = ctx.parse(&l.region, "links.region", RegionName::new);
-    if let (Some(r), Some(me)) = (&region, me) {
-        if r == me {
-            ctx.err(
-                pos(&l.region),
-                format!(
-                    "links.region: `{r}` is this region itself; a link must name another region"
-                ),
-            );
-        }
+    if let (Some(r), Some(me)) = (&region, me)
+        && r == me
+    {
+        ctx.err(
+            pos(&l.region),
+            format!("links.region: `{r}` is this region itself; a link must name another region"),
+        );
     }
     let endpoints: Vec<Endpoint> = l
         .endpoints

@@ -1,5 +1,7 @@
 //! Tests of parsing, per-file validation and deployment checks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! `mqlink check` as a user runs it: the real binary, real files, exit codes
 //! and messages.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should panic
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,6 +2,8 @@
 //! check first: it must load and cross-check cleanly, and its routes must be
 //! what its costs say.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should panic
+
 use std::path::{Path, PathBuf};
 
 use mqlink_config::{check_deployment, load};

@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench -p mqlink-topology --bench matcher`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should panic
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -231,6 +231,7 @@ fn last_resort(set: &mut BTreeSet<Levels>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn f(s: &str) -> TopicFilter {

@@ -288,6 +288,7 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn r(s: &str) -> RegionName {

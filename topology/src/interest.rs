@@ -321,6 +321,7 @@ impl InterestTable {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn f(s: &str) -> TopicFilter {

@@ -160,6 +160,7 @@ impl Interests {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::interest::InterestVersion;
 

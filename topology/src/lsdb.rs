@@ -219,6 +219,7 @@ impl Lsdb {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn r(s: &str) -> RegionName {

@@ -259,6 +259,7 @@ impl Matcher {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::region::{RegionIds, RegionName};
 

@@ -302,6 +302,7 @@ impl FromIterator<RegionId> for RegionSet {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

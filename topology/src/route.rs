@@ -287,17 +287,16 @@ impl Router {
             self.ensure_tree(origin),
             self.position(self.me_id),
             self.position(origin),
-        ) {
-            if let Some(tree) = self.trees.get(&origin) {
-                for region in wanting.iter().filter(|r| *r != self.me_id) {
-                    let Some(pos) = self.position(region) else {
-                        continue;
-                    };
-                    if let Some(child) = tree.child_towards(me, pos) {
-                        let id = self.pos_ids[child];
-                        if !route.next.contains(&id) {
-                            route.next.push(id);
-                        }
+        ) && let Some(tree) = self.trees.get(&origin)
+        {
+            for region in wanting.iter().filter(|r| *r != self.me_id) {
+                let Some(pos) = self.position(region) else {
+                    continue;
+                };
+                if let Some(child) = tree.child_towards(me, pos) {
+                    let id = self.pos_ids[child];
+                    if !route.next.contains(&id) {
+                        route.next.push(id);
                     }
                 }
             }
@@ -312,6 +311,7 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::interest::InterestVersion;
     use crate::region::Cost;

@@ -362,6 +362,7 @@ impl fmt::Display for Subscription {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn f(s: &str) -> TopicFilter {

@@ -2,6 +2,8 @@
 //! matching, aggregation against "only widens", and the forwarding decision
 //! against "exactly one copy to every interested region, none elsewhere".
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should panic
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
