@@ -2,17 +2,30 @@
 //! frames and a sans-IO state machine driven only by `handle_*(now, ...)`
 //! and `poll_*`, never by sockets or a clock.
 //!
+//! # Layout
+//!
+//! - `link.proto` (crate root): the wire format, compiled by `build.rs` with
+//!   prost + protox (no system `protoc`) into the private `wire` module.
+//! - [`frame`]: domain frames ([`Frame`], [`Envelope`], ...), their checked
+//!   conversion from the wire types (bad peer input becomes a
+//!   [`FrameError`], never a panic), and length-prefixed encode/decode.
+//!
 //! # Status
 //!
-//! Skeleton. Issue #3 fills it: `link.proto` (hello, LSA, summary snapshot /
-//! delta / digest, ack, data batches) generated with prost, and the protocol
-//! core (peers, LSA flooding, summary exchange, envelope forwarding with
-//! dedupe and hop limit) on top of [`mqlink_topology`]. Nothing here works
-//! yet, and nothing pretends to.
-//!
-//! # Layout (planned)
-//!
-//! - `frame`: domain frames and their conversion to and from the generated
-//!   protobuf types.
-//! - `peer`: per-neighbour state (hello, summaries sent and received).
-//! - `core`: the agent's protocol state machine.
+//! Issue #3 in progress: the wire format and frames are done; the protocol
+//! core (peers, hello, LSA flooding, summary exchange, envelope forwarding
+//! with dedupe and hop limit) is being built on [`mqlink_topology`].
+
+pub mod frame;
+
+/// The generated protobuf types. Private to the crate: they are converted
+/// to domain types in [`frame`] at the boundary.
+#[allow(missing_docs, clippy::all)]
+mod wire {
+    include!(concat!(env!("OUT_DIR"), "/mqlink.link.v1.rs"));
+}
+
+pub use frame::{
+    DataBatch, Envelope, Frame, FrameError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
+    Properties, Qos, TableId, decode, encode,
+};
