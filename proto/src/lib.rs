@@ -10,12 +10,16 @@
 //!   conversion from the wire types (bad peer input becomes a
 //!   [`FrameError`], never a panic), and length-prefixed encode/decode.
 //!
-//! # Status
+//! - [`agent`]: the protocol core ([`Agent`]): hello, LSA flooding,
+//!   summary exchange (snapshot, deltas, digests, resync), envelope
+//!   forwarding along the routing core's trees, drop counters.
+//! - [`dedupe`]: the per-origin duplicate window.
 //!
-//! Issue #3 in progress: the wire format and frames are done; the protocol
-//! core (peers, hello, LSA flooding, summary exchange, envelope forwarding
-//! with dedupe and hop limit) is being built on [`mqlink_topology`].
+//! Tests: unit tests per file; `tests/agents.rs` runs several agents in
+//! memory on simulated time (frames go through the real wire encoding).
 
+pub mod agent;
+pub mod dedupe;
 pub mod frame;
 
 /// The generated protobuf types. Private to the crate: they are converted
@@ -25,6 +29,7 @@ mod wire {
     include!(concat!(env!("OUT_DIR"), "/mqlink.link.v1.rs"));
 }
 
+pub use agent::{Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, Stats};
 pub use frame::{
     DataBatch, Envelope, Frame, FrameError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
     Properties, Qos, TableId, decode, encode,

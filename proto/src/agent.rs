@@ -1,0 +1,857 @@
+//! The protocol core of one agent: a sans-IO state machine.
+//!
+//! The runtime (or the simulator, or a test) drives it:
+//!
+//! ```text
+//! loop {
+//!     input arrives -> agent.handle_connect / handle_disconnect / handle_frame /
+//!                      handle_publish / handle_subscribe / handle_unsubscribe (now, ...)
+//!     timer fires   -> agent.handle_timeout(now)
+//!     while let Some((peer, frame)) = agent.poll_transmit() { send it }
+//!     while let Some(event) = agent.poll_event() { act on it }
+//!     sleep until agent.poll_timeout()
+//! }
+//! ```
+//!
+//! Nothing here reads a clock or touches a socket.
+//!
+//! What it does: greets neighbours (hello, checked against the region the
+//! runtime verified from the certificate); floods LSAs; keeps every
+//! region's interest tables in step by flooding snapshots (start / entries /
+//! end, verified by digest), sequenced deltas and periodic digests, and asks
+//! for a snapshot when a gap or a digest mismatch shows drift; forwards
+//! envelopes along the routing core's trees, within the link's export and
+//! import filters, dropping duplicates (dedupe window), visited regions and
+//! anything past the hop limit. Every drop is counted by reason in
+//! [`Stats`]. Interest outlives links: a peer going down changes the
+//! graph, not what remote regions want.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use mqlink_topology::{
+    Applied, Cost, Delta, DeltaOp, Digest, InterestTable, InterestVersion, LsaLink, LsaOutcome,
+    NodeName, RegionName, Router, Snapshot, TopicFilter, TopicName,
+};
+
+use crate::dedupe::{Dedupe, Seen};
+use crate::frame::{DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION, TableId};
+
+/// The user property that marks a message imported by mqlink: such a
+/// message is never exported again (DESIGN step 5d).
+pub const ORIGIN_PROPERTY: &str = "mqlink-origin";
+
+/// A configured neighbour and what may cross the link.
+#[derive(Debug, Clone)]
+pub struct LinkPolicy {
+    /// The neighbouring region.
+    pub region: RegionName,
+    /// Link cost advertised in our LSA.
+    pub cost: Cost,
+    /// Topics we may send to it.
+    pub export: Vec<TopicFilter>,
+    /// Topics we accept from it.
+    pub import: Vec<TopicFilter>,
+}
+
+/// How an agent behaves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Our region.
+    pub region: RegionName,
+    /// Our node.
+    pub node: NodeName,
+    /// Our epoch: new at each start, higher than the previous one (e.g. start time in ms).
+    pub epoch: u64,
+    /// Configured neighbours.
+    pub links: Vec<LinkPolicy>,
+    /// Drop envelopes that crossed this many links.
+    pub hop_limit: u32,
+    /// Re-originate our LSA this often (keeps it from ageing out elsewhere).
+    pub lsa_refresh: Duration,
+    /// Foreign LSAs not refreshed within this age are dropped.
+    pub lsa_max_age: Duration,
+    /// Send digests of every known table to every peer this often.
+    pub digest_interval: Duration,
+    /// Filters per `SummaryEntries` frame.
+    pub summary_chunk: usize,
+    /// Most envelopes per data batch.
+    pub batch_max: usize,
+}
+
+impl AgentConfig {
+    /// A config with the default timers for `region`/`node`/`epoch`.
+    pub fn new(region: RegionName, node: NodeName, epoch: u64, links: Vec<LinkPolicy>) -> Self {
+        Self {
+            region,
+            node,
+            epoch,
+            links,
+            hop_limit: mqlink_topology::DEFAULT_HOP_LIMIT,
+            lsa_refresh: Duration::from_secs(30),
+            lsa_max_age: Duration::from_secs(120),
+            digest_interval: Duration::from_secs(10),
+            summary_chunk: 1000,
+            batch_max: 512,
+        }
+    }
+}
+
+/// Why a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// It carries [`ORIGIN_PROPERTY`]: it was imported, never re-exported.
+    Reimport,
+    /// The link's import filter refuses the topic.
+    ImportPolicy,
+    /// Seen before (dedupe window).
+    Duplicate,
+    /// Older than the dedupe window or from an older epoch.
+    TooOld,
+    /// The routing core would send it to a region it already visited.
+    Visited,
+    /// Past the hop limit.
+    HopLimit,
+    /// Our own message came back.
+    OwnOrigin,
+    /// The next hop is not connected (QoS 0; QoS ≥ 1 goes to the spool, issue #3 runtime).
+    NoPeer,
+}
+
+/// Counters the runtime exports as metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Drops by reason.
+    pub drops: BTreeMap<DropReason, u64>,
+    /// Envelopes sent, per peer.
+    pub sent: BTreeMap<RegionName, u64>,
+    /// Envelopes received, per peer.
+    pub received: BTreeMap<RegionName, u64>,
+    /// Messages handed to the local broker.
+    pub delivered: u64,
+    /// Peers closed for a protocol violation.
+    pub protocol_errors: u64,
+    /// Snapshots requested because of a gap or a digest mismatch.
+    pub resyncs: u64,
+}
+
+/// Something the runtime must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A neighbour completed the hello exchange.
+    PeerUp {
+        /// Its region.
+        region: RegionName,
+        /// Its node.
+        node: NodeName,
+    },
+    /// Close the connection to this neighbour: it broke the protocol.
+    ClosePeer {
+        /// Its region.
+        region: RegionName,
+        /// Why.
+        reason: String,
+    },
+    /// Publish this message to the local broker.
+    Deliver(Envelope),
+    /// The set of filters to subscribe to on the local broker (to export) changed.
+    ExportChanged(BTreeSet<TopicFilter>),
+}
+
+/// A snapshot being received.
+#[derive(Debug)]
+struct Incoming {
+    /// Its sequence number.
+    seq: u64,
+    /// Filters announced.
+    count: u64,
+    /// Filters so far.
+    filters: Vec<TopicFilter>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// Its node, once it said hello.
+    hello: Option<Hello>,
+    /// Snapshots in progress from it.
+    incoming: BTreeMap<TableId, Incoming>,
+    /// Envelopes waiting to be batched.
+    pending: Vec<Envelope>,
+    /// Next data batch number.
+    next_batch: u64,
+}
+
+/// The protocol core of one agent.
+#[derive(Debug)]
+pub struct Agent {
+    /// Configuration.
+    cfg: AgentConfig,
+    /// Routing brain.
+    router: Router,
+    /// Our own interest table.
+    local: InterestTable,
+    /// Connected neighbours.
+    peers: BTreeMap<RegionName, Peer>,
+    /// Frames to send, in order.
+    outbox: VecDeque<(RegionName, Frame)>,
+    /// Events for the runtime.
+    events: VecDeque<Event>,
+    /// Duplicate suppression.
+    dedupe: Dedupe,
+    /// Our next envelope sequence number.
+    next_seq: u64,
+    /// When to re-originate our LSA.
+    next_lsa: Option<Instant>,
+    /// When to send digests.
+    next_digest: Option<Instant>,
+    /// Export filter set last announced.
+    export: BTreeSet<TopicFilter>,
+    /// Interests version the export set was computed at.
+    export_version: Option<u64>,
+    /// Counters.
+    stats: Stats,
+}
+
+fn table_id(v: &InterestVersion) -> TableId {
+    TableId {
+        region: v.region.clone(),
+        node: v.node.clone(),
+        epoch: v.epoch,
+    }
+}
+
+impl Agent {
+    /// A new agent: its own interest table is empty, no peer is connected.
+    pub fn new(now: Instant, cfg: AgentConfig) -> Self {
+        let mut router =
+            Router::new(cfg.region.clone(), cfg.lsa_max_age).with_hop_limit(cfg.hop_limit);
+        let local = InterestTable::new(cfg.region.clone(), cfg.node.clone(), cfg.epoch);
+        router.handle_snapshot(local.snapshot());
+        let mut agent = Self {
+            router,
+            local,
+            peers: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            dedupe: Dedupe::default(),
+            next_seq: 1,
+            next_lsa: None,
+            next_digest: Some(now + cfg.digest_interval),
+            export: BTreeSet::new(),
+            export_version: None,
+            stats: Stats::default(),
+            cfg,
+        };
+        agent.originate(now);
+        agent
+    }
+
+    /// Our region.
+    pub fn region(&self) -> &RegionName {
+        &self.cfg.region
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The routing core (for admin queries and tests).
+    pub fn router(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// Regions with a completed hello.
+    pub fn peers_up(&self) -> impl Iterator<Item = &RegionName> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.hello.is_some())
+            .map(|(r, _)| r)
+    }
+
+    fn policy(&self, region: &RegionName) -> Option<&LinkPolicy> {
+        self.cfg.links.iter().find(|l| l.region == *region)
+    }
+
+    fn originate(&mut self, now: Instant) {
+        let links: Vec<LsaLink> = self
+            .cfg
+            .links
+            .iter()
+            .map(|l| LsaLink {
+                peer: l.region.clone(),
+                cost: l.cost,
+                up: self.peers.get(&l.region).is_some_and(|p| p.hello.is_some()),
+            })
+            .collect();
+        let lsa = self.router.originate(now, links, self.cfg.epoch);
+        self.next_lsa = Some(now + self.cfg.lsa_refresh);
+        self.broadcast(None, &Frame::Lsa(lsa));
+    }
+
+    /// Queue `frame` to every up peer except `except`.
+    fn broadcast(&mut self, except: Option<&RegionName>, frame: &Frame) {
+        let targets: Vec<RegionName> = self
+            .peers_up()
+            .filter(|r| Some(*r) != except)
+            .cloned()
+            .collect();
+        for r in targets {
+            self.outbox.push_back((r, frame.clone()));
+        }
+    }
+
+    fn close(&mut self, region: &RegionName, reason: String) {
+        self.stats.protocol_errors += 1;
+        self.events.push_back(Event::ClosePeer {
+            region: region.clone(),
+            reason,
+        });
+    }
+
+    /// The runtime connected to (or accepted) `region`, whose identity it
+    /// verified from the peer's certificate.
+    pub fn handle_connect(&mut self, _now: Instant, region: &RegionName) {
+        if self.policy(region).is_none() {
+            self.close(
+                region,
+                format!("region `{region}` is not a configured neighbour"),
+            );
+            return;
+        }
+        self.peers.insert(
+            region.clone(),
+            Peer {
+                hello: None,
+                incoming: BTreeMap::new(),
+                pending: Vec::new(),
+                next_batch: 1,
+            },
+        );
+        let hello = Hello {
+            region: self.cfg.region.clone(),
+            node: self.cfg.node.clone(),
+            epoch: self.cfg.epoch,
+            version: PROTOCOL_VERSION,
+        };
+        self.outbox.push_back((region.clone(), Frame::Hello(hello)));
+    }
+
+    /// The connection to `region` is gone.
+    pub fn handle_disconnect(&mut self, now: Instant, region: &RegionName) {
+        if let Some(peer) = self.peers.remove(region) {
+            *self.stats.drops.entry(DropReason::NoPeer).or_insert(0) += peer.pending.len() as u64;
+            if peer.hello.is_some() {
+                self.originate(now);
+            }
+        }
+    }
+
+    /// A frame arrived from `from`.
+    pub fn handle_frame(&mut self, now: Instant, from: &RegionName, frame: Frame) {
+        let Some(peer) = self.peers.get(from) else {
+            return;
+        };
+        match (&peer.hello, frame) {
+            (None, Frame::Hello(h)) => self.on_hello(now, from, h),
+            (None, _) => self.close(from, "frame before hello".to_owned()),
+            (Some(_), Frame::Hello(_)) => self.close(from, "second hello".to_owned()),
+            (Some(_), Frame::Lsa(lsa)) => match self.router.handle_lsa(now, lsa.clone()) {
+                LsaOutcome::Installed => self.broadcast(Some(from), &Frame::Lsa(lsa)),
+                LsaOutcome::Older => {
+                    if let Some(ours) = self.router.lsdb().lsa(&lsa.origin).cloned() {
+                        self.outbox.push_back((from.clone(), Frame::Lsa(ours)));
+                    }
+                }
+                LsaOutcome::OwnStale => self.originate(now),
+                LsaOutcome::Duplicate => {}
+            },
+            (Some(_), Frame::SummaryStart { table, seq, count }) => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.incoming.insert(
+                        table,
+                        Incoming {
+                            seq,
+                            count,
+                            filters: Vec::new(),
+                        },
+                    );
+                }
+            }
+            (Some(_), Frame::SummaryEntries { table, filters }) => {
+                let Some(inc) = self
+                    .peers
+                    .get_mut(from)
+                    .and_then(|p| p.incoming.get_mut(&table))
+                else {
+                    return self.close(
+                        from,
+                        format!("summary entries for {table:?} without a start"),
+                    );
+                };
+                inc.filters.extend(filters);
+                if inc.filters.len() as u64 > inc.count {
+                    self.close(
+                        from,
+                        format!("summary for {table:?} holds more filters than announced"),
+                    );
+                }
+            }
+            (Some(_), Frame::SummaryEnd { table, digest }) => {
+                self.on_snapshot_end(from, table, digest)
+            }
+            (
+                Some(_),
+                Frame::SummaryDelta {
+                    table,
+                    seq,
+                    add,
+                    remove,
+                },
+            ) => self.on_delta(from, table, seq, add, remove),
+            (Some(_), Frame::Digest { table, seq, digest }) => {
+                self.on_digest(from, table, seq, digest)
+            }
+            (Some(_), Frame::ResyncRequest { table }) => self.send_snapshot_of(from, &table),
+            (Some(_), Frame::Ack { .. }) => {}
+            (Some(_), Frame::Data(batch)) => self.on_data(from, batch),
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, from: &RegionName, h: Hello) {
+        if h.region != *from {
+            return self.close(
+                from,
+                format!(
+                    "hello claims region `{}` but the certificate says `{from}`",
+                    h.region
+                ),
+            );
+        }
+        if h.version != PROTOCOL_VERSION {
+            return self.close(
+                from,
+                format!(
+                    "protocol version {} not supported (we speak {PROTOCOL_VERSION})",
+                    h.version
+                ),
+            );
+        }
+        let node = h.node.clone();
+        if let Some(p) = self.peers.get_mut(from) {
+            p.hello = Some(h);
+        }
+        self.events.push_back(Event::PeerUp {
+            region: from.clone(),
+            node,
+        });
+        // Bring the newcomer up to date: every LSA, every table.
+        let lsas: Vec<Frame> = self.router.lsdb().lsas().cloned().map(Frame::Lsa).collect();
+        for f in lsas {
+            self.outbox.push_back((from.clone(), f));
+        }
+        let tables: Vec<TableId> = self
+            .router
+            .interests()
+            .tables()
+            .map(|t| table_id(t.version()))
+            .collect();
+        for t in tables {
+            self.send_snapshot_of(from, &t);
+        }
+        self.originate(now);
+    }
+
+    /// Queue a snapshot of `table` (ours or one we follow) to `to`.
+    fn send_snapshot_of(&mut self, to: &RegionName, table: &TableId) {
+        let snapshot = if *table == table_id(self.local.version()) {
+            Some(self.local.snapshot())
+        } else {
+            self.router
+                .interests()
+                .table(&table.region, &table.node)
+                .map(InterestTable::snapshot)
+        };
+        let Some(s) = snapshot else { return };
+        let frames = self.snapshot_frames(s);
+        for f in frames {
+            self.outbox.push_back((to.clone(), f));
+        }
+    }
+
+    fn snapshot_frames(&self, s: Snapshot) -> Vec<Frame> {
+        let table = table_id(&s.version);
+        let digest = InterestTable::from_snapshot(s.clone()).digest();
+        let mut frames = vec![Frame::SummaryStart {
+            table: table.clone(),
+            seq: s.version.seq,
+            count: s.filters.len() as u64,
+        }];
+        for chunk in s.filters.chunks(self.cfg.summary_chunk.max(1)) {
+            frames.push(Frame::SummaryEntries {
+                table: table.clone(),
+                filters: chunk.to_vec(),
+            });
+        }
+        frames.push(Frame::SummaryEnd { table, digest });
+        frames
+    }
+
+    fn request_resync(&mut self, from: &RegionName, table: TableId) {
+        self.stats.resyncs += 1;
+        self.outbox
+            .push_back((from.clone(), Frame::ResyncRequest { table }));
+    }
+
+    /// Whether we hold (region, node)'s table at `epoch` with at least `seq`.
+    fn have(&self, table: &TableId, seq: u64) -> Option<std::cmp::Ordering> {
+        let t = self.router.interests().table(&table.region, &table.node)?;
+        let v = t.version();
+        Some((v.epoch, v.seq).cmp(&(table.epoch, seq)))
+    }
+
+    fn on_snapshot_end(&mut self, from: &RegionName, table: TableId, digest: Digest) {
+        let Some(inc) = self
+            .peers
+            .get_mut(from)
+            .and_then(|p| p.incoming.remove(&table))
+        else {
+            return self.close(from, format!("summary end for {table:?} without a start"));
+        };
+        if table.region == self.cfg.region && table.node == self.cfg.node {
+            return; // our own table, relayed back
+        }
+        let snapshot = Snapshot {
+            version: InterestVersion {
+                region: table.region.clone(),
+                node: table.node.clone(),
+                epoch: table.epoch,
+                seq: inc.seq,
+            },
+            filters: inc.filters,
+        };
+        if snapshot.filters.len() as u64 != inc.count
+            || InterestTable::from_snapshot(snapshot.clone()).digest() != digest
+        {
+            return self.request_resync(from, table);
+        }
+        if matches!(
+            self.have(&table, inc.seq),
+            Some(std::cmp::Ordering::Equal | std::cmp::Ordering::Greater)
+        ) {
+            return; // we are as new already
+        }
+        let frames = self.snapshot_frames(snapshot.clone());
+        self.router.handle_snapshot(snapshot);
+        for f in frames {
+            self.broadcast(Some(from), &f);
+        }
+    }
+
+    fn on_delta(
+        &mut self,
+        from: &RegionName,
+        table: TableId,
+        seq: u64,
+        add: Vec<TopicFilter>,
+        remove: Vec<TopicFilter>,
+    ) {
+        if table.region == self.cfg.region && table.node == self.cfg.node {
+            return;
+        }
+        let known_epoch = self
+            .router
+            .interests()
+            .table(&table.region, &table.node)
+            .map(|t| t.version().epoch);
+        match known_epoch {
+            Some(e) if e > table.epoch => return, // from an older incarnation
+            Some(e) if e == table.epoch => {}
+            _ => return self.request_resync(from, table),
+        }
+        let ops: Vec<DeltaOp> = add
+            .iter()
+            .cloned()
+            .map(DeltaOp::Add)
+            .chain(remove.iter().cloned().map(DeltaOp::Remove))
+            .collect();
+        let delta = Delta {
+            epoch: table.epoch,
+            seq,
+            ops,
+        };
+        match self.router.handle_delta(&table.region, &table.node, &delta) {
+            Ok(Applied::Changed(_)) => self.broadcast(
+                Some(from),
+                &Frame::SummaryDelta {
+                    table,
+                    seq,
+                    add,
+                    remove,
+                },
+            ),
+            Ok(Applied::Stale) => {}
+            Err(_) => self.request_resync(from, table),
+        }
+    }
+
+    fn on_digest(&mut self, from: &RegionName, table: TableId, seq: u64, digest: Digest) {
+        if table.region == self.cfg.region && table.node == self.cfg.node {
+            return;
+        }
+        match self.have(&table, seq) {
+            None | Some(std::cmp::Ordering::Less) => self.request_resync(from, table),
+            Some(std::cmp::Ordering::Equal) => {
+                if self.router.interests().digest(&table.region, &table.node) != Some(digest) {
+                    self.request_resync(from, table);
+                }
+            }
+            Some(std::cmp::Ordering::Greater) => self.send_snapshot_of(from, &table),
+        }
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        *self.stats.drops.entry(reason).or_insert(0) += 1;
+    }
+
+    fn on_data(&mut self, from: &RegionName, batch: DataBatch) {
+        let import = self
+            .policy(from)
+            .map(|p| p.import.clone())
+            .unwrap_or_default();
+        *self.stats.received.entry(from.clone()).or_insert(0) += batch.envelopes.len() as u64;
+        for env in batch.envelopes {
+            if !import.iter().any(|f| f.matches(&env.message.topic)) {
+                self.drop(DropReason::ImportPolicy);
+                continue;
+            }
+            if env.origin == self.cfg.region {
+                self.drop(DropReason::OwnOrigin);
+                continue;
+            }
+            match self
+                .dedupe
+                .check(&env.origin, &env.origin_node, env.epoch, env.seq)
+            {
+                Seen::New => {}
+                Seen::Duplicate => {
+                    self.drop(DropReason::Duplicate);
+                    continue;
+                }
+                Seen::TooOld => {
+                    self.drop(DropReason::TooOld);
+                    continue;
+                }
+            }
+            self.route(env);
+        }
+        self.outbox.push_back((
+            from.clone(),
+            Frame::Ack {
+                up_to: batch.batch_seq,
+            },
+        ));
+    }
+
+    /// Deliver and forward an envelope that arrived here (or originated here).
+    fn route(&mut self, mut env: Envelope) {
+        let origin = env.origin.clone();
+        let d = self
+            .router
+            .decide(&origin, &env.message.topic, &env.visited, env.hops);
+        if d.hop_limited {
+            self.drop(DropReason::HopLimit);
+        }
+        for _ in 0..d.skipped_visited {
+            self.drop(DropReason::Visited);
+        }
+        if !env.visited.contains(&self.cfg.region) {
+            env.visited.push(self.cfg.region.clone());
+        }
+        for next in &d.forward {
+            let allowed = self
+                .policy(next)
+                .is_some_and(|p| p.export.iter().any(|f| f.matches(&env.message.topic)));
+            let Some(peer) = self.peers.get_mut(next).filter(|p| p.hello.is_some()) else {
+                self.drop(DropReason::NoPeer);
+                continue;
+            };
+            if !allowed {
+                continue; // clipped by export policy: by configuration, not a loss
+            }
+            let mut copy = env.clone();
+            copy.hops += 1;
+            peer.pending.push(copy);
+        }
+        if d.deliver_local && origin != self.cfg.region {
+            self.stats.delivered += 1;
+            self.events.push_back(Event::Deliver(env));
+        }
+    }
+
+    /// A message published on the local broker matched our export
+    /// subscriptions. Returns false if it was dropped (an import coming back).
+    pub fn handle_publish(&mut self, _now: Instant, message: Message) -> bool {
+        if message
+            .properties
+            .user
+            .iter()
+            .any(|(k, _)| k == ORIGIN_PROPERTY)
+        {
+            self.drop(DropReason::Reimport);
+            return false;
+        }
+        let env = Envelope {
+            origin: self.cfg.region.clone(),
+            origin_node: self.cfg.node.clone(),
+            epoch: self.cfg.epoch,
+            seq: self.next_seq,
+            hops: 0,
+            visited: vec![self.cfg.region.clone()],
+            transit_ms: 0,
+            message,
+        };
+        self.next_seq += 1;
+        self.route(env);
+        true
+    }
+
+    /// A local client subscribed to `filter` (refcounted).
+    pub fn handle_subscribe(&mut self, _now: Instant, filter: TopicFilter) {
+        if let Some(delta) = self.local.subscribe(filter) {
+            self.publish_delta(delta);
+        }
+    }
+
+    /// A local subscription to `filter` went away.
+    pub fn handle_unsubscribe(&mut self, _now: Instant, filter: &TopicFilter) {
+        if let Some(delta) = self.local.unsubscribe(filter) {
+            self.publish_delta(delta);
+        }
+    }
+
+    fn publish_delta(&mut self, delta: Delta) {
+        let region = self.cfg.region.clone();
+        let node = self.cfg.node.clone();
+        // Our router follows our own table like any other.
+        if self.router.handle_delta(&region, &node, &delta).is_err() {
+            self.router.handle_snapshot(self.local.snapshot());
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for op in delta.ops {
+            match op {
+                DeltaOp::Add(f) => add.push(f),
+                DeltaOp::Remove(f) => remove.push(f),
+            }
+        }
+        let table = table_id(self.local.version());
+        self.broadcast(
+            None,
+            &Frame::SummaryDelta {
+                table,
+                seq: delta.seq,
+                add,
+                remove,
+            },
+        );
+    }
+
+    /// Timers: LSA refresh, LSA ageing, digests.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_lsa.is_some_and(|t| now >= t) {
+            self.originate(now);
+        }
+        self.router.handle_timeout(now);
+        if self.next_digest.is_some_and(|t| now >= t) {
+            self.next_digest = Some(now + self.cfg.digest_interval);
+            let mut digests = vec![Frame::Digest {
+                table: table_id(self.local.version()),
+                seq: self.local.version().seq,
+                digest: self.local.digest(),
+            }];
+            for t in self
+                .router
+                .interests()
+                .tables()
+                .filter(|t| t.version().region != self.cfg.region)
+            {
+                digests.push(Frame::Digest {
+                    table: table_id(t.version()),
+                    seq: t.version().seq,
+                    digest: t.digest(),
+                });
+            }
+            for d in digests {
+                self.broadcast(None, &d);
+            }
+        }
+    }
+
+    /// When [`Self::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.next_lsa, self.next_digest, self.router.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next frame to send: control frames first, in order, then one
+    /// data batch per peer with everything pending for it (up to `batch_max`).
+    pub fn poll_transmit(&mut self) -> Option<(RegionName, Frame)> {
+        if let Some(t) = self.outbox.pop_front() {
+            return Some(t);
+        }
+        let batch_max = self.cfg.batch_max.max(1);
+        let (region, peer) = self.peers.iter_mut().find(|(_, p)| !p.pending.is_empty())?;
+        let take = peer.pending.len().min(batch_max);
+        let envelopes: Vec<Envelope> = peer.pending.drain(..take).collect();
+        let batch_seq = peer.next_batch;
+        peer.next_batch += 1;
+        *self.stats.sent.entry(region.clone()).or_insert(0) += envelopes.len() as u64;
+        Some((
+            region.clone(),
+            Frame::Data(DataBatch {
+                batch_seq,
+                envelopes,
+            }),
+        ))
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.export_version != Some(self.router.interests().version()) {
+            self.export_version = Some(self.router.interests().version());
+            let set = self.export_filters();
+            if set != self.export {
+                self.export = set.clone();
+                self.events.push_back(Event::ExportChanged(set));
+            }
+        }
+        self.events.pop_front()
+    }
+
+    /// What to subscribe to on the local broker: every filter some other
+    /// region wants that some link's export policy can let through. (The
+    /// per-link clipping of each message happens when it is forwarded.)
+    pub fn export_filters(&self) -> BTreeSet<TopicFilter> {
+        let exports: Vec<&TopicFilter> = self.cfg.links.iter().flat_map(|l| &l.export).collect();
+        self.router
+            .interests()
+            .tables()
+            .filter(|t| t.version().region != self.cfg.region)
+            .flat_map(|t| t.filters())
+            .filter(|f| exports.iter().any(|e| e.overlaps(f)))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a topic is wanted by some other region (for tests and `ctl`).
+    pub fn wanted_elsewhere(&mut self, topic: &TopicName) -> bool {
+        let me = self.cfg.region.clone();
+        !self
+            .router
+            .decide(&me, topic, &[me.clone()], 0)
+            .forward
+            .is_empty()
+    }
+}
