@@ -153,7 +153,7 @@ pub enum Event {
         reason: String,
     },
     /// Publish this message to the local broker.
-    Deliver(Envelope),
+    Deliver(Box<Envelope>),
     /// The set of filters to subscribe to on the local broker (to export) changed.
     ExportChanged(BTreeSet<TopicFilter>),
 }
@@ -685,7 +685,7 @@ impl Agent {
         }
         if d.deliver_local && origin != self.cfg.region {
             self.stats.delivered += 1;
-            self.events.push_back(Event::Deliver(env));
+            self.events.push_back(Event::Deliver(Box::new(env)));
         }
     }
 
@@ -850,7 +850,7 @@ impl Agent {
         let me = self.cfg.region.clone();
         !self
             .router
-            .decide(&me, topic, &[me.clone()], 0)
+            .decide(&me, topic, std::slice::from_ref(&me), 0)
             .forward
             .is_empty()
     }
