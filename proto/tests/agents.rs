@@ -134,7 +134,7 @@ impl Net {
                     moved = true;
                     match ev {
                         Event::Deliver(env) => {
-                            self.delivered.entry(from.clone()).or_default().push(env)
+                            self.delivered.entry(from.clone()).or_default().push(*env)
                         }
                         Event::ExportChanged(set) => {
                             self.exports.insert(from.clone(), set);
