@@ -16,11 +16,42 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one agent beside its region's broker.
+    Run {
+        /// The region's config file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate region config files. One file is checked alone; several are
     /// one deployment and are cross-checked (links on both sides, partitions,
     /// single points of failure, export/import filters that never overlap).
     /// Exits 0 when there are no errors (warnings allowed), 1 otherwise.
     Check(CheckArgs),
+    /// A development PKI: a CA, and certificates naming one region each.
+    Certs {
+        /// What to make.
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+/// `mqlink certs` actions.
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Make a CA: DIR/ca.pem and DIR/ca.key.
+    Init {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Make DIR/REGION.pem and DIR/REGION.key, signed by DIR/ca.*.
+    Issue {
+        /// The region the certificate names (its SAN).
+        region: String,
+        /// Directory holding the CA, and where the files are written.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Arguments of `mqlink check`.

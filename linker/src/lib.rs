@@ -1,17 +1,27 @@
-//! The mqlink agent binary's library half: the command-line interface and
-//! the commands behind it, kept out of `main.rs` so tests can call them.
+//! The mqlink agent: the tokio runtime around the sans-IO protocol core
+//! (`mqlink-proto`), the way `quinn` wraps `quinn-proto`. It owns the
+//! sockets and the clock; every decision is made by the core.
 //!
 //! # Layout
 //!
 //! - [`cli`]: the clap command line (`mqlink <command> ...`).
-//! - [`check`]: `mqlink check`: validate one region file, or several as
-//!   one deployment, with human or JSON output.
-//!
-//! # Status
-//!
-//! `check` works. `run`, `certs`, `demo`, `ctl` (issue #3), `simulate`
-//! (issue #4) and `bench` come with later issues; the CLI does not list
-//! them until they do something real.
+//! - [`check`]: `mqlink check`: validate region files or a whole deployment.
+//! - [`certs`]: `mqlink certs init|issue`: a development PKI (rcgen).
+//! - [`tls`]: mutual TLS 1.3 (rustls, ring provider), region identity from
+//!   the certificate's SAN.
+//! - [`link`]: QUIC links (quinn): accept, dial with backoff, control
+//!   stream, sharded data streams, large payloads on their own streams.
+//! - [`broker`]: the MQTT 5 client to the local broker (rumqttc): export
+//!   subscriptions, imports with the `mqlink-origin` property.
+//! - [`core`]: the task that owns the protocol core and routes its
+//!   transmits and events.
+//! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
+pub mod broker;
+pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod core;
+pub mod link;
+pub mod run;
+pub mod tls;

@@ -3,13 +3,17 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
-use mqlink::cli::{Cli, Command};
+use mqlink::cli::{CertsAction, Cli, Command};
+use mqlink_topology::RegionName;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => mqlink::check::run(&args, &mut std::io::stdout().lock()),
+        Command::Certs { action } => certs(action).map(|()| true),
+        Command::Run { config } => run(&config).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -19,4 +23,43 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn certs(action: CertsAction) -> anyhow::Result<()> {
+    match action {
+        CertsAction::Init { out } => {
+            let (cert, key) = mqlink::certs::init(&out)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        CertsAction::Issue { region, out } => {
+            let region = RegionName::new(&region)?;
+            let (cert, key) = mqlink::certs::issue(&region, &out)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+fn logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    logging();
+    let cfg = mqlink_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async {
+        let agent = mqlink::run::start(&cfg).await?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        tracing::info!("shutting down");
+        agent.shutdown().await;
+        Ok(())
+    })
 }

@@ -102,6 +102,14 @@ impl Cost {
     }
 }
 
+impl Default for Cost {
+    /// 100: what a link costs until its round-trip time has been measured
+    /// (as if 100 ms).
+    fn default() -> Self {
+        Cost(100)
+    }
+}
+
 impl TryFrom<u64> for Cost {
     type Error = NameError;
     fn try_from(v: u64) -> Result<Self, Self::Error> {

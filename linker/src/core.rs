@@ -1,0 +1,270 @@
+//! The core task: owns the sans-IO [`mqlink_proto::Agent`] and the clock.
+//! Every input (frames from peers, messages from the local broker, peers
+//! coming and going) arrives on one channel; after each burst of inputs the
+//! task drains the agent's transmits and events and hands them to the peer
+//! writers and the broker task. Draining after a burst, not after each
+//! input, is what batches many envelopes into one data frame.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use mqlink_proto::{Agent, Envelope, Event, Frame, Message, Stats};
+use mqlink_topology::{RegionName, TopicFilter};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// Inputs to the core task.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection to a neighbour is ready (TLS verified, control stream open).
+    PeerConnected {
+        /// The neighbour.
+        region: RegionName,
+        /// Distinguishes this connection from earlier ones to the same region.
+        conn_id: u64,
+        /// Where to send frames for this connection.
+        out: PeerOut,
+        /// The connection, to close it on a protocol violation.
+        conn: quinn::Connection,
+    },
+    /// The connection is gone.
+    PeerGone {
+        /// The neighbour.
+        region: RegionName,
+        /// Which connection.
+        conn_id: u64,
+    },
+    /// A frame arrived.
+    Frame {
+        /// From whom.
+        region: RegionName,
+        /// On which connection.
+        conn_id: u64,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Bytes that are not a valid frame arrived: close that connection.
+    PeerError {
+        /// From whom.
+        region: RegionName,
+        /// On which connection.
+        conn_id: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The local broker delivered a message on an export subscription.
+    Publish(Message),
+    /// A local client subscribed (dynamic interest).
+    Subscribe(TopicFilter),
+    /// A local subscription went away.
+    Unsubscribe(TopicFilter),
+    /// Report the counters.
+    Stats(oneshot::Sender<StatsReport>),
+}
+
+/// Counters and state for metrics and the demo summary.
+#[derive(Debug, Clone, Default)]
+pub struct StatsReport {
+    /// Protocol counters.
+    pub stats: Stats,
+    /// Neighbours currently up.
+    pub peers_up: Vec<RegionName>,
+    /// Current export subscriptions.
+    pub export: BTreeSet<TopicFilter>,
+    /// Data frames dropped because a peer's queue was full.
+    pub queue_full_drops: u64,
+    /// Connections closed for bad input.
+    pub peer_errors: u64,
+}
+
+/// Channels to one connection's writers.
+#[derive(Debug, Clone)]
+pub struct PeerOut {
+    /// Control frames (small, never dropped).
+    pub control: mpsc::UnboundedSender<Frame>,
+    /// Data batches (bounded: a slow peer loses QoS 0 data, counted, rather
+    /// than growing memory without bound).
+    pub data: mpsc::Sender<Frame>,
+}
+
+/// What the core asks the broker task to do.
+#[derive(Debug)]
+pub enum BrokerCmd {
+    /// Publish an imported message locally.
+    Deliver(Box<Envelope>),
+    /// Subscribe to exactly this set of filters.
+    SetExport(BTreeSet<TopicFilter>),
+}
+
+struct PeerConn {
+    conn_id: u64,
+    out: PeerOut,
+    conn: quinn::Connection,
+}
+
+/// Run the core until `inputs` closes.
+pub async fn run(
+    mut agent: Agent,
+    mut inputs: mpsc::Receiver<Input>,
+    broker: mpsc::Sender<BrokerCmd>,
+) {
+    let mut peers: BTreeMap<RegionName, PeerConn> = BTreeMap::new();
+    let mut report = StatsReport::default();
+    loop {
+        let deadline = agent.poll_timeout().map(tokio::time::Instant::from_std);
+        let first = tokio::select! {
+            input = inputs.recv() => match input {
+                Some(i) => Some(i),
+                None => return,
+            },
+            () = sleep_until(deadline) => None,
+        };
+        let now = Instant::now();
+        if let Some(input) = first {
+            handle(&mut agent, &mut peers, &mut report, now, input);
+            // Take whatever else is already waiting: one burst, one batch per peer.
+            for _ in 0..4096 {
+                match inputs.try_recv() {
+                    Ok(input) => handle(&mut agent, &mut peers, &mut report, now, input),
+                    Err(_) => break,
+                }
+            }
+        }
+        if agent.poll_timeout().is_some_and(|t| t <= now) {
+            agent.handle_timeout(now);
+        }
+        drain(&mut agent, &mut peers, &mut report, &broker, now).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handle(
+    agent: &mut Agent,
+    peers: &mut BTreeMap<RegionName, PeerConn>,
+    report: &mut StatsReport,
+    now: Instant,
+    input: Input,
+) {
+    let current = |peers: &BTreeMap<RegionName, PeerConn>, region: &RegionName, id: u64| {
+        peers.get(region).is_some_and(|p| p.conn_id == id)
+    };
+    match input {
+        Input::PeerConnected {
+            region,
+            conn_id,
+            out,
+            conn,
+        } => {
+            if let Some(old) = peers.remove(&region) {
+                old.conn
+                    .close(0u32.into(), b"replaced by a newer connection");
+                agent.handle_disconnect(now, &region);
+            }
+            info!(peer = %region, "link up");
+            peers.insert(region.clone(), PeerConn { conn_id, out, conn });
+            agent.handle_connect(now, &region);
+        }
+        Input::PeerGone { region, conn_id } => {
+            if current(peers, &region, conn_id) {
+                peers.remove(&region);
+                info!(peer = %region, "link down");
+                agent.handle_disconnect(now, &region);
+            }
+        }
+        Input::Frame {
+            region,
+            conn_id,
+            frame,
+        } => {
+            if current(peers, &region, conn_id) {
+                agent.handle_frame(now, &region, frame);
+            }
+        }
+        Input::PeerError {
+            region,
+            conn_id,
+            reason,
+        } => {
+            if current(peers, &region, conn_id) {
+                report.peer_errors += 1;
+                metrics::counter!("mqlink_peer_errors_total", "peer" => region.to_string())
+                    .increment(1);
+                warn!(peer = %region, %reason, "closing link: malformed input");
+                if let Some(p) = peers.remove(&region) {
+                    p.conn.close(1u32.into(), reason.as_bytes());
+                }
+                agent.handle_disconnect(now, &region);
+            }
+        }
+        Input::Publish(message) => {
+            agent.handle_publish(now, message);
+        }
+        Input::Subscribe(filter) => agent.handle_subscribe(now, filter),
+        Input::Unsubscribe(filter) => agent.handle_unsubscribe(now, &filter),
+        Input::Stats(reply) => {
+            let mut r = report.clone();
+            r.stats = agent.stats().clone();
+            r.peers_up = agent.peers_up().cloned().collect();
+            let _ = reply.send(r);
+        }
+    }
+}
+
+async fn drain(
+    agent: &mut Agent,
+    peers: &mut BTreeMap<RegionName, PeerConn>,
+    report: &mut StatsReport,
+    broker: &mpsc::Sender<BrokerCmd>,
+    now: Instant,
+) {
+    loop {
+        let mut progressed = false;
+        while let Some((region, frame)) = agent.poll_transmit() {
+            progressed = true;
+            let Some(peer) = peers.get(&region) else {
+                continue;
+            };
+            if matches!(frame, Frame::Data(_)) {
+                if peer.out.data.try_send(frame).is_err() {
+                    report.queue_full_drops += 1;
+                    metrics::counter!("mqlink_drops_total", "reason" => "peer_queue_full")
+                        .increment(1);
+                }
+            } else {
+                let _ = peer.out.control.send(frame);
+            }
+        }
+        while let Some(event) = agent.poll_event() {
+            progressed = true;
+            match event {
+                Event::Deliver(env) => {
+                    let _ = broker.send(BrokerCmd::Deliver(env)).await;
+                }
+                Event::ExportChanged(set) => {
+                    report.export = set.clone();
+                    let _ = broker.send(BrokerCmd::SetExport(set)).await;
+                }
+                Event::ClosePeer { region, reason } => {
+                    report.peer_errors += 1;
+                    metrics::counter!("mqlink_peer_errors_total", "peer" => region.to_string())
+                        .increment(1);
+                    warn!(peer = %region, %reason, "closing link: protocol violation");
+                    if let Some(p) = peers.remove(&region) {
+                        p.conn.close(1u32.into(), reason.as_bytes());
+                    }
+                    agent.handle_disconnect(now, &region);
+                }
+                Event::PeerUp { region, node } => info!(peer = %region, %node, "peer ready"),
+            }
+        }
+        if !progressed {
+            return;
+        }
+    }
+}

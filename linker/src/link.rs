@@ -1,0 +1,339 @@
+//! QUIC links to neighbours (quinn): accepting, dialling with backoff, and
+//! the per-connection stream tasks.
+//!
+//! - One connection per neighbour. The region whose name sorts first dials;
+//!   the other accepts (so two agents never race to open two connections).
+//! - A bidirectional control stream (opened by the dialler) carries every
+//!   frame but data.
+//! - Data batches go on [`DATA_SHARDS`] long-lived unidirectional streams,
+//!   chosen by a hash of the topic, so one topic's messages stay in order
+//!   while a stalled topic does not block the others. A message whose
+//!   payload exceeds [`LARGE_PAYLOAD`] goes on a stream of its own, so it
+//!   never delays small ones.
+//! - Bytes that do not decode as a frame close the connection with the
+//!   decode error as reason (and a metric, counted by the core).
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqlink_config::Endpoint;
+use mqlink_proto::{DataBatch, Frame, decode, encode};
+use mqlink_topology::RegionName;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::core::{Input, PeerOut};
+use crate::tls::peer_regions;
+
+/// Number of data streams per connection.
+pub const DATA_SHARDS: usize = 4;
+/// Payloads above this many bytes travel on their own stream.
+pub const LARGE_PAYLOAD: usize = 64 * 1024;
+/// Data batches queued per connection before new ones are dropped (QoS 0).
+const DATA_QUEUE: usize = 256;
+
+static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Whether `me` dials `peer` (the first name in sort order dials).
+pub fn dials(me: &RegionName, peer: &RegionName) -> bool {
+    me < peer
+}
+
+/// Accept connections until the endpoint closes. Peers must present a
+/// certificate from our CA (checked by TLS) naming one of `neighbours`.
+pub async fn accept(
+    endpoint: quinn::Endpoint,
+    neighbours: Vec<RegionName>,
+    core: mpsc::Sender<Input>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (neighbours, core) = (neighbours.clone(), core.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%remote, error = %e, "refused a link: TLS handshake failed");
+                    metrics::counter!("mqlink_handshake_failures_total").increment(1);
+                    return;
+                }
+            };
+            let regions = match peer_regions(&conn) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%remote, reason = %e, "refused a link");
+                    conn.close(2u32.into(), e.as_bytes());
+                    return;
+                }
+            };
+            let Some(region) = regions.into_iter().find(|r| neighbours.contains(r)) else {
+                let reason = "certificate names no configured neighbour region";
+                warn!(%remote, reason, "refused a link");
+                metrics::counter!("mqlink_handshake_failures_total").increment(1);
+                conn.close(2u32.into(), reason.as_bytes());
+                return;
+            };
+            let control = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(peer = %region, error = %e, "connection ended before the control stream");
+                    return;
+                }
+            };
+            serve(conn, region, control, core).await;
+        });
+    }
+}
+
+/// Keep a connection to `region` open: resolve its endpoints, connect,
+/// serve, and on failure retry with exponential backoff (0.2 s to 10 s).
+pub async fn dial(
+    endpoint: quinn::Endpoint,
+    region: RegionName,
+    endpoints: Vec<Endpoint>,
+    core: mpsc::Sender<Input>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match connect_once(&endpoint, &region, &endpoints).await {
+            Ok((conn, control)) => {
+                backoff = Duration::from_millis(200);
+                serve(conn, region.clone(), control, core.clone()).await;
+            }
+            Err(e) => debug!(peer = %region, error = %e, "dial failed"),
+        }
+        if core.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn resolve(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        // Re-resolved at every attempt, so DNS changes are followed.
+        if let Ok(addrs) =
+            tokio::net::lookup_host((e.host.to_string().trim_matches(['[', ']']), e.port)).await
+        {
+            out.extend(addrs);
+        }
+    }
+    out
+}
+
+async fn connect_once(
+    endpoint: &quinn::Endpoint,
+    region: &RegionName,
+    endpoints: &[Endpoint],
+) -> anyhow::Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream))> {
+    let addrs = resolve(endpoints).await;
+    let mut last = anyhow::anyhow!("no address for {region}");
+    for addr in addrs {
+        match endpoint.connect(addr, region.as_str()) {
+            Ok(connecting) => match connecting.await {
+                Ok(conn) => {
+                    let control = conn.open_bi().await?;
+                    return Ok((conn, control));
+                }
+                Err(e) => last = e.into(),
+            },
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
+}
+
+/// Run one established connection until it closes.
+async fn serve(
+    conn: quinn::Connection,
+    region: RegionName,
+    (send, recv): (quinn::SendStream, quinn::RecvStream),
+    core: mpsc::Sender<Input>,
+) {
+    let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
+    info!(peer = %region, remote = %conn.remote_address(), "connected");
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let out = PeerOut {
+        control: control_tx,
+        data: data_tx,
+    };
+    if core
+        .send(Input::PeerConnected {
+            region: region.clone(),
+            conn_id,
+            out,
+            conn: conn.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let tasks = [
+        tokio::spawn(write_control(send, control_rx)),
+        tokio::spawn(write_data(conn.clone(), data_rx)),
+        tokio::spawn(read_stream(recv, region.clone(), conn_id, core.clone())),
+        tokio::spawn(accept_data(
+            conn.clone(),
+            region.clone(),
+            conn_id,
+            core.clone(),
+        )),
+    ];
+    let reason = conn.closed().await;
+    debug!(peer = %region, %reason, "connection closed");
+    for t in tasks {
+        t.abort();
+    }
+    let _ = core.send(Input::PeerGone { region, conn_id }).await;
+}
+
+async fn write_control(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Frame>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = frames.recv().await {
+        encode(frame, &mut buf);
+        while let Ok(more) = frames.try_recv() {
+            encode(more, &mut buf);
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+fn shard(topic: &str) -> usize {
+    let mut h = rustc_hash::FxHasher::default();
+    topic.hash(&mut h);
+    (h.finish() as usize) % DATA_SHARDS
+}
+
+async fn write_data(conn: quinn::Connection, mut frames: mpsc::Receiver<Frame>) {
+    let mut streams: Vec<Option<quinn::SendStream>> = (0..DATA_SHARDS).map(|_| None).collect();
+    let mut bufs: Vec<BytesMut> = (0..DATA_SHARDS).map(|_| BytesMut::new()).collect();
+    while let Some(frame) = frames.recv().await {
+        let Frame::Data(batch) = frame else { continue };
+        let mut per_shard: Vec<Vec<_>> = (0..DATA_SHARDS).map(|_| Vec::new()).collect();
+        for env in batch.envelopes {
+            if env.message.payload.len() > LARGE_PAYLOAD {
+                let conn = conn.clone();
+                let single = Frame::Data(DataBatch {
+                    batch_seq: batch.batch_seq,
+                    envelopes: vec![env],
+                });
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    encode(single, &mut buf);
+                    if let Ok(mut s) = conn.open_uni().await {
+                        let _ = s.write_all(&buf).await;
+                        let _ = s.finish();
+                    }
+                });
+            } else {
+                per_shard[shard(env.message.topic.as_str())].push(env);
+            }
+        }
+        for (i, envelopes) in per_shard.into_iter().enumerate() {
+            if envelopes.is_empty() {
+                continue;
+            }
+            encode(
+                Frame::Data(DataBatch {
+                    batch_seq: batch.batch_seq,
+                    envelopes,
+                }),
+                &mut bufs[i],
+            );
+        }
+        for i in 0..DATA_SHARDS {
+            if bufs[i].is_empty() {
+                continue;
+            }
+            if streams[i].is_none() {
+                match conn.open_uni().await {
+                    Ok(s) => streams[i] = Some(s),
+                    Err(_) => return,
+                }
+            }
+            if let Some(s) = streams[i].as_mut() {
+                if s.write_all(&bufs[i]).await.is_err() {
+                    return;
+                }
+            }
+            bufs[i].clear();
+        }
+    }
+}
+
+async fn accept_data(
+    conn: quinn::Connection,
+    region: RegionName,
+    conn_id: u64,
+    core: mpsc::Sender<Input>,
+) {
+    while let Ok(recv) = conn.accept_uni().await {
+        tokio::spawn(read_stream(recv, region.clone(), conn_id, core.clone()));
+    }
+}
+
+/// Read frames off a stream and hand them to the core; a decode error
+/// closes the connection (via the core, which counts it).
+async fn read_stream(
+    mut recv: quinn::RecvStream,
+    region: RegionName,
+    conn_id: u64,
+    core: mpsc::Sender<Input>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        match recv.read_chunk(256 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            match decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if core
+                        .send(Input::Frame {
+                            region: region.clone(),
+                            conn_id,
+                            frame,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = core
+                        .send(Input::PeerError {
+                            region: region.clone(),
+                            conn_id,
+                            reason: e.to_string(),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Make the QUIC endpoint: server (for accepting) and default client config.
+pub fn endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut endpoint = quinn::Endpoint::server(server, listen)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}

@@ -1,0 +1,139 @@
+//! `mqlink run`: one agent, wired together: the QUIC endpoint and links,
+//! the MQTT client to the local broker, and the core task around the
+//! protocol state machine. [`start`] returns a handle so the demo and the
+//! end-to-end tests can run several agents in one process.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use mqlink_config::RegionConfig;
+use mqlink_proto::{Agent, AgentConfig, LinkPolicy};
+use mqlink_topology::RegionName;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::core::{Input, StatsReport};
+use crate::{broker, core, link, tls};
+
+/// How long a silent link lives before it is declared down.
+pub const LINK_IDLE: Duration = Duration::from_millis(1500);
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Running {
+    /// The region.
+    pub region: RegionName,
+    /// The bound QUIC address (useful when configured with port 0).
+    pub quic_addr: SocketAddr,
+    /// Inputs to the core (for stats queries).
+    inputs: mpsc::Sender<Input>,
+    /// The QUIC endpoint, closed at shutdown.
+    endpoint: quinn::Endpoint,
+    /// Every task of the agent.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Ask the core for its counters.
+    pub async fn stats(&self) -> Option<StatsReport> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.send(Input::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stop every task and close the links.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Install the ring provider as the process default (idempotent).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Start an agent for `cfg`.
+pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
+    install_crypto();
+    let identity = tls::Identity::load(&cfg.tls, &cfg.region)?;
+    let transport = tls::transport(LINK_IDLE);
+    let endpoint = link::endpoint(
+        cfg.listen.quic,
+        identity.server_config(transport.clone())?,
+        identity.client_config(transport)?,
+    )
+    .with_context(|| format!("binding QUIC on {}", cfg.listen.quic))?;
+    let quic_addr = endpoint.local_addr()?;
+
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    let links: Vec<LinkPolicy> = cfg
+        .links
+        .iter()
+        .map(|l| LinkPolicy {
+            region: l.region.clone(),
+            cost: l.cost.unwrap_or_default(),
+            export: l.export.clone(),
+            import: l.import.clone(),
+        })
+        .collect();
+    let now = std::time::Instant::now();
+    let mut agent = Agent::new(
+        now,
+        AgentConfig::new(cfg.region.clone(), cfg.node.clone(), epoch, links),
+    );
+    for f in &cfg.interest.static_filters {
+        agent.handle_subscribe(now, f.clone());
+    }
+
+    let (input_tx, input_rx) = mpsc::channel(8192);
+    let (broker_tx, broker_rx) = mpsc::channel(8192);
+    let (client, events) = broker::connect(&cfg.broker)?;
+    let export = broker::ExportState::default();
+    let mut tasks = vec![
+        tokio::spawn(core::run(agent, input_rx, broker_tx)),
+        tokio::spawn(broker::run_events(
+            events,
+            client.clone(),
+            export.clone(),
+            input_tx.clone(),
+        )),
+        tokio::spawn(broker::run_commands(client, export, broker_rx)),
+    ];
+    let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
+    tasks.push(tokio::spawn(link::accept(
+        endpoint.clone(),
+        neighbours,
+        input_tx.clone(),
+    )));
+    for l in cfg
+        .links
+        .iter()
+        .filter(|l| link::dials(&cfg.region, &l.region))
+    {
+        tasks.push(tokio::spawn(link::dial(
+            endpoint.clone(),
+            l.region.clone(),
+            l.endpoints.clone(),
+            input_tx.clone(),
+        )));
+    }
+    info!(region = %cfg.region, node = %cfg.node, quic = %quic_addr, "agent started");
+    Ok(Running {
+        region: cfg.region.clone(),
+        quic_addr,
+        inputs: input_tx,
+        endpoint,
+        tasks,
+    })
+}
