@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::core::{BrokerCmd, Input};
+use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
 
 fn qos_in(q: QoS) -> Qos {
     match q {
@@ -130,15 +131,32 @@ pub fn connect(cfg: &BrokerConfig) -> anyhow::Result<(AsyncClient, EventLoop)> {
 }
 
 /// Drive the MQTT event loop: hand export messages to the core; resubscribe
-/// after each connect. Runs until the core goes away.
+/// after each connect; with `follower`, turn the broker's log lines into
+/// interest changes. Runs until the core goes away.
 pub async fn run_events(
     mut events: EventLoop,
     client: AsyncClient,
     export: ExportState,
+    mut follower: Option<LogFollower>,
     core: mpsc::Sender<Input>,
 ) {
     loop {
         match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(b"$SYS/broker/log/") => {
+                let Some(follower) = follower.as_mut() else { continue };
+                let (Ok(topic), Ok(line)) = (std::str::from_utf8(&p.topic), std::str::from_utf8(&p.payload)) else {
+                    continue;
+                };
+                for change in follower.handle_line(topic, line) {
+                    let input = match change {
+                        Change::Subscribe(f) => Input::Subscribe(f),
+                        Change::Unsubscribe(f) => Input::Unsubscribe(f),
+                    };
+                    if core.send(input).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => match message_of(&p) {
                 Some(m) => {
                     if core.send(Input::Publish(m)).await.is_err() {
@@ -152,6 +170,10 @@ pub async fn run_events(
             },
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 debug!("connected to the local broker");
+                if follower.is_some() {
+                    let logs = LOG_TOPICS.iter().map(|t| Filter::new(*t, QoS::AtMostOnce));
+                    let _ = client.subscribe_many(logs).await;
+                }
                 let filters = export.current();
                 if !filters.is_empty() {
                     let _ = client

@@ -13,6 +13,7 @@
 //!   stream, sharded data streams, large payloads on their own streams.
 //! - [`broker`]: the MQTT 5 client to the local broker (rumqttc): export
 //!   subscriptions, imports with the `mqlink-origin` property.
+//! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
@@ -23,5 +24,6 @@ pub mod check;
 pub mod cli;
 pub mod core;
 pub mod link;
+pub mod mosquitto;
 pub mod run;
 pub mod tls;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use mqlink_config::RegionConfig;
+use mqlink_config::{DynamicInterest, RegionConfig};
 use mqlink_proto::{Agent, AgentConfig, LinkPolicy};
 use mqlink_topology::RegionName;
 use tokio::sync::{mpsc, oneshot};
@@ -100,12 +100,15 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     let (broker_tx, broker_rx) = mpsc::channel(8192);
     let (client, events) = broker::connect(&cfg.broker)?;
     let export = broker::ExportState::default();
+    let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
+        .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
     let mut tasks = vec![
         tokio::spawn(core::run(agent, input_rx, broker_tx)),
         tokio::spawn(broker::run_events(
             events,
             client.clone(),
             export.clone(),
+            follower,
             input_tx.clone(),
         )),
         tokio::spawn(broker::run_commands(client, export, broker_rx)),
