@@ -295,6 +295,7 @@ fn convert_listen(ctx: &mut Ctx<'_>, raw: Option<RawListen>) -> Option<ListenCon
     let metrics = one(&raw.metrics, "listen.metrics", DEFAULT_METRICS);
     if let (Some(a), Some(m)) = (admin, metrics)
         && a == m
+        && a.port() != 0
     {
         let at = raw.metrics.as_ref().or(raw.admin.as_ref()).and_then(pos);
         ctx.err(at, format!("listen.metrics: {m} is also listen.admin; the two TCP listeners need different addresses"));

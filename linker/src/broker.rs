@@ -143,8 +143,13 @@ pub async fn run_events(
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(b"$SYS/broker/log/") => {
-                let Some(follower) = follower.as_mut() else { continue };
-                let (Ok(topic), Ok(line)) = (std::str::from_utf8(&p.topic), std::str::from_utf8(&p.payload)) else {
+                let Some(follower) = follower.as_mut() else {
+                    continue;
+                };
+                let (Ok(topic), Ok(line)) = (
+                    std::str::from_utf8(&p.topic),
+                    std::str::from_utf8(&p.payload),
+                ) else {
                     continue;
                 };
                 for change in follower.handle_line(topic, line) {

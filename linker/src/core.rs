@@ -71,6 +71,8 @@ pub struct StatsReport {
     pub peers_up: Vec<RegionName>,
     /// Current export subscriptions.
     pub export: BTreeSet<TopicFilter>,
+    /// What every known region wants (union over its agents' tables).
+    pub interest: BTreeMap<RegionName, BTreeSet<TopicFilter>>,
     /// Data frames dropped because a peer's queue was full.
     pub queue_full_drops: u64,
     /// Connections closed for bad input.
@@ -211,6 +213,12 @@ fn handle(
             let mut r = report.clone();
             r.stats = agent.stats().clone();
             r.peers_up = agent.peers_up().cloned().collect();
+            for t in agent.router().interests().tables() {
+                r.interest
+                    .entry(t.version().region.clone())
+                    .or_default()
+                    .extend(t.filters().cloned());
+            }
             let _ = reply.send(r);
         }
     }

@@ -261,10 +261,10 @@ async fn write_data(conn: quinn::Connection, mut frames: mpsc::Receiver<Frame>) 
                     Err(_) => return,
                 }
             }
-            if let Some(s) = streams[i].as_mut() {
-                if s.write_all(&bufs[i]).await.is_err() {
-                    return;
-                }
+            if let Some(s) = streams[i].as_mut()
+                && s.write_all(&bufs[i]).await.is_err()
+            {
+                return;
             }
             bufs[i].clear();
         }

@@ -31,7 +31,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use mqlink_topology::{Subscription, TopicFilter};
 
 /// Topics the agent subscribes to on the broker to follow its log.
-pub const LOG_TOPICS: [&str; 3] = ["$SYS/broker/log/M/subscribe", "$SYS/broker/log/M/unsubscribe", "$SYS/broker/log/N"];
+pub const LOG_TOPICS: [&str; 3] = [
+    "$SYS/broker/log/M/subscribe",
+    "$SYS/broker/log/M/unsubscribe",
+    "$SYS/broker/log/N",
+];
 
 /// A change in local interest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,24 +66,33 @@ pub struct LogFollower {
 impl LogFollower {
     /// A follower ignoring `own_client`'s subscriptions.
     pub fn new(own_client: &str) -> Self {
-        Self { own_client: own_client.to_owned(), clients: BTreeMap::new() }
+        Self {
+            own_client: own_client.to_owned(),
+            clients: BTreeMap::new(),
+        }
     }
 
     /// Take one log message (topic and payload); returns interest changes.
     pub fn handle_line(&mut self, topic: &str, payload: &str) -> Vec<Change> {
         // Strip the "<timestamp>: " prefix.
-        let Some((_, line)) = payload.split_once(": ") else { return Vec::new() };
+        let Some((_, line)) = payload.split_once(": ") else {
+            return Vec::new();
+        };
         let line = line.trim_end();
         match topic {
             "$SYS/broker/log/M/subscribe" => {
                 let mut parts = line.splitn(3, ' ');
-                let (Some(client), Some(_qos), Some(filter)) = (parts.next(), parts.next(), parts.next()) else {
+                let (Some(client), Some(_qos), Some(filter)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
                     return Vec::new();
                 };
                 self.subscribe(client, filter)
             }
             "$SYS/broker/log/M/unsubscribe" => {
-                let Some((client, filter)) = line.split_once(' ') else { return Vec::new() };
+                let Some((client, filter)) = line.split_once(' ') else {
+                    return Vec::new();
+                };
                 self.unsubscribe(client, filter)
             }
             "$SYS/broker/log/N" => self.notice(line),
@@ -98,15 +111,30 @@ impl LogFollower {
         if client == self.own_client {
             return Vec::new();
         }
-        let Some(filter) = Self::filter_of(filter) else { return Vec::new() };
+        let Some(filter) = Self::filter_of(filter) else {
+            return Vec::new();
+        };
         let c = self.clients.entry(client.to_owned()).or_default();
-        if c.filters.insert(filter.clone()) { vec![Change::Subscribe(filter)] } else { Vec::new() }
+        if c.filters.insert(filter.clone()) {
+            vec![Change::Subscribe(filter)]
+        } else {
+            Vec::new()
+        }
     }
 
     fn unsubscribe(&mut self, client: &str, filter: &str) -> Vec<Change> {
-        let Some(filter) = Self::filter_of(filter) else { return Vec::new() };
-        let removed = self.clients.get_mut(client).is_some_and(|c| c.filters.remove(&filter));
-        if removed { vec![Change::Unsubscribe(filter)] } else { Vec::new() }
+        let Some(filter) = Self::filter_of(filter) else {
+            return Vec::new();
+        };
+        let removed = self
+            .clients
+            .get_mut(client)
+            .is_some_and(|c| c.filters.remove(&filter));
+        if removed {
+            vec![Change::Unsubscribe(filter)]
+        } else {
+            Vec::new()
+        }
     }
 
     /// End every subscription of `client`.
@@ -120,11 +148,19 @@ impl LogFollower {
     fn notice(&mut self, line: &str) -> Vec<Change> {
         if let Some(rest) = line.strip_prefix("New client connected from ") {
             // "... as <id> (p2, c1, k60)."
-            let Some((_, tail)) = rest.split_once(" as ") else { return Vec::new() };
-            let Some((client, flags)) = tail.split_once(" (") else { return Vec::new() };
+            let Some((_, tail)) = rest.split_once(" as ") else {
+                return Vec::new();
+            };
+            let Some((client, flags)) = tail.split_once(" (") else {
+                return Vec::new();
+            };
             let clean = flags.split(", ").any(|f| f == "c1");
             // A clean start discards any earlier session of the same id.
-            let mut changes = if clean { self.drop_client(client) } else { Vec::new() };
+            let mut changes = if clean {
+                self.drop_client(client)
+            } else {
+                Vec::new()
+            };
             self.clients.entry(client.to_owned()).or_default().clean = clean;
             if client == self.own_client {
                 changes.clear();
@@ -132,7 +168,9 @@ impl LogFollower {
             return changes;
         }
         let client = if let Some(rest) = line.strip_prefix("Client ") {
-            let ends = rest.contains(" disconnect") || rest.contains(" closed its connection") || rest.contains("exceeded timeout");
+            let ends = rest.contains(" disconnect")
+                || rest.contains(" closed its connection")
+                || rest.contains("exceeded timeout");
             if !ends {
                 return Vec::new();
             }
@@ -164,29 +202,78 @@ mod tests {
         let n = "$SYS/broker/log/N";
         let sub = "$SYS/broker/log/M/subscribe";
         let unsub = "$SYS/broker/log/M/unsubscribe";
-        assert!(l.handle_line(n, "1796016184: New client connected from 127.0.0.1:37516 as dev42 (p2, c1, k60).").is_empty());
-        assert_eq!(l.handle_line(sub, "1796016184: dev42 1 factory/+/temp"), vec![Change::Subscribe(f("factory/+/temp"))]);
-        assert!(l.handle_line(sub, "1796016184: dev42 1 factory/+/temp").is_empty(), "resubscribe");
-        assert_eq!(l.handle_line(sub, "1796016184: dev42 1 x/#"), vec![Change::Subscribe(f("x/#"))]);
-        assert_eq!(l.handle_line(unsub, "1796016185: dev42 x/#"), vec![Change::Unsubscribe(f("x/#"))]);
-        assert!(l.handle_line(sub, "1796016184: mqlink-b 2 y/#").is_empty(), "our own subscription");
-        assert!(l.handle_line(sub, "1796016184: watcher 0 $SYS/broker/log/#").is_empty());
-        assert_eq!(l.handle_line(n, "1796016185: Client dev42 disconnected."), vec![Change::Unsubscribe(f("factory/+/temp"))]);
+        assert!(
+            l.handle_line(
+                n,
+                "1796016184: New client connected from 127.0.0.1:37516 as dev42 (p2, c1, k60)."
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            l.handle_line(sub, "1796016184: dev42 1 factory/+/temp"),
+            vec![Change::Subscribe(f("factory/+/temp"))]
+        );
+        assert!(
+            l.handle_line(sub, "1796016184: dev42 1 factory/+/temp")
+                .is_empty(),
+            "resubscribe"
+        );
+        assert_eq!(
+            l.handle_line(sub, "1796016184: dev42 1 x/#"),
+            vec![Change::Subscribe(f("x/#"))]
+        );
+        assert_eq!(
+            l.handle_line(unsub, "1796016185: dev42 x/#"),
+            vec![Change::Unsubscribe(f("x/#"))]
+        );
+        assert!(
+            l.handle_line(sub, "1796016184: mqlink-b 2 y/#").is_empty(),
+            "our own subscription"
+        );
+        assert!(
+            l.handle_line(sub, "1796016184: watcher 0 $SYS/broker/log/#")
+                .is_empty()
+        );
+        assert_eq!(
+            l.handle_line(n, "1796016185: Client dev42 disconnected."),
+            vec![Change::Unsubscribe(f("factory/+/temp"))]
+        );
 
         // A persistent session keeps its interest across disconnects.
-        l.handle_line(n, "1796016185: New client connected from 127.0.0.1:37526 as dev43 (p2, c0, k60).");
-        assert_eq!(l.handle_line(sub, "1796016185: dev43 1 persist/#"), vec![Change::Subscribe(f("persist/#"))]);
-        assert!(l.handle_line(n, "1796016186: Client dev43 disconnected.").is_empty());
+        l.handle_line(
+            n,
+            "1796016185: New client connected from 127.0.0.1:37526 as dev43 (p2, c0, k60).",
+        );
+        assert_eq!(
+            l.handle_line(sub, "1796016185: dev43 1 persist/#"),
+            vec![Change::Subscribe(f("persist/#"))]
+        );
+        assert!(
+            l.handle_line(n, "1796016186: Client dev43 disconnected.")
+                .is_empty()
+        );
         // ... until it comes back with clean start.
         assert_eq!(
-            l.handle_line(n, "1796016187: New client connected from 127.0.0.1:1 as dev43 (p2, c1, k60)."),
+            l.handle_line(
+                n,
+                "1796016187: New client connected from 127.0.0.1:1 as dev43 (p2, c1, k60)."
+            ),
             vec![Change::Unsubscribe(f("persist/#"))]
         );
 
         // Shared subscriptions count as their filter; socket errors end clean sessions.
-        l.handle_line(n, "1: New client connected from 127.0.0.1:2 as dev44 (p5, c1, k60).");
-        assert_eq!(l.handle_line(sub, "1: dev44 0 $share/g/f/+"), vec![Change::Subscribe(f("f/+"))]);
-        assert_eq!(l.handle_line(n, "2: Socket error on client dev44, disconnecting."), vec![Change::Unsubscribe(f("f/+"))]);
+        l.handle_line(
+            n,
+            "1: New client connected from 127.0.0.1:2 as dev44 (p5, c1, k60).",
+        );
+        assert_eq!(
+            l.handle_line(sub, "1: dev44 0 $share/g/f/+"),
+            vec![Change::Subscribe(f("f/+"))]
+        );
+        assert_eq!(
+            l.handle_line(n, "2: Socket error on client dev44, disconnecting."),
+            vec![Change::Unsubscribe(f("f/+"))]
+        );
         // Garbage is ignored.
         assert!(l.handle_line(sub, "no colon").is_empty());
         assert!(l.handle_line(sub, "1: dev45 1 a/#/b").is_empty());
