@@ -77,6 +77,8 @@ pub struct StatsReport {
     pub queue_full_drops: u64,
     /// Connections closed for bad input.
     pub peer_errors: u64,
+    /// Shortest-path trees computed so far.
+    pub tree_builds: u64,
 }
 
 /// Channels to one connection's writers.
@@ -213,6 +215,7 @@ fn handle(
             let mut r = report.clone();
             r.stats = agent.stats().clone();
             r.peers_up = agent.peers_up().cloned().collect();
+            r.tree_builds = agent.router().tree_builds();
             for t in agent.router().interests().tables() {
                 r.interest
                     .entry(t.version().region.clone())

@@ -16,6 +16,7 @@
 //! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod check;
 pub mod cli;
 pub mod core;
 pub mod link;
+pub mod metrics;
 pub mod mosquitto;
 pub mod run;
 pub mod tls;

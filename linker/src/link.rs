@@ -176,8 +176,8 @@ async fn serve(
         return;
     }
     let tasks = [
-        tokio::spawn(write_control(send, control_rx)),
-        tokio::spawn(write_data(conn.clone(), data_rx)),
+        tokio::spawn(write_control(send, control_rx, region.clone())),
+        tokio::spawn(write_data(conn.clone(), data_rx, region.clone())),
         tokio::spawn(read_stream(recv, region.clone(), conn_id, core.clone())),
         tokio::spawn(accept_data(
             conn.clone(),
@@ -194,7 +194,12 @@ async fn serve(
     let _ = core.send(Input::PeerGone { region, conn_id }).await;
 }
 
-async fn write_control(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Frame>) {
+async fn write_control(
+    mut send: quinn::SendStream,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+    region: RegionName,
+) {
+    let bytes_out = metrics::counter!("mqlink_bytes_out_total", "peer" => region.to_string());
     let mut buf = BytesMut::new();
     while let Some(frame) = frames.recv().await {
         encode(frame, &mut buf);
@@ -204,6 +209,7 @@ async fn write_control(mut send: quinn::SendStream, mut frames: mpsc::UnboundedR
         if send.write_all(&buf).await.is_err() {
             return;
         }
+        bytes_out.increment(buf.len() as u64);
         buf.clear();
     }
 }
@@ -214,7 +220,12 @@ fn shard(topic: &str) -> usize {
     (h.finish() as usize) % DATA_SHARDS
 }
 
-async fn write_data(conn: quinn::Connection, mut frames: mpsc::Receiver<Frame>) {
+async fn write_data(
+    conn: quinn::Connection,
+    mut frames: mpsc::Receiver<Frame>,
+    region: RegionName,
+) {
+    let bytes_out = metrics::counter!("mqlink_bytes_out_total", "peer" => region.to_string());
     let mut streams: Vec<Option<quinn::SendStream>> = (0..DATA_SHARDS).map(|_| None).collect();
     let mut bufs: Vec<BytesMut> = (0..DATA_SHARDS).map(|_| BytesMut::new()).collect();
     while let Some(frame) = frames.recv().await {
@@ -266,6 +277,7 @@ async fn write_data(conn: quinn::Connection, mut frames: mpsc::Receiver<Frame>) 
             {
                 return;
             }
+            bytes_out.increment(bufs[i].len() as u64);
             bufs[i].clear();
         }
     }
@@ -290,10 +302,14 @@ async fn read_stream(
     conn_id: u64,
     core: mpsc::Sender<Input>,
 ) {
+    let bytes_in = metrics::counter!("mqlink_bytes_in_total", "peer" => region.to_string());
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         match recv.read_chunk(256 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                bytes_in.increment(chunk.bytes.len() as u64);
+                buf.extend_from_slice(&chunk.bytes);
+            }
             Ok(None) | Err(_) => return,
         }
         loop {

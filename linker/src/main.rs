@@ -54,6 +54,7 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let cfg = mqlink_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async {
+        mqlink::metrics::install(cfg.listen.metrics)?;
         let agent = mqlink::run::start(&cfg).await?;
         tokio::signal::ctrl_c()
             .await

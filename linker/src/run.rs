@@ -113,6 +113,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         )),
         tokio::spawn(broker::run_commands(client, export, broker_rx)),
     ];
+    tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));
     let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
     tasks.push(tokio::spawn(link::accept(
         endpoint.clone(),

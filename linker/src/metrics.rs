@@ -1,0 +1,68 @@
+//! Prometheus metrics (text format on `listen.metrics`, served by
+//! metrics-exporter-prometheus's HTTP listener).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `mqlink_messages_out_total` | peer | envelopes sent to a neighbour |
+//! | `mqlink_messages_in_total` | peer | envelopes received from a neighbour |
+//! | `mqlink_bytes_out_total` | peer | wire bytes written on the link's streams |
+//! | `mqlink_bytes_in_total` | peer | wire bytes read from the link's streams |
+//! | `mqlink_drops_total` | reason | messages dropped, by reason (every drop is counted) |
+//! | `mqlink_delivered_total` | | imports published to the local broker |
+//! | `mqlink_peers_up` | | neighbours with a completed hello |
+//! | `mqlink_interest_filters` | region | filters each region wants |
+//! | `mqlink_route_recomputations_total` | | shortest-path trees computed |
+//! | `mqlink_resyncs_total` | | summary snapshots requested after drift |
+//! | `mqlink_peer_errors_total` | peer | links closed for malformed input or protocol violations |
+//! | `mqlink_handshake_failures_total` | | refused TLS handshakes and identities |
+//!
+//! The protocol core keeps plain counters ([`mqlink_proto::Stats`]); a
+//! sampler copies them into the recorder once a second, so the hot path
+//! never touches the metrics registry. Byte counters are updated by the
+//! stream tasks directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::Input;
+
+/// Install the process-wide Prometheus recorder and its HTTP listener.
+/// Call once per process, from inside the tokio runtime.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))
+}
+
+/// Copy the core's counters into the recorder every second until the core stops.
+pub async fn sample(core: mpsc::Sender<Input>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let (tx, rx) = oneshot::channel();
+        if core.send(Input::Stats(tx)).await.is_err() {
+            return;
+        }
+        let Ok(r) = rx.await else { return };
+        for (peer, n) in &r.stats.sent {
+            metrics::counter!("mqlink_messages_out_total", "peer" => peer.to_string()).absolute(*n);
+        }
+        for (peer, n) in &r.stats.received {
+            metrics::counter!("mqlink_messages_in_total", "peer" => peer.to_string()).absolute(*n);
+        }
+        for (reason, n) in &r.stats.drops {
+            metrics::counter!("mqlink_drops_total", "reason" => format!("{reason:?}")).absolute(*n);
+        }
+        metrics::counter!("mqlink_delivered_total").absolute(r.stats.delivered);
+        metrics::counter!("mqlink_resyncs_total").absolute(r.stats.resyncs);
+        metrics::counter!("mqlink_route_recomputations_total").absolute(r.tree_builds);
+        metrics::gauge!("mqlink_peers_up").set(r.peers_up.len() as f64);
+        for (region, filters) in &r.interest {
+            metrics::gauge!("mqlink_interest_filters", "region" => region.to_string())
+                .set(filters.len() as f64);
+        }
+    }
+}
