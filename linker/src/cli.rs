@@ -16,6 +16,19 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// A local multi-region federation, end to end, narrated: brokers,
+    /// agents over QUIC + mutual TLS, subscribers and publishers.
+    Demo {
+        /// Number of regions (2 to 8).
+        #[arg(long, default_value_t = 3)]
+        regions: usize,
+        /// How long to run (e.g. 20s, 2m); 0 runs until Ctrl-C.
+        #[arg(long = "for", default_value = "20s", value_name = "DURATION")]
+        duration: String,
+        /// Which brokers to run: embedded needs no install; mosquitto uses the system's.
+        #[arg(long, value_enum, default_value = "embedded")]
+        broker: crate::federation::BrokerKind,
+    },
     /// Run one agent beside its region's broker.
     Run {
         /// The region's config file.

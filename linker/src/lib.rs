@@ -17,13 +17,20 @@
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`brokers`]: local brokers for the demo and tests (embedded `mqtt5`, or a
+//!   Mosquitto process).
+//! - [`federation`]: a whole federation on this machine (brokers, agents, PKI).
+//! - [`demo`]: `mqlink demo`, narrated.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
 pub mod broker;
+pub mod brokers;
 pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod core;
+pub mod demo;
+pub mod federation;
 pub mod link;
 pub mod metrics;
 pub mod mosquitto;

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         Command::Check(args) => mqlink::check::run(&args, &mut std::io::stdout().lock()),
         Command::Certs { action } => certs(action).map(|()| true),
         Command::Run { config } => run(&config).map(|()| true),
+        Command::Demo {
+            regions,
+            duration,
+            broker,
+        } => demo(regions, &duration, broker).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -47,6 +52,32 @@ fn logging() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+fn demo(
+    regions: usize,
+    duration: &str,
+    broker: mqlink::federation::BrokerKind,
+) -> anyhow::Result<()> {
+    let duration = match duration.trim() {
+        "0" => None,
+        d => Some(
+            mqlink_config::units::parse_duration(d).map_err(|e| anyhow::anyhow!("--for: {e}"))?,
+        ),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,quinn=error,rumqttc=error,mqtt5=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(mqlink::demo::run(mqlink::demo::DemoOptions {
+        regions,
+        duration,
+        broker,
+    }))
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {

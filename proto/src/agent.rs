@@ -830,18 +830,25 @@ impl Agent {
         self.events.pop_front()
     }
 
-    /// What to subscribe to on the local broker: every filter some other
-    /// region wants that some link's export policy can let through. (The
-    /// per-link clipping of each message happens when it is forwarded.)
+    /// What to subscribe to on the local broker: a disjoint cover of every
+    /// filter some other region wants that some link's export policy can let
+    /// through. Widening here only costs local broker-to-agent traffic: what
+    /// crosses a link is still decided per message by the routing core and
+    /// the link's export filter.
     pub fn export_filters(&self) -> BTreeSet<TopicFilter> {
         let exports: Vec<&TopicFilter> = self.cfg.links.iter().flat_map(|l| &l.export).collect();
-        self.router
+        let wanted = self
+            .router
             .interests()
             .tables()
             .filter(|t| t.version().region != self.cfg.region)
             .flat_map(|t| t.filters())
             .filter(|f| exports.iter().any(|e| e.overlaps(f)))
-            .cloned()
+            .cloned();
+        // Non-overlapping, so the broker sends each message once (MQTT-3.3.4-2
+        // lets it send one copy per matching subscription otherwise).
+        mqlink_topology::disjoint_cover(wanted)
+            .into_iter()
             .collect()
     }
 

@@ -50,6 +50,52 @@ async fn two_regions_carry_exactly_what_is_wanted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_interest_still_crosses_once() {
+    let fed = Federation::start("overlap", &["a", "b"], &[link("a", "b")])
+        .await
+        .unwrap();
+    let mut s1 = fed.client("b", "sub-1").await.unwrap();
+    let mut s2 = fed.client("b", "sub-2").await.unwrap();
+    s1.subscribe("o/+/t", QoS::AtLeastOnce).await.unwrap();
+    s2.subscribe("o/x/#", QoS::AtLeastOnce).await.unwrap();
+    fed.wait_interest("a", "b", "o/+/t").await.unwrap();
+    fed.wait_interest("a", "b", "o/x/#").await.unwrap();
+    // a's export subscriptions on its broker do not overlap (one copy per message).
+    wait_until("a's export cover", T, || async {
+        fed.stats("a")
+            .await
+            .export
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            == ["o/+/#"]
+    })
+    .await
+    .unwrap();
+    let publ = fed.client("a", "pub-a").await.unwrap();
+    for _ in 0..10 {
+        publ.publish("o/x/t", b"both want it", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    publ.publish("o/y/z", b"nobody wants it", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    publ.publish("o/x/t", b"end", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(s1.take(11, T).await.unwrap().len(), 11);
+    assert_eq!(s2.take(11, T).await.unwrap().len(), 11);
+    assert_eq!(
+        fed.sent("a", "b").await,
+        11,
+        "one envelope per message, none for o/y/z"
+    );
+    assert!(s1.drain().is_empty() && s2.drain().is_empty());
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triangle_delivers_one_copy_each_and_nothing_loops() {
     let fed = Federation::start(
         "triangle",

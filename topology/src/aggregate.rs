@@ -229,6 +229,79 @@ fn last_resort(set: &mut BTreeSet<Levels>) {
     *set = out;
 }
 
+/// The smallest filter (by this construction) covering both `a` and `b`:
+/// equal levels are kept, differing levels become `+`, and where one filter
+/// ends or holds `#`, the rest becomes `#`.
+pub fn generalize(a: &TopicFilter, b: &TopicFilter) -> TopicFilter {
+    let (x, y): (Vec<&str>, Vec<&str>) = (
+        a.as_str().split('/').collect(),
+        b.as_str().split('/').collect(),
+    );
+    let mut out: Vec<&str> = Vec::new();
+    for i in 0..x.len().max(y.len()) {
+        match (x.get(i), y.get(i)) {
+            (Some(p), Some(q)) if *p == "#" || *q == "#" => {
+                out.push("#");
+                break;
+            }
+            (Some(p), Some(q)) if p == q => out.push(p),
+            (Some(_), Some(_)) => out.push("+"),
+            _ => {
+                out.push("#");
+                break;
+            }
+        }
+    }
+    // Every step keeps the filter valid (`#` only last, wildcards alone).
+    TopicFilter::new(&out.join("/")).unwrap_or_else(|_| a.clone())
+}
+
+/// A set of pairwise non-overlapping filters that covers every filter in
+/// `filters`: overlapping pairs are merged with [`generalize`] (or the
+/// covered one dropped) until none overlap.
+///
+/// A client subscribed to overlapping filters may receive one copy of a
+/// message per matching subscription [MQTT-3.3.4-2]; subscribing to a
+/// disjoint cover instead guarantees one copy per message.
+pub fn disjoint_cover(filters: impl IntoIterator<Item = TopicFilter>) -> Vec<TopicFilter> {
+    // Distinct wildcard-free filters never overlap each other, so only pairs
+    // involving a wildcard filter need checking: O(wild x all), not O(all^2).
+    let (mut wild, mut literal): (BTreeSet<TopicFilter>, BTreeSet<TopicFilter>) =
+        filters.into_iter().partition(TopicFilter::has_wildcard);
+    loop {
+        let pair = wild.iter().enumerate().find_map(|(i, a)| {
+            wild.iter()
+                .skip(i + 1)
+                .chain(literal.iter())
+                .find(|b| a.overlaps(b))
+                .map(|b| (a.clone(), b.clone()))
+        });
+        let Some((a, b)) = pair else { break };
+        wild.remove(&a);
+        wild.remove(&b);
+        literal.remove(&b);
+        let merged = if a.covers(&b) {
+            a
+        } else if b.covers(&a) {
+            b
+        } else {
+            generalize(&a, &b)
+        };
+        wild.retain(|f| !merged.covers(f));
+        literal.retain(|f| !merged.covers(f));
+        if merged.has_wildcard() {
+            wild.insert(merged);
+        } else {
+            literal.insert(merged);
+        }
+    }
+    wild.into_iter()
+        .chain(literal)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -261,6 +334,28 @@ mod tests {
             }
         );
         assert!((cost.overhead() - 0.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn disjoint_covers() {
+        assert_eq!(
+            generalize(&f("factory/+/temp"), &f("factory/eu/#")),
+            f("factory/+/#")
+        );
+        assert_eq!(generalize(&f("a/b"), &f("a/b/c")), f("a/b/#"));
+        assert_eq!(generalize(&f("a/x/c"), &f("a/y/c")), f("a/+/c"));
+        assert_eq!(
+            disjoint_cover([f("factory/+/temp"), f("factory/eu/#"), f("alerts/#")]),
+            vec![f("alerts/#"), f("factory/+/#")]
+        );
+        assert_eq!(
+            disjoint_cover([f("a/+"), f("a/b"), f("c")]),
+            vec![f("a/+"), f("c")]
+        );
+        assert_eq!(
+            disjoint_cover([f("#"), f("$SYS/x")]),
+            vec![f("#"), f("$SYS/x")]
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod region;
 pub mod route;
 pub mod topic;
 
-pub use aggregate::{Aggregation, WideningCost, aggregate};
+pub use aggregate::{Aggregation, WideningCost, aggregate, disjoint_cover, generalize};
 pub use graph::{RegionGraph, Tree};
 pub use interest::{
     Applied, Delta, DeltaOp, Digest, InterestError, InterestTable, InterestVersion, Snapshot,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mqlink_topology::{
     Cost, InterestVersion, LsaLink, Matcher, NodeName, RegionIds, RegionName, Router, Snapshot,
-    TopicFilter, TopicName, aggregate,
+    TopicFilter, TopicName, aggregate, disjoint_cover,
 };
 use proptest::prelude::*;
 
@@ -101,6 +101,23 @@ proptest! {
             filters.iter().filter_map(|f| f.as_str().split('/').next()).filter(|l| l.starts_with('$')).collect();
         prop_assert!(agg.filters.len() <= budget.max(1 + dollar_roots.len()));
         prop_assert_eq!(agg.over_budget, agg.filters.len() > budget);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn disjoint_cover_covers_and_never_overlaps(filters in prop::collection::vec(filter_strategy(), 0..30)) {
+        let cover = disjoint_cover(filters.clone());
+        for f in &filters {
+            prop_assert!(cover.iter().any(|c| c.covers(f)), "{} not covered by {:?}", f, cover);
+        }
+        for (i, a) in cover.iter().enumerate() {
+            for b in &cover[i + 1..] {
+                prop_assert!(!a.overlaps(b), "{} overlaps {}", a, b);
+            }
+        }
     }
 }
 
