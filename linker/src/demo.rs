@@ -85,6 +85,16 @@ fn ring(names: &[RegionName]) -> Vec<LinkSpec> {
     links
 }
 
+/// What the demo observed, per region, for callers (and tests) to check.
+#[derive(Debug, Clone, Default)]
+pub struct DemoReport {
+    /// Per region: (distinct messages received that it wanted, how many it
+    /// should have received, duplicates).
+    pub deliveries: BTreeMap<RegionName, (usize, usize, usize)>,
+    /// Messages carried per directed link.
+    pub carried: BTreeMap<(RegionName, RegionName), u64>,
+}
+
 /// One received message, for the log and the tally.
 #[derive(Debug)]
 struct Received {
@@ -95,7 +105,7 @@ struct Received {
 }
 
 /// Run the demo, narrating on stdout.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     if !(2..=NAMES.len()).contains(&opts.regions) {
         bail!("--regions must be between 2 and {}", NAMES.len());
     }
@@ -170,7 +180,7 @@ async fn narrate(
     subs: &[(RegionName, String, &'static str)],
     opts: &DemoOptions,
     started: Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<DemoReport> {
     fed.wait_links_up(Duration::from_secs(15)).await?;
     println!(
         "[{:>5.1}s] all {} links up",
@@ -253,7 +263,7 @@ async fn narrate(
                         (format!("factory/{r}/humidity"), format!("n={round} 40%")),
                         (format!("debug/{r}/trace"), format!("n={round} noise")),
                     ];
-                    if i == names.len() - 1 && round % 4 == 0 {
+                    if i == names.len() - 1 && round % 4 == 1 {
                         msgs.push((format!("alerts/{r}/overheat"), format!("n={round} line 3 at 92C")));
                     }
                     for (topic, payload) in msgs {
@@ -263,7 +273,7 @@ async fn narrate(
                         }
                     }
                 }
-                if round % 5 == 0 {
+                if round.is_multiple_of(5) {
                     print_links(fed, started).await;
                 }
             }
@@ -279,19 +289,19 @@ async fn narrate(
         }
     }
     // Let in-flight messages land: wait until the count stops changing (bounded).
-    let quiet_deadline = Instant::now() + Duration::from_secs(3);
+    let quiet_deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < quiet_deadline {
-        match tokio::time::timeout(Duration::from_millis(300), received.recv()).await {
+        match tokio::time::timeout(Duration::from_millis(500), received.recv()).await {
             Ok(Some(m)) => got.push(m),
             _ => break,
         }
     }
-    summary(fed, names, &filters, &published, &got, started).await;
+    let report = summary(fed, names, &filters, &published, &got, started).await;
     for (c, task) in clients {
         let _ = c.disconnect().await;
         task.abort();
     }
-    Ok(())
+    Ok(report)
 }
 
 async fn sleep_until(end: Option<tokio::time::Instant>) {
@@ -323,7 +333,8 @@ async fn summary(
     published: &[(RegionName, TopicName)],
     got: &[Received],
     started: Instant,
-) {
+) -> DemoReport {
+    let mut report = DemoReport::default();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -343,13 +354,16 @@ async fn summary(
             .iter()
             .map(|m| (m.topic.as_str(), m.payload.as_str()))
             .collect();
+        let duplicates = mine.len() - distinct.len();
         let _ = writeln!(
             out,
-            "    {r:<10} received {:>4} of {:>4} published that it wants, {} duplicates",
+            "    {r:<10} received {:>4} of {:>4} published that it wants, {duplicates} duplicates",
             distinct.len(),
             expected,
-            mine.len() - distinct.len()
         );
+        report
+            .deliveries
+            .insert(r.clone(), (distinct.len(), expected, duplicates));
     }
     let _ = writeln!(out, "  links (envelopes carried each way):");
     for l in &fed.links {
@@ -374,6 +388,8 @@ async fn summary(
             "    {:<10} -> {:<10} {ab:>5}    {:<10} -> {:<10} {ba:>5}",
             l.a, l.b, l.b, l.a
         );
+        report.carried.insert((l.a.clone(), l.b.clone()), ab);
+        report.carried.insert((l.b.clone(), l.a.clone()), ba);
     }
     let mut unwanted: BTreeMap<String, usize> = BTreeMap::new();
     for (origin, t) in published {
@@ -411,6 +427,7 @@ async fn summary(
         let _ = writeln!(out, "    {r:<10} [{}]", export.join(", "));
     }
     print!("{out}");
+    report
 }
 
 /// An MQTT client on 127.0.0.1:`port`, connected.

@@ -78,6 +78,7 @@ fn demo(
         duration,
         broker,
     }))
+    .map(|_| ())
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {

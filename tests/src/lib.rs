@@ -1,24 +1,21 @@
-//! End-to-end test harness: real Mosquitto brokers (started from a
-//! generated config on a free port, stopped by PID), real agents over QUIC
-//! with mutual TLS on 127.0.0.1 (in this process, via `mqlink::run::start`),
-//! and an MQTT 5 test client. Waits are on conditions with deadlines, never
+//! End-to-end test harness over `mqlink::federation`: real Mosquitto
+//! brokers (started from a generated config on a free port, stopped by
+//! PID), real agents over QUIC with mutual TLS on 127.0.0.1 (in this
+//! process), and an MQTT 5 test client. Waits are on conditions with deadlines, never
 //! fixed sleeps.
 //!
 //! The tests themselves are in `tests/tests/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failure should panic
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use mqlink::core::StatsReport;
-use mqlink::run::Running;
+use mqlink::federation::{BrokerKind, LinkSpec, LocalFederation, RegionSpec};
 use mqlink_topology::RegionName;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -54,166 +51,55 @@ where
     bail!("timed out after {limit:?} waiting for {what}")
 }
 
-/// A Mosquitto broker of our own, on a free port.
-#[derive(Debug)]
-pub struct Broker {
-    /// Its TCP port on 127.0.0.1.
-    pub port: u16,
-    /// The process (killed by PID on drop).
-    child: Child,
+/// Shorthand for a plain link without a configured cost.
+pub fn link(a: &str, b: &str) -> LinkSpec {
+    LinkSpec::new(a, b, None).unwrap()
 }
 
-impl Broker {
-    /// Start `mosquitto` with a generated config in `dir`, with the log
-    /// topics that `dynamic: mosquitto` follows.
-    pub fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.join(format!("{name}-mosquitto.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n"
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join(format!("{name}-mosquitto.log")))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting mosquitto (apt-get install -y mosquitto)")?;
-        let mut broker = Broker { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline || broker.child.try_wait()?.is_some() {
-                bail!(
-                    "mosquitto on port {port} did not come up; see {}",
-                    dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(broker)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A link of a test federation.
-#[derive(Debug, Clone)]
-pub struct LinkSpec {
-    /// One end.
-    pub a: &'static str,
-    /// The other end.
-    pub b: &'static str,
-    /// Extra YAML lines for `a`'s side (e.g. `export: [...]`).
-    pub a_extra: &'static str,
-}
-
-/// Shorthand for a plain link.
-pub fn link(a: &'static str, b: &'static str) -> LinkSpec {
-    LinkSpec { a, b, a_extra: "" }
-}
-
-/// Several regions, each a Mosquitto broker and an agent, linked as asked.
+/// Several regions, each a real Mosquitto broker and a real agent, linked
+/// as asked; every region follows its broker's subscriptions
+/// (`dynamic: mosquitto`).
 pub struct Federation {
-    /// Scratch directory (configs, certificates, broker logs).
-    pub dir: PathBuf,
-    /// Brokers by region.
-    pub brokers: BTreeMap<&'static str, Broker>,
-    /// Agents by region.
-    pub agents: BTreeMap<&'static str, Running>,
+    /// The brokers and agents.
+    pub inner: LocalFederation,
+}
+
+fn r(name: &str) -> RegionName {
+    RegionName::new(name).unwrap()
 }
 
 impl Federation {
-    /// Start `regions` with `links`; every region follows its broker's
-    /// subscriptions (`dynamic: mosquitto`).
-    pub async fn start(
-        name: &str,
-        regions: &[&'static str],
-        links: &[LinkSpec],
-    ) -> anyhow::Result<Self> {
+    /// Start `regions` with `links` and wait until every link is up.
+    pub async fn start(name: &str, regions: &[&str], links: &[LinkSpec]) -> anyhow::Result<Self> {
         let dir = scratch(name);
-        let certs = dir.join("certs");
-        mqlink::certs::init(&certs)?;
-        for r in regions {
-            mqlink::certs::issue(&RegionName::new(r)?, &certs)?;
-        }
-        let mut brokers = BTreeMap::new();
-        for r in regions {
-            brokers.insert(*r, Broker::start(&dir, r)?);
-        }
-        // Start in reverse name order: the first name dials, so its peers
-        // must already be listening.
-        let mut order = regions.to_vec();
-        order.sort_unstable_by(|a, b| b.cmp(a));
-        let mut agents: BTreeMap<&'static str, Running> = BTreeMap::new();
-        for r in order {
-            let mut yaml = format!(
-                "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
-                 listen: {{ quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:0\" }}\n\
-                 tls: {{ cert: certs/{r}.pem, key: certs/{r}.key, ca: certs/ca.pem }}\n\
-                 interest: {{ dynamic: mosquitto }}\nlinks:\n",
-                brokers[r].port
-            );
-            for l in links.iter().filter(|l| l.a == r || l.b == r) {
-                let peer = if l.a == r { l.b } else { l.a };
-                // Peers named later are already up; the others dial us.
-                let addr: SocketAddr = agents
-                    .get(peer)
-                    .map_or(SocketAddr::from(([127, 0, 0, 1], 9)), |a| a.quic_addr);
-                yaml.push_str(&format!(
-                    "  - region: {peer}\n    endpoints: [\"{addr}\"]\n"
-                ));
-                if l.a == r {
-                    for line in l.a_extra.lines() {
-                        yaml.push_str(&format!("    {line}\n"));
-                    }
-                }
-            }
-            let path = dir.join(format!("{r}.yaml"));
-            std::fs::write(&path, &yaml)?;
-            let cfg = mqlink_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            agents.insert(r, mqlink::run::start(&cfg).await?);
-        }
-        let fed = Federation {
-            dir,
-            brokers,
-            agents,
-        };
-        for l in links {
-            fed.wait_peers(l.a, l.b).await?;
-        }
-        Ok(fed)
+        let specs: Vec<RegionSpec> = regions
+            .iter()
+            .map(|n| RegionSpec {
+                name: r(n),
+                static_interest: Vec::new(),
+            })
+            .collect();
+        let inner = LocalFederation::start(&dir, &specs, links, BrokerKind::Mosquitto).await?;
+        inner.wait_links_up(Duration::from_secs(10)).await?;
+        Ok(Federation { inner })
+    }
+
+    /// The scratch directory (certificates, configs, broker logs).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The QUIC address of `region`'s agent.
+    pub fn quic_addr(&self, region: &str) -> std::net::SocketAddr {
+        self.inner.agents[&r(region)].quic_addr
     }
 
     /// Counters of `region`'s agent.
     pub async fn stats(&self, region: &str) -> StatsReport {
-        self.agents[region].stats().await.unwrap_or_default()
+        self.inner.stats(&r(region)).await
     }
 
-    /// Wait until the link a-b is up on both sides.
-    pub async fn wait_peers(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        let (ra, rb) = (RegionName::new(a)?, RegionName::new(b)?);
-        wait_until(
-            &format!("link {a}-{b}"),
-            Duration::from_secs(10),
-            || async {
-                self.stats(a).await.peers_up.contains(&rb)
-                    && self.stats(b).await.peers_up.contains(&ra)
-            },
-        )
-        .await
-    }
-
-    /// Wait until `region`'s agent exports `filter` (some other region wants it).
+    /// Wait until `region`'s agent exports `filter` (or stops exporting it).
     pub async fn wait_export(
         &self,
         region: &str,
@@ -237,7 +123,7 @@ impl Federation {
 
     /// Wait until `at`'s agent knows that `region` wants `filter`.
     pub async fn wait_interest(&self, at: &str, region: &str, filter: &str) -> anyhow::Result<()> {
-        let r = RegionName::new(region)?;
+        let who = r(region);
         wait_until(
             &format!("{at} learning that {region} wants {filter}"),
             Duration::from_secs(10),
@@ -245,7 +131,7 @@ impl Federation {
                 self.stats(at)
                     .await
                     .interest
-                    .get(&r)
+                    .get(&who)
                     .is_some_and(|fs| fs.iter().any(|f| f.as_str() == filter))
             },
         )
@@ -254,26 +140,23 @@ impl Federation {
 
     /// Envelopes `from` sent to `to`.
     pub async fn sent(&self, from: &str, to: &str) -> u64 {
-        let to = RegionName::new(to).unwrap();
         self.stats(from)
             .await
             .stats
             .sent
-            .get(&to)
+            .get(&r(to))
             .copied()
             .unwrap_or(0)
     }
 
     /// A test client on `region`'s broker.
     pub async fn client(&self, region: &str, id: &str) -> anyhow::Result<Client> {
-        Client::connect(self.brokers[region].port, id).await
+        Client::connect(self.inner.brokers[&r(region)].port(), id).await
     }
 
     /// Stop everything.
     pub async fn stop(self) {
-        for (_, a) in self.agents {
-            a.shutdown().await;
-        }
+        self.inner.stop().await;
     }
 }
 

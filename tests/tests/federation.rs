@@ -260,12 +260,12 @@ async fn wrong_ca_or_wrong_region_is_refused() {
     let fed = Federation::start("identity", &["a", "b"], &[link("a", "b")])
         .await
         .unwrap();
-    let a_addr = fed.agents["a"].quic_addr;
-    let certs = fed.dir.join("certs");
+    let a_addr = fed.quic_addr("a");
+    let certs = fed.dir().join("certs");
     // A certificate for `c` from the right CA: c is not a's neighbour.
     mqlink::certs::issue(&mqlink_topology::RegionName::new("c").unwrap(), &certs).unwrap();
     // A certificate for `b` from another CA.
-    let rogue = fed.dir.join("rogue");
+    let rogue = fed.dir().join("rogue");
     mqlink::certs::init(&rogue).unwrap();
     mqlink::certs::issue(&mqlink_topology::RegionName::new("b").unwrap(), &rogue).unwrap();
 
