@@ -12,6 +12,11 @@
 //!   never delays small ones.
 //! - Bytes that do not decode as a frame close the connection with the
 //!   decode error as reason (and a metric, counted by the core).
+//! - Peer endpoints are resolved again at every dial attempt with the
+//!   system resolver (`tokio::net::lookup_host`). DESIGN.md names
+//!   hickory-resolver; the system resolver follows DNS changes just as well
+//!   for a dial-per-attempt loop and keeps the dependency tree smaller. Swap
+//!   it in if TTL-driven re-resolution of live links is needed.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;

@@ -178,6 +178,7 @@ impl Client {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_start(true);
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(Some(16 * 1024 * 1024));
         let (inner, mut events) = AsyncClient::new(opts, 1024);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ack_tx, acks) = mpsc::unbounded_channel();

@@ -220,6 +220,16 @@ async fn qos_retain_and_properties_arrive_intact() {
     assert_eq!(&retained.payload[..], b"hello");
     // The import never went back out of b's broker to the federation.
     assert_eq!(fed.sent("b", "a").await, 0);
+
+    // A large payload travels on a stream of its own and arrives whole.
+    static BIG: [u8; 300 * 1024] = [7u8; 300 * 1024];
+    publ.publish("p/big", &BIG, QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let big = sub.take(1, T).await.unwrap().remove(0);
+    assert_eq!(topic(&big), "p/big");
+    assert_eq!(big.payload.len(), BIG.len());
+    assert!(big.payload.iter().all(|b| *b == 7));
     fed.stop().await;
 }
 
