@@ -137,8 +137,9 @@ pub fn hostname() -> String {
 }
 
 /// Turn a serde-saphyr error into a diagnostic with a message of our own
-/// words where we can do better than the generic one.
-fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
+/// words where we can do better than the generic one (used for every YAML
+/// file mqlink reads, scenarios included).
+pub fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
     let pos = err.location().and_then(Pos::of);
     let message = match err.without_snippet() {
         serde_saphyr::Error::SerdeUnknownField {

@@ -29,6 +29,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "embedded")]
         broker: crate::federation::BrokerKind,
     },
+    /// Simulate a WAN scenario with the production routing and protocol code
+    /// under simulated time; print the report.
+    Simulate {
+        /// The scenario YAML.
+        scenario: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also write report.txt and report.json into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Run one agent beside its region's broker.
     Run {
         /// The region's config file.

@@ -489,6 +489,13 @@ impl From<Frame> for pb::Frame {
     }
 }
 
+/// Size of `frame` on the wire, length prefix included (for the simulator's
+/// byte accounting).
+pub fn encoded_len(frame: &Frame) -> usize {
+    let len = pb::Frame::from(frame.clone()).encoded_len();
+    len + prost::length_delimiter_len(len)
+}
+
 /// Append `frame` to `out`, prefixed by its length.
 pub fn encode(frame: Frame, out: &mut BytesMut) {
     let msg = pb::Frame::from(frame);

@@ -32,5 +32,5 @@ mod wire {
 pub use agent::{Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, Stats};
 pub use frame::{
     DataBatch, Envelope, Frame, FrameError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
-    Properties, Qos, TableId, decode, encode,
+    Properties, Qos, TableId, decode, encode, encoded_len,
 };

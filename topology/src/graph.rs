@@ -96,6 +96,14 @@ impl RegionGraph {
             .and_then(|e| self.graph.edge_weight(e).copied())
     }
 
+    /// Links as (position, position, cost), lower position first, in index order.
+    pub fn edges(&self) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
+        self.graph.edge_references().map(|e| {
+            let (a, b) = (e.source().index(), e.target().index());
+            (a.min(b), a.max(b), *e.weight())
+        })
+    }
+
     /// Neighbours of the region at `pos`, with link costs.
     pub fn neighbours(&self, pos: usize) -> impl Iterator<Item = (usize, u32)> + '_ {
         self.graph.edges(NodeIndex::new(pos)).map(move |e| {

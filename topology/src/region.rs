@@ -77,6 +77,13 @@ impl NodeName {
     }
 }
 
+impl From<&RegionName> for NodeName {
+    /// Every region name is a valid node name (a subset of its characters and length).
+    fn from(r: &RegionName) -> Self {
+        NodeName(r.0.clone())
+    }
+}
+
 /// The cost of a link: positive, at most [`Cost::MAX`]. By convention, the
 /// round-trip time in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
