@@ -413,6 +413,19 @@ impl Agent {
                 self.on_digest(from, table, seq, digest)
             }
             (Some(_), Frame::ResyncRequest { table }) => self.send_snapshot_of(from, &table),
+            (Some(_), Frame::DigestSum { tables, sum }) => {
+                if (tables, sum) != self.digest_sum() {
+                    // Something differs: show the peer every table's digest;
+                    // it asks for (or sends) the snapshots that fix it.
+                    let batch = Frame::DigestBatch(self.table_digests());
+                    self.outbox.push_back((from.clone(), batch));
+                }
+            }
+            (Some(_), Frame::DigestBatch(entries)) => {
+                for (table, seq, digest) in entries {
+                    self.on_digest(from, table, seq, digest);
+                }
+            }
             (Some(_), Frame::Ack { .. }) => {}
             (Some(_), Frame::Data(batch)) => self.on_data(from, batch),
         }
@@ -764,27 +777,44 @@ impl Agent {
         self.router.handle_timeout(now);
         if self.next_digest.is_some_and(|t| now >= t) {
             self.next_digest = Some(now + self.cfg.digest_interval);
-            let mut digests = vec![Frame::Digest {
-                table: table_id(self.local.version()),
-                seq: self.local.version().seq,
-                digest: self.local.digest(),
-            }];
-            for t in self
-                .router
-                .interests()
-                .tables()
-                .filter(|t| t.version().region != self.cfg.region)
-            {
-                digests.push(Frame::Digest {
-                    table: table_id(t.version()),
-                    seq: t.version().seq,
-                    digest: t.digest(),
-                });
-            }
-            for d in digests {
-                self.broadcast(None, &d);
-            }
+            let (tables, sum) = self.digest_sum();
+            self.broadcast(None, &Frame::DigestSum { tables, sum });
         }
+    }
+
+    /// (table, seq, digest) of every table held, our own included.
+    fn table_digests(&self) -> Vec<(TableId, u64, Digest)> {
+        self.router
+            .interests()
+            .tables()
+            .map(|t| (table_id(t.version()), t.version().seq, t.digest()))
+            .collect()
+    }
+
+    /// A fingerprint over every table held: equal on two agents exactly
+    /// when they hold the same tables at the same versions (barring hash
+    /// collisions), whatever the order.
+    fn digest_sum(&self) -> (u64, u64) {
+        let mut sum = 0u64;
+        let mut n = 0u64;
+        for (t, seq, d) in self.table_digests() {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            let words = [t.epoch, seq, d.count, d.sum];
+            for b in t
+                .region
+                .as_str()
+                .bytes()
+                .chain([0])
+                .chain(t.node.as_str().bytes())
+                .chain(words.iter().flat_map(|w| w.to_le_bytes()))
+            {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            sum = sum.wrapping_add(h ^ (h >> 29));
+            n += 1;
+        }
+        (n, sum)
     }
 
     /// When [`Self::handle_timeout`] should next be called.

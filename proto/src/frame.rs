@@ -205,6 +205,15 @@ pub enum Frame {
         /// Its digest.
         digest: Digest,
     },
+    /// Fingerprint of every table the sender holds.
+    DigestSum {
+        /// Number of tables.
+        tables: u64,
+        /// Combined fingerprint.
+        sum: u64,
+    },
+    /// Per-table digests (table, seq, digest), sent when sums disagree.
+    DigestBatch(Vec<(TableId, u64, Digest)>),
     /// Request for a fresh snapshot.
     ResyncRequest {
         /// The table.
@@ -408,6 +417,25 @@ impl TryFrom<pb::Frame> for Frame {
             Kind::ResyncRequest(r) => Frame::ResyncRequest {
                 table: table(r.table)?,
             },
+            Kind::DigestSum(d) => Frame::DigestSum {
+                tables: d.tables,
+                sum: d.sum,
+            },
+            Kind::DigestBatch(b) => Frame::DigestBatch(
+                b.digests
+                    .into_iter()
+                    .map(|d| {
+                        Ok((
+                            table(d.table)?,
+                            d.seq,
+                            Digest {
+                                count: d.count,
+                                sum: d.sum,
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, FrameError>>()?,
+            ),
             Kind::Ack(a) => Frame::Ack { up_to: a.up_to },
             Kind::Data(d) => Frame::Data(DataBatch {
                 batch_seq: d.batch_seq,
@@ -478,6 +506,18 @@ impl From<Frame> for pb::Frame {
             }),
             Frame::ResyncRequest { table } => Kind::ResyncRequest(pb::ResyncRequest {
                 table: table_pb(table),
+            }),
+            Frame::DigestSum { tables, sum } => Kind::DigestSum(pb::DigestSum { tables, sum }),
+            Frame::DigestBatch(entries) => Kind::DigestBatch(pb::DigestBatch {
+                digests: entries
+                    .into_iter()
+                    .map(|(t, seq, d)| pb::Digest {
+                        table: table_pb(t),
+                        seq,
+                        count: d.count,
+                        sum: d.sum,
+                    })
+                    .collect(),
             }),
             Frame::Ack { up_to } => Kind::Ack(pb::Ack { up_to }),
             Frame::Data(d) => Kind::Data(pb::DataBatch {
@@ -611,7 +651,11 @@ mod tests {
                 seq: 5,
                 digest: Digest { count: 2, sum: 7 },
             },
-            Frame::ResyncRequest { table },
+            Frame::ResyncRequest {
+                table: table.clone(),
+            },
+            Frame::DigestSum { tables: 3, sum: 77 },
+            Frame::DigestBatch(vec![(table, 5, Digest { count: 2, sum: 7 })]),
             Frame::Ack { up_to: 12 },
             Frame::Data(DataBatch {
                 batch_seq: 12,

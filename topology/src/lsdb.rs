@@ -88,7 +88,9 @@ impl Lsdb {
         &self.me
     }
 
-    /// Changes whenever the set of LSAs changes.
+    /// Changes whenever the graph the LSAs describe may have changed (a
+    /// refresh with the same links, only a higher sequence number, does not
+    /// count: it must not invalidate trees and route caches).
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -115,6 +117,10 @@ impl Lsdb {
             seq: self.own_seq,
             links,
         };
+        let changed = self
+            .entries
+            .get(&self.me)
+            .is_none_or(|p| p.lsa.links != lsa.links);
         self.entries.insert(
             self.me.clone(),
             Entry {
@@ -122,7 +128,9 @@ impl Lsdb {
                 refreshed: now,
             },
         );
-        self.version += 1;
+        if changed {
+            self.version += 1;
+        }
         lsa
     }
 
@@ -150,6 +158,11 @@ impl Lsdb {
         }
         lsa.links.sort_by(|a, b| a.peer.cmp(&b.peer));
         lsa.links.dedup_by(|a, b| a.peer == b.peer);
+        // A refresh (same links, higher seq) is flooded on but changes no route.
+        let changed = self
+            .entries
+            .get(&lsa.origin)
+            .is_none_or(|p| p.lsa.links != lsa.links);
         self.entries.insert(
             lsa.origin.clone(),
             Entry {
@@ -157,7 +170,9 @@ impl Lsdb {
                 refreshed: now,
             },
         );
-        self.version += 1;
+        if changed {
+            self.version += 1;
+        }
         LsaOutcome::Installed
     }
 
@@ -266,6 +281,42 @@ mod tests {
         );
         assert_eq!(db.graph().edge_count(), 0);
         assert_eq!(db.graph().len(), 1);
+    }
+
+    #[test]
+    fn refreshes_do_not_change_the_version() {
+        let t0 = Instant::now();
+        let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
+        db.originate(t0, vec![link("b", 1, true)], 0);
+        let b1 = Lsa {
+            origin: r("b"),
+            seq: 1,
+            links: vec![link("a", 1, true)],
+        };
+        db.handle_lsa(t0, b1.clone());
+        let v = db.version();
+        assert_eq!(
+            db.handle_lsa(
+                t0,
+                Lsa {
+                    seq: 2,
+                    ..b1.clone()
+                }
+            ),
+            LsaOutcome::Installed,
+            "still flooded"
+        );
+        db.originate(t0, vec![link("b", 1, true)], 0);
+        assert_eq!(db.version(), v);
+        db.handle_lsa(
+            t0,
+            Lsa {
+                seq: 3,
+                links: vec![link("a", 1, false)],
+                ..b1
+            },
+        );
+        assert!(db.version() > v);
     }
 
     #[test]
