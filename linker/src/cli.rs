@@ -40,7 +40,7 @@ pub enum Command {
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
-        /// Also write report.txt and report.json into this directory.
+        /// Also write report.txt, report.json and SVG charts into this directory.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },

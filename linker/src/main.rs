@@ -99,9 +99,12 @@ fn simulate(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("report.json"), &json_text)?;
         std::fs::write(dir.join("report.txt"), &text)?;
+        let charts = mqlink_sim::charts::write(&report, dir)?;
+        let names: Vec<String> = charts.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
-            "wrote {}/report.json and report.txt (SVG charts are not implemented yet)",
-            dir.display()
+            "wrote {}/report.json, report.txt and {}",
+            dir.display(),
+            names.join(", ")
         );
     }
     Ok(true)

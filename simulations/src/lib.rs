@@ -12,10 +12,12 @@
 //!   and bandwidth queues, publishers, faults.
 //! - [`report`]: measurements and the text / JSON report, with the flood
 //!   bridge and one-hop mesh alternatives on the same workload.
+//! - [`charts`]: the SVG charts written by `--out`.
 //!
 //! Determinism: one seeded ChaCha RNG, ordered maps only, events ordered by
 //! (time, insertion number): the same scenario and seed give the same report.
 
+pub mod charts;
 pub mod engine;
 pub mod report;
 pub mod scenario;

@@ -210,6 +210,7 @@ impl Recorder {
         routes: BTreeMap<String, Vec<(String, String)>>,
     ) -> Report {
         let mut pairs = Vec::new();
+        let mut latency_cdf = Vec::new();
         let (mut expected, mut delivered, mut duplicates, mut flood, mut mesh) = (0, 0, 0, 0, 0);
         for ((o, d), mut p) in self.pairs {
             p.latencies_us.sort_unstable();
@@ -220,6 +221,21 @@ impl Recorder {
                 let i = ((p.latencies_us.len() as f64 - 1.0) * q).round() as usize;
                 f64::from(p.latencies_us[i]) / 1000.0
             };
+            if !p.latencies_us.is_empty() {
+                let points = (0..=50)
+                    .map(|q| {
+                        let f = f64::from(q) / 50.0;
+                        let i = ((p.latencies_us.len() - 1) as f64 * f).round() as usize;
+                        (round3(f64::from(p.latencies_us[i]) / 1000.0), f)
+                    })
+                    .collect();
+                latency_cdf.push(CdfReport {
+                    origin: self.names[o].clone(),
+                    destination: self.names[d].clone(),
+                    messages: p.delivered,
+                    points,
+                });
+            }
             expected += p.expected;
             delivered += p.delivered;
             duplicates += p.duplicates;
@@ -312,6 +328,7 @@ impl Recorder {
             routes,
             alternatives,
             deliveries_per_second: self.timeline,
+            latency_cdf,
         }
     }
 }
@@ -422,6 +439,21 @@ pub struct Report {
     pub alternatives: Vec<AltReport>,
     /// Deliveries per simulated second.
     pub deliveries_per_second: Vec<u64>,
+    /// Latency CDF per pair, 51 points each.
+    pub latency_cdf: Vec<CdfReport>,
+}
+
+/// The latency distribution of one region pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct CdfReport {
+    /// Origin.
+    pub origin: String,
+    /// Destination.
+    pub destination: String,
+    /// Messages delivered.
+    pub messages: u64,
+    /// (latency ms, fraction of deliveries at or below it).
+    pub points: Vec<(f64, f64)>,
 }
 
 fn mb(bytes: u64) -> String {

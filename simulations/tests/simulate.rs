@@ -22,8 +22,29 @@ fn same_seed_same_report_byte_for_byte() {
     let a = serde_json::to_string(&simulate(s.clone(), None, |_| {})).unwrap();
     let b = serde_json::to_string(&simulate(s.clone(), None, |_| {})).unwrap();
     assert_eq!(a, b);
-    let c = serde_json::to_string(&simulate(s, Some(4), |_| {})).unwrap();
+    let c = serde_json::to_string(&simulate(s.clone(), Some(4), |_| {})).unwrap();
     assert_ne!(a, c, "another seed gives another run");
+    // Charts too are byte-for-byte reproducible.
+    let dir = std::env::temp_dir().join(format!("mqlink-sim-charts-{}", std::process::id()));
+    let r = simulate(s, None, |_| {});
+    let first: Vec<String> = mqlink_sim::charts::write(&r, &dir.join("1"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let second: Vec<String> = mqlink_sim::charts::write(&r, &dir.join("2"))
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, second);
+    assert!(
+        first
+            .iter()
+            .all(|svg| svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -1,0 +1,304 @@
+//! SVG charts of a report, written by `mqlink simulate --out DIR`:
+//!
+//! - `latency-cdf.svg`: latency CDF per region pair (the busiest 10 pairs);
+//! - `bytes-per-link.svg`: bytes per link under mqlink, a flood bridge and a
+//!   one-hop mesh (the busiest 20 links);
+//! - `delivery-over-time.svg`: deliveries per second, with every fault marked.
+//!
+//! The SVG is written directly (a few lines, rectangles and text elements)
+//! instead of through plotters: it needs no font metrics, so no fontconfig
+//! or font files on the machine, and the output is byte-for-byte
+//! deterministic like the rest of the report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::report::Report;
+
+const W: f64 = 900.0;
+const H: f64 = 520.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 220.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 60.0;
+const COLORS: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+struct Plot {
+    body: String,
+    x_max: f64,
+    y_max: f64,
+}
+
+impl Plot {
+    fn new(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64) -> Self {
+        Self::with_ticks(title, x_label, y_label, x_max, y_max, true)
+    }
+
+    fn with_ticks(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        x_max: f64,
+        y_max: f64,
+        x_ticks: bool,
+    ) -> Self {
+        let mut p = Plot {
+            body: String::new(),
+            x_max: x_max.max(1e-9),
+            y_max: y_max.max(1e-9),
+        };
+        let _ = write!(
+            p.body,
+            r#"<text x="{}" y="28" font-size="18" font-family="sans-serif" text-anchor="middle">{}</text>"#,
+            W / 2.0,
+            esc(title)
+        );
+        let (x0, y0, x1, y1) = (LEFT, H - BOTTOM, W - RIGHT, TOP);
+        let _ = write!(
+            p.body,
+            r#"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>"#
+        );
+        let _ = write!(
+            p.body,
+            r#"<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>"#
+        );
+        for i in 0..=5 {
+            let f = f64::from(i) / 5.0;
+            let (x, y) = (x0 + f * (x1 - x0), y0 - f * (y0 - y1));
+            if x_ticks {
+                let _ = write!(
+                    p.body,
+                    r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#888"/>"##,
+                    y0 + 5.0
+                );
+                let _ = write!(
+                    p.body,
+                    r#"<text x="{x}" y="{}" font-size="12" font-family="sans-serif" text-anchor="middle">{}</text>"#,
+                    y0 + 20.0,
+                    num(f * p.x_max)
+                );
+            }
+            let _ = write!(
+                p.body,
+                r##"<line x1="{}" y1="{y}" x2="{x0}" y2="{y}" stroke="#888"/>"##,
+                x0 - 5.0
+            );
+            let _ = write!(
+                p.body,
+                r#"<text x="{}" y="{}" font-size="12" font-family="sans-serif" text-anchor="end">{}</text>"#,
+                x0 - 8.0,
+                y + 4.0,
+                num(f * p.y_max)
+            );
+        }
+        let _ = write!(
+            p.body,
+            r#"<text x="{}" y="{}" font-size="13" font-family="sans-serif" text-anchor="middle">{}</text>"#,
+            (x0 + x1) / 2.0,
+            H - 15.0,
+            esc(x_label)
+        );
+        let _ = write!(
+            p.body,
+            r#"<text x="20" y="{}" font-size="13" font-family="sans-serif" text-anchor="middle" transform="rotate(-90 20 {})">{}</text>"#,
+            (y0 + y1) / 2.0,
+            (y0 + y1) / 2.0,
+            esc(y_label)
+        );
+        p
+    }
+
+    fn x(&self, v: f64) -> f64 {
+        LEFT + (v / self.x_max).clamp(0.0, 1.0) * (W - RIGHT - LEFT)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        (H - BOTTOM) - (v / self.y_max).clamp(0.0, 1.0) * (H - BOTTOM - TOP)
+    }
+
+    fn polyline(&mut self, points: &[(f64, f64)], color: &str) {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", self.x(*x), self.y(*y)))
+            .collect();
+        let _ = write!(
+            self.body,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        );
+    }
+
+    fn legend(&mut self, i: usize, label: &str, color: &str) {
+        let y = TOP + 10.0 + 20.0 * i as f64;
+        let x = W - RIGHT + 15.0;
+        let _ = write!(
+            self.body,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{color}"/>"#,
+            y - 10.0
+        );
+        let _ = write!(
+            self.body,
+            r#"<text x="{}" y="{y}" font-size="12" font-family="sans-serif">{}</text>"#,
+            x + 18.0,
+            esc(label)
+        );
+    }
+
+    fn finish(self) -> String {
+        format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}"><rect width="100%" height="100%" fill="white"/>{}</svg>
+"#,
+            self.body
+        )
+    }
+}
+
+fn num(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.1}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn latency_cdf(r: &Report) -> String {
+    let mut pairs: Vec<_> = r.latency_cdf.iter().collect();
+    pairs.sort_by_key(|p| std::cmp::Reverse(p.messages));
+    pairs.truncate(10);
+    let x_max = pairs
+        .iter()
+        .flat_map(|p| p.points.iter().map(|(ms, _)| *ms))
+        .fold(0.0, f64::max);
+    let mut plot = Plot::new(
+        "Latency CDF per region pair",
+        "latency (ms)",
+        "fraction delivered",
+        x_max,
+        1.0,
+    );
+    for (i, p) in pairs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = p.points.iter().map(|(ms, f)| (*ms, *f)).collect();
+        plot.polyline(&points, color);
+        plot.legend(i, &format!("{} -> {}", p.origin, p.destination), color);
+    }
+    plot.finish()
+}
+
+fn bytes_per_link(r: &Report) -> String {
+    let Some(mqlink) = r.alternatives.first() else {
+        return Plot::new("no links", "", "", 1.0, 1.0).finish();
+    };
+    let mut order: Vec<usize> = (0..mqlink.bytes_per_link.len()).collect();
+    let total = |i: usize| {
+        r.alternatives
+            .iter()
+            .map(|a| a.bytes_per_link.get(i).map_or(0, |l| l.2))
+            .max()
+            .unwrap_or(0)
+    };
+    order.sort_by_key(|i| std::cmp::Reverse(total(*i)));
+    order.truncate(20);
+    let y_max = order.iter().map(|i| total(*i)).max().unwrap_or(1) as f64;
+    let mut plot = Plot::with_ticks(
+        "Bytes per link, by deployment option",
+        "",
+        "bytes",
+        order.len().max(1) as f64,
+        y_max,
+        false,
+    );
+    let slot = (W - RIGHT - LEFT) / order.len().max(1) as f64;
+    let bar = slot / (r.alternatives.len() as f64 + 1.0);
+    for (k, i) in order.iter().enumerate() {
+        for (j, a) in r.alternatives.iter().enumerate() {
+            let v = a.bytes_per_link.get(*i).map_or(0, |l| l.2) as f64;
+            let (x, y) = (
+                LEFT + k as f64 * slot + j as f64 * bar + bar / 2.0,
+                plot.y(v),
+            );
+            let _ = write!(
+                plot.body,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{}"/>"#,
+                (H - BOTTOM) - y,
+                COLORS[j % COLORS.len()]
+            );
+        }
+        if let Some((a, b, _)) = mqlink.bytes_per_link.get(*i) {
+            let x = LEFT + k as f64 * slot + slot / 2.0;
+            let _ = write!(
+                plot.body,
+                r#"<text x="{x:.1}" y="{}" font-size="10" font-family="sans-serif" text-anchor="end" transform="rotate(-30 {x:.1} {})">{}</text>"#,
+                H - BOTTOM + 14.0,
+                H - BOTTOM + 14.0,
+                esc(&format!("{a}-{b}"))
+            );
+        }
+    }
+    for (j, a) in r.alternatives.iter().enumerate() {
+        let short = a.name.split(" (").next().unwrap_or(&a.name).to_owned();
+        plot.legend(j, &short, COLORS[j % COLORS.len()]);
+    }
+    plot.finish()
+}
+
+fn delivery_over_time(r: &Report) -> String {
+    let series = &r.deliveries_per_second;
+    let y_max = series.iter().copied().max().unwrap_or(1) as f64 * 1.1;
+    let mut plot = Plot::new(
+        "Deliveries per second, faults marked",
+        "time (s)",
+        "deliveries / s",
+        series.len().max(1) as f64,
+        y_max,
+    );
+    let points: Vec<(f64, f64)> = series
+        .iter()
+        .enumerate()
+        .map(|(t, n)| (t as f64, *n as f64))
+        .collect();
+    plot.polyline(&points, COLORS[0]);
+    for (i, f) in r.faults.iter().enumerate() {
+        let x = plot.x(f.at_s);
+        let _ = write!(
+            plot.body,
+            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#d62728" stroke-dasharray="4 3"/>"##,
+            H - BOTTOM,
+            TOP
+        );
+        plot.legend(i, &format!("{:.0} s: {}", f.at_s, f.what), "#d62728");
+    }
+    plot.finish()
+}
+
+/// Write the three charts into `dir`; returns their paths.
+pub fn write(r: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let charts = [
+        ("latency-cdf.svg", latency_cdf(r)),
+        ("bytes-per-link.svg", bytes_per_link(r)),
+        ("delivery-over-time.svg", delivery_over_time(r)),
+    ];
+    let mut out = Vec::new();
+    for (name, svg) in charts {
+        let path = dir.join(name);
+        std::fs::write(&path, svg)?;
+        out.push(path);
+    }
+    Ok(out)
+}
