@@ -96,3 +96,85 @@ fn delivery_resumes_after_a_link_failure_within_the_reported_convergence() {
     let mesh = &r.alternatives[2];
     assert!(mesh.lost > r.lost);
 }
+
+/// A random connected scenario without faults, from `seed`.
+fn random_scenario(seed: u64) -> String {
+    // A small deterministic generator, so the scenarios are the same every run.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let n = 3 + next(4) as usize;
+    let levels = ["a", "b", "c"];
+    let mut y = format!("name: random-{seed}\nseed: {seed}\nduration: 20s\nwarmup: 5s\nregions:\n");
+    for i in 0..n {
+        let mut interest = Vec::new();
+        for _ in 0..1 + next(3) {
+            let l1 = levels[next(3) as usize];
+            interest.push(match next(3) {
+                0 => format!("\"t/{l1}/#\""),
+                1 => format!("\"t/+/{}\"", next(3)),
+                _ => format!("\"t/{l1}/{}\"", next(3)),
+            });
+        }
+        y.push_str(&format!(
+            "  - {{ name: r{i}, interest: [{}] }}\n",
+            interest.join(", ")
+        ));
+    }
+    y.push_str("links:\n");
+    let mut linked = std::collections::BTreeSet::new();
+    for i in 1..n {
+        let j = next(i as u64) as usize; // a random spanning tree keeps it connected
+        linked.insert((j, i));
+    }
+    for _ in 0..n {
+        let (a, b) = (next(n as u64) as usize, next(n as u64) as usize);
+        if a != b {
+            linked.insert((a.min(b), a.max(b)));
+        }
+    }
+    for (a, b) in linked {
+        y.push_str(&format!(
+            "  - {{ between: [r{a}, r{b}], latency: {}ms, jitter: {}ms, loss: {}% }}\n",
+            5 + next(80),
+            next(10),
+            next(3)
+        ));
+    }
+    y.push_str("workloads:\n");
+    for i in 0..n {
+        y.push_str(&format!(
+            "  - {{ region: r{i}, publishers: 3, topic: \"t/{}/{{id}}\", rate: {}/s, payload: \"20..300\" }}\n",
+            levels[next(3) as usize],
+            1 + next(10)
+        ));
+    }
+    y
+}
+
+#[test]
+fn random_fault_free_scenarios_deliver_exactly_once_and_nowhere_else() {
+    let mut wanted = 0;
+    for seed in 1..=8 {
+        let text = random_scenario(seed);
+        let s = parse(Path::new("random.yaml"), &text).unwrap();
+        let r = simulate(s, None, |_| {});
+        assert!(r.published > 0, "{text}");
+        wanted += r.expected;
+        assert_eq!(
+            r.delivered,
+            r.expected,
+            "seed {seed}:\n{text}\n{}",
+            r.text()
+        );
+        assert_eq!((r.duplicates, r.unwanted), (0, 0), "seed {seed}:\n{text}");
+    }
+    assert!(
+        wanted > 1000,
+        "the scenarios exercise forwarding: {wanted} deliveries wanted"
+    );
+}
