@@ -222,6 +222,18 @@ async fn narrate(
             }
         }
     }
+    // ... and has subscribed on its broker to what others want from it.
+    for agent in names {
+        loop {
+            if !fed.stats(agent).await.export.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{agent} never subscribed to what the other regions want");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     println!(
         "[{:>5.1}s] every agent knows what every region wants; publishing starts",
         started.elapsed().as_secs_f64()

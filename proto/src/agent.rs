@@ -77,6 +77,8 @@ pub struct AgentConfig {
     pub summary_chunk: usize,
     /// Most envelopes per data batch.
     pub batch_max: usize,
+    /// Delay before the export subscriptions follow an interest change.
+    pub export_debounce: Duration,
 }
 
 impl AgentConfig {
@@ -93,6 +95,7 @@ impl AgentConfig {
             digest_interval: Duration::from_secs(10),
             summary_chunk: 1000,
             batch_max: 512,
+            export_debounce: Duration::from_millis(50),
         }
     }
 }
@@ -208,6 +211,8 @@ pub struct Agent {
     export: BTreeSet<TopicFilter>,
     /// Interests version the export set was computed at.
     export_version: Option<u64>,
+    /// When to recompute the export set (interest changed since).
+    export_due: Option<Instant>,
     /// Counters.
     stats: Stats,
 }
@@ -239,6 +244,7 @@ impl Agent {
             next_digest: Some(now + cfg.digest_interval),
             export: BTreeSet::new(),
             export_version: None,
+            export_due: None,
             stats: Stats::default(),
             cfg,
         };
@@ -349,6 +355,11 @@ impl Agent {
 
     /// A frame arrived from `from`.
     pub fn handle_frame(&mut self, now: Instant, from: &RegionName, frame: Frame) {
+        self.frame(now, from, frame);
+        self.note_interest(now);
+    }
+
+    fn frame(&mut self, now: Instant, from: &RegionName, frame: Frame) {
         let Some(peer) = self.peers.get(from) else {
             return;
         };
@@ -730,17 +741,19 @@ impl Agent {
     }
 
     /// A local client subscribed to `filter` (refcounted).
-    pub fn handle_subscribe(&mut self, _now: Instant, filter: TopicFilter) {
+    pub fn handle_subscribe(&mut self, now: Instant, filter: TopicFilter) {
         if let Some(delta) = self.local.subscribe(filter) {
             self.publish_delta(delta);
         }
+        self.note_interest(now);
     }
 
     /// A local subscription to `filter` went away.
-    pub fn handle_unsubscribe(&mut self, _now: Instant, filter: &TopicFilter) {
+    pub fn handle_unsubscribe(&mut self, now: Instant, filter: &TopicFilter) {
         if let Some(delta) = self.local.unsubscribe(filter) {
             self.publish_delta(delta);
         }
+        self.note_interest(now);
     }
 
     fn publish_delta(&mut self, delta: Delta) {
@@ -771,6 +784,7 @@ impl Agent {
 
     /// Timers: LSA refresh, LSA ageing, digests.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.refresh_export(now);
         if self.next_lsa.is_some_and(|t| now >= t) {
             self.originate(now);
         }
@@ -819,10 +833,15 @@ impl Agent {
 
     /// When [`Self::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.next_lsa, self.next_digest, self.router.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_lsa,
+            self.next_digest,
+            self.export_due,
+            self.router.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next frame to send: control frames first, in order, then one
@@ -849,15 +868,31 @@ impl Agent {
 
     /// The next event for the runtime.
     pub fn poll_event(&mut self) -> Option<Event> {
-        if self.export_version != Some(self.router.interests().version()) {
-            self.export_version = Some(self.router.interests().version());
-            let set = self.export_filters();
-            if set != self.export {
-                self.export = set.clone();
-                self.events.push_back(Event::ExportChanged(set));
-            }
-        }
         self.events.pop_front()
+    }
+
+    /// Interest changed: recompute the export subscriptions soon. Bursts of
+    /// changes (a peer's snapshots arriving one table after another) are
+    /// folded into one recomputation and one resubscription.
+    fn note_interest(&mut self, now: Instant) {
+        if self.export_version != Some(self.router.interests().version())
+            && self.export_due.is_none()
+        {
+            self.export_due = Some(now + self.cfg.export_debounce);
+        }
+    }
+
+    fn refresh_export(&mut self, now: Instant) {
+        if !self.export_due.is_some_and(|t| now >= t) {
+            return;
+        }
+        self.export_due = None;
+        self.export_version = Some(self.router.interests().version());
+        let set = self.export_filters();
+        if set != self.export {
+            self.export = set.clone();
+            self.events.push_back(Event::ExportChanged(set));
+        }
     }
 
     /// What to subscribe to on the local broker: a disjoint cover of every

@@ -179,12 +179,14 @@ impl Net {
         let now = self.now;
         self.agent(region).handle_subscribe(now, f(filter));
         self.pump();
+        self.advance(Duration::from_millis(100)); // export subscriptions follow after a debounce
     }
 
     fn unsubscribe(&mut self, region: &str, filter: &str) {
         let now = self.now;
         self.agent(region).handle_unsubscribe(now, &f(filter));
         self.pump();
+        self.advance(Duration::from_millis(100));
     }
 
     fn publish(&mut self, region: &str, topic: &str) {

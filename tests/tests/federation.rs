@@ -110,6 +110,7 @@ async fn triangle_delivers_one_copy_each_and_nothing_loops() {
     sc.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
     fed.wait_interest("a", "b", "t/#").await.unwrap();
     fed.wait_interest("a", "c", "t/#").await.unwrap();
+    fed.wait_export("a", "t/#", true).await.unwrap();
     let publ = fed.client("a", "pub-a").await.unwrap();
     for _ in 0..20 {
         publ.publish("t/1", b"x", QoS::AtLeastOnce, false)
