@@ -883,7 +883,7 @@ impl Agent {
     }
 
     fn refresh_export(&mut self, now: Instant) {
-        if !self.export_due.is_some_and(|t| now >= t) {
+        if self.export_due.is_none_or(|t| now < t) {
             return;
         }
         self.export_due = None;
