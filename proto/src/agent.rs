@@ -213,6 +213,8 @@ pub struct Agent {
     export_version: Option<u64>,
     /// When to recompute the export set (interest changed since).
     export_due: Option<Instant>,
+    /// `digest_sum()` at an interests revision (it changes only with the tables).
+    digest_sum_cache: Option<(u64, (u64, u64))>,
     /// Counters.
     stats: Stats,
 }
@@ -245,6 +247,7 @@ impl Agent {
             export: BTreeSet::new(),
             export_version: None,
             export_due: None,
+            digest_sum_cache: None,
             stats: Stats::default(),
             cfg,
         };
@@ -808,7 +811,19 @@ impl Agent {
     /// A fingerprint over every table held: equal on two agents exactly
     /// when they hold the same tables at the same versions (barring hash
     /// collisions), whatever the order.
-    fn digest_sum(&self) -> (u64, u64) {
+    fn digest_sum(&mut self) -> (u64, u64) {
+        let version = self.router.interests().revision();
+        if let Some((v, cached)) = self.digest_sum_cache
+            && v == version
+        {
+            return cached;
+        }
+        let computed = self.compute_digest_sum();
+        self.digest_sum_cache = Some((version, computed));
+        computed
+    }
+
+    fn compute_digest_sum(&self) -> (u64, u64) {
         let mut sum = 0u64;
         let mut n = 0u64;
         for (t, seq, d) in self.table_digests() {

@@ -25,6 +25,8 @@ pub struct Interests {
     matcher: Matcher,
     /// Bumped whenever the matcher changes.
     version: u64,
+    /// Bumped whenever any table changes (its filters or only its seq).
+    revision: u64,
 }
 
 /// Why a delta was refused.
@@ -52,6 +54,12 @@ impl Interests {
     /// Bumped whenever the answer to "who wants T" may have changed.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Bumped whenever any table changes at all, even when no region's
+    /// interest does (a new seq with the same filters).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The table of (region, node), if one was received.
@@ -83,6 +91,7 @@ impl Interests {
             None => new.filters().cloned().map(DeltaOp::Add).collect(),
         };
         self.tables.insert(key, new);
+        self.revision += 1;
         self.apply_ops(region, &ops);
     }
 
@@ -102,6 +111,7 @@ impl Interests {
         };
         let applied = table.apply(delta)?;
         if let Applied::Changed(ops) = &applied {
+            self.revision += 1;
             let id = ids.intern(region);
             self.apply_ops(id, ops);
         }
@@ -112,6 +122,7 @@ impl Interests {
     /// good, not a link going down: interest outlives links).
     pub fn remove(&mut self, ids: &mut RegionIds, region: &RegionName, node: &NodeName) {
         if let Some(old) = self.tables.remove(&(region.clone(), node.clone())) {
+            self.revision += 1;
             let id = ids.intern(region);
             let ops: Vec<DeltaOp> = old.filters().cloned().map(DeltaOp::Remove).collect();
             self.apply_ops(id, &ops);
