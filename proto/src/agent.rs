@@ -41,6 +41,13 @@ use crate::frame::{DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION,
 /// message is never exported again (DESIGN step 5d).
 pub const ORIGIN_PROPERTY: &str = "mqlink-origin";
 
+/// Most filters one interest table may hold; a peer announcing more is
+/// closed (it would otherwise make us buffer without bound).
+pub const MAX_TABLE_FILTERS: u64 = 1_000_000;
+
+/// Most snapshots a peer may have in progress at once.
+pub const MAX_OPEN_SNAPSHOTS: usize = 10_000;
+
 /// A configured neighbour and what may cross the link.
 #[derive(Debug, Clone)]
 pub struct LinkPolicy {
@@ -381,6 +388,13 @@ impl Agent {
                 LsaOutcome::Duplicate => {}
             },
             (Some(_), Frame::SummaryStart { table, seq, count }) => {
+                let open = self.peers.get(from).map_or(0, |p| p.incoming.len());
+                if count > MAX_TABLE_FILTERS || open >= MAX_OPEN_SNAPSHOTS {
+                    return self.close(
+                        from,
+                        format!("summary of {count} filters with {open} snapshots open exceeds the limits ({MAX_TABLE_FILTERS} filters, {MAX_OPEN_SNAPSHOTS} open)"),
+                    );
+                }
                 if let Some(p) = self.peers.get_mut(from) {
                     p.incoming.insert(
                         table,

@@ -345,6 +345,21 @@ fn protocol_violations_close_only_that_peer() {
     };
     net.agent("a")
         .handle_frame(now, &r("b"), Frame::Hello(hello.clone()));
+    // A snapshot announcing more filters than any table may hold.
+    let table = mqlink_proto::TableId {
+        region: r("b"),
+        node: NodeName::new("b-a").unwrap(),
+        epoch: 1,
+    };
+    net.agent("a").handle_frame(
+        now,
+        &r("b"),
+        Frame::SummaryStart {
+            table,
+            seq: 1,
+            count: u64::MAX,
+        },
+    );
     // A region that is not a neighbour.
     net.agent("a").handle_connect(now, &r("zz"));
     // A fresh connection whose hello lies about the region.
@@ -370,9 +385,10 @@ fn protocol_violations_close_only_that_peer() {
         reasons,
         [
             "second hello",
+            "summary of 18446744073709551615 filters with 0 snapshots open exceeds the limits (1000000 filters, 10000 open)",
             "region `zz` is not a configured neighbour",
             "hello claims region `c` but the certificate says `b`"
         ]
     );
-    assert_eq!(net.agent("a").stats().protocol_errors, 3);
+    assert_eq!(net.agent("a").stats().protocol_errors, 4);
 }
