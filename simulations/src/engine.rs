@@ -359,15 +359,7 @@ impl Sim {
                 if self.links[link].generation != generation {
                     return;
                 }
-                let (a, b) = (self.links[link].a, self.links[link].b);
-                let now = self.instant();
-                for (me, peer) in [(a, b), (b, a)] {
-                    let peer_name = self.regions[peer].name.clone();
-                    if let Some(agent) = self.regions[me].agent.as_mut() {
-                        agent.handle_disconnect(now, &peer_name);
-                        self.after(me);
-                    }
-                }
+                self.at_both_ends(link, |agent, peer, now| agent.handle_disconnect(now, peer));
                 self.schedule_connect(link);
             }
             Ev::Connect { link, generation } => {
@@ -379,19 +371,25 @@ impl Sim {
                 }
                 self.links[link].connected = true;
                 self.links[link].generation += 1;
-                let (a, b) = (self.links[link].a, self.links[link].b);
-                let now = self.instant();
-                for (me, peer) in [(a, b), (b, a)] {
-                    let peer_name = self.regions[peer].name.clone();
-                    if let Some(agent) = self.regions[me].agent.as_mut() {
-                        // A reconnect after an undetected cut: the agent first drops the old link.
-                        agent.handle_disconnect(now, &peer_name);
-                        agent.handle_connect(now, &peer_name);
-                    }
-                }
-                self.after(a);
-                self.after(b);
+                self.at_both_ends(link, |agent, peer, now| {
+                    // A reconnect after an undetected cut: the agent first drops the old link.
+                    agent.handle_disconnect(now, peer);
+                    agent.handle_connect(now, peer);
+                });
             }
+        }
+    }
+
+    /// Run `f` on the agent at each end of `link` (with the other end's name).
+    fn at_both_ends(&mut self, link: usize, mut f: impl FnMut(&mut Agent, &RegionName, Instant)) {
+        let (a, b) = (self.links[link].a, self.links[link].b);
+        let now = self.instant();
+        for (me, peer) in [(a, b), (b, a)] {
+            let peer_name = self.regions[peer].name.clone();
+            if let Some(agent) = self.regions[me].agent.as_mut() {
+                f(agent, &peer_name, now);
+            }
+            self.after(me);
         }
     }
 
