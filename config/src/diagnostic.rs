@@ -18,11 +18,7 @@ pub struct Pos {
 
 impl Pos {
     /// Position from a serde-saphyr location (which is 1-based; 0 means unknown).
-    pub fn of_location(loc: serde_saphyr::Location) -> Option<Pos> {
-        Self::of(loc)
-    }
-
-    pub(crate) fn of(loc: serde_saphyr::Location) -> Option<Pos> {
+    pub fn of(loc: serde_saphyr::Location) -> Option<Pos> {
         (loc.line() > 0).then(|| Pos {
             line: loc.line(),
             column: loc.column().max(1),

@@ -840,21 +840,16 @@ impl Agent {
     fn compute_digest_sum(&self) -> (u64, u64) {
         let mut sum = 0u64;
         let mut n = 0u64;
+        let mut bytes = Vec::new();
         for (t, seq, d) in self.table_digests() {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            let words = [t.epoch, seq, d.count, d.sum];
-            for b in t
-                .region
-                .as_str()
-                .bytes()
-                .chain([0])
-                .chain(t.node.as_str().bytes())
-                .chain(words.iter().flat_map(|w| w.to_le_bytes()))
-            {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            bytes.clear();
+            bytes.extend_from_slice(t.region.as_str().as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(t.node.as_str().as_bytes());
+            for w in [t.epoch, seq, d.count, d.sum] {
+                bytes.extend_from_slice(&w.to_le_bytes());
             }
-            sum = sum.wrapping_add(h ^ (h >> 29));
+            sum = sum.wrapping_add(mqlink_topology::interest::stable_hash(&bytes));
             n += 1;
         }
         (n, sum)

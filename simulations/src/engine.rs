@@ -394,10 +394,13 @@ impl Sim {
     }
 
     fn publish(&mut self, w: usize, p: u32) {
-        let wl = self.scenario.workloads[w].clone();
-        let interval = 1.0 / wl.rate;
+        // Short borrows of the workload: no per-message clone of it.
+        let (rate, payload_size, qos_level) = {
+            let wl = &self.scenario.workloads[w];
+            (wl.rate, wl.payload, wl.qos)
+        };
         // Next message: fixed rate with up to 10 % jitter, so publishers do not march in lockstep.
-        let next = interval * (0.95 + 0.1 * self.rng.random_range(0.0..1.0));
+        let next = (0.95 + 0.1 * self.rng.random_range(0.0..1.0)) / rate;
         self.push(
             self.now + Duration::from_secs_f64(next),
             Ev::Publish {
@@ -405,7 +408,8 @@ impl Sim {
                 publisher: p,
             },
         );
-        let Some(&origin) = self.region_index(&wl.region) else {
+        let wl = &self.scenario.workloads[w];
+        let Some(&origin) = self.rec.index.get(&wl.region) else {
             return;
         };
         if self.regions[origin].agent.is_none() {
@@ -418,7 +422,7 @@ impl Sim {
         let Ok(topic) = TopicName::new(&topic_text) else {
             return;
         };
-        let size = match wl.payload {
+        let size = match payload_size {
             PayloadSize::Fixed(n) => n,
             PayloadSize::Uniform(a, b) => self.rng.random_range(a..=b),
         } as usize;
@@ -427,7 +431,7 @@ impl Sim {
         } else {
             Bytes::from(vec![0u8; size])
         };
-        let qos = match wl.qos {
+        let qos = match qos_level {
             0 => Qos::AtMostOnce,
             1 => Qos::AtLeastOnce,
             _ => Qos::ExactlyOnce,

@@ -296,11 +296,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn at<T>(&mut self, s: &Spanned<T>, msg: String) {
-        self.diags.push(Diagnostic::error(
-            self.file,
-            Pos::of_location(s.referenced),
-            msg,
-        ));
+        self.diags
+            .push(Diagnostic::error(self.file, Pos::of(s.referenced), msg));
     }
 
     fn parse<T, E: ToString>(

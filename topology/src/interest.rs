@@ -56,8 +56,9 @@ impl Digest {
 
 /// FNV-1a followed by a 64-bit finaliser: stable across processes, builds and
 /// platforms (unlike `std`'s randomly keyed hasher), which a digest compared
-/// between agents needs.
-fn stable_hash(bytes: &[u8]) -> u64 {
+/// between agents needs. Public so every fingerprint exchanged between
+/// agents uses the same function.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
