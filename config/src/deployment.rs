@@ -11,6 +11,7 @@
 //! | a link or a region whose loss partitions the deployment | warning |
 //! | the two sides of a link configure different costs | warning |
 //! | replicas of one region declare different links | warning |
+//! | replicas of one region without `broker.shared: true` | error |
 //!
 //! Several files for the same region with different `node` names are
 //! replicas of that region, not duplicates. An explicitly empty export list
@@ -82,6 +83,20 @@ pub fn check_deployment(configs: &[RegionConfig]) -> Deployment {
     }
     for replicas in by_region.values() {
         let first = replicas[0];
+        if replicas.len() > 1 {
+            for c in replicas.iter().filter(|c| !c.broker.shared) {
+                diags.push(Diagnostic::error(
+                    &c.file,
+                    c.region_pos,
+                    format!(
+                        "region `{}` has {} agents (replicas) but `{}` does not set `broker.shared: true`; each agent would export every message (duplicates)",
+                        c.region,
+                        replicas.len(),
+                        c.node
+                    ),
+                ));
+            }
+        }
         let peers = |c: &RegionConfig| c.links.iter().map(|l| l.region.clone()).collect::<Vec<_>>();
         for other in &replicas[1..] {
             let (mut a, mut b) = (peers(first), peers(other));

@@ -26,6 +26,8 @@
 //!                                 #   when the node name does not start with the region
 //!   username: agent               # optional
 //!   password_file: secrets/pw     # optional
+//!   shared: false                 # default; true on every agent of a region with
+//!                                 #   replicas: exports via $share/mqlink-<region>/...
 //! listen:
 //!   quic: 0.0.0.0:7443            # default
 //!   admin: 127.0.0.1:7444         # default (loopback only)
@@ -36,7 +38,8 @@
 //!   ca: certs/ca.pem
 //! links:                          # default: none
 //!   - region: us-east             # required
-//!     endpoints: [linker.us-east.example.net:7443]   # required, at least one
+//!     endpoints: [linker.us-east.example.net:7443]   # required, at least one;
+//!                                 #   one entry per agent (replica) of that region
 //!     cost: 80                    # default: measured RTT in ms; 1 to 1,000,000
 //!     export: ["factory/#"]       # default ["#"]: everything may be sent
 //!     import: ["factory/#"]       # default ["#"]: everything may be accepted

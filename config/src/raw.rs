@@ -30,6 +30,7 @@ pub(crate) struct RawBroker {
     pub client_id: Option<Text>,
     pub username: Option<Text>,
     pub password_file: Option<Text>,
+    pub shared: Option<Spanned<bool>>,
 }
 
 /// `listen:`

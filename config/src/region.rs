@@ -65,6 +65,12 @@ pub struct BrokerConfig {
     pub username: Option<String>,
     /// Optional file holding the password.
     pub password_file: Option<PathBuf>,
+    /// Export through MQTT 5 shared subscriptions
+    /// (`$share/mqlink-<region>/<filter>`), so that several agents of one
+    /// region (replicas) split the exported messages between them; set it
+    /// on every replica. Default false: one agent, plain subscriptions with
+    /// No Local (which MQTT 5 forbids on shared ones).
+    pub shared: bool,
 }
 
 /// `listen:`
@@ -248,6 +254,7 @@ fn convert_broker(
         client_id: None,
         username: None,
         password_file: None,
+        shared: None,
     });
     let url = match &raw.url {
         Some(u) => ctx.parse(u, "broker.url", BrokerUrl::parse),
@@ -277,6 +284,7 @@ fn convert_broker(
         client_id: client_id?,
         username: raw.username.map(|u| u.value),
         password_file,
+        shared: raw.shared.is_some_and(|s| s.value),
     })
 }
 

@@ -8,6 +8,15 @@
 //!   arrives goes to the core, which drops anything carrying the
 //!   `mqlink-origin` user property (an import coming back out; No Local
 //!   alone is not enough once replicas use shared subscriptions).
+//! - Replicas (`broker.shared: true`): export subscriptions are
+//!   `$share/mqlink-<region>/<filter>`, so the broker hands each message to
+//!   one live agent of the region and moves a dead agent's share to the
+//!   others. No Local is not set (MQTT 5 forbids it on shared
+//!   subscriptions, [MQTT-3.8.3-4]); the `mqlink-origin` check above is
+//!   what stops imports from going out again. Brokers do not send stored
+//!   retained messages to a shared subscription when it is made, so with
+//!   replicas a retained message crosses when it is published, not when a
+//!   remote region starts wanting it.
 //! - Import: delivered envelopes are published with their topic, QoS,
 //!   retain flag and properties, plus `mqlink-origin: <region>:<epoch>:<seq>`;
 //!   message expiry is reduced by the time spent in transit, and a message
@@ -20,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mqlink_config::BrokerConfig;
 use mqlink_proto::{Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
-use mqlink_topology::{TopicFilter, TopicName};
+use mqlink_topology::{RegionName, TopicFilter, TopicName};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, RetainForwardRule};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -95,11 +104,19 @@ fn import_properties(env: &Envelope) -> Option<PublishProperties> {
     })
 }
 
-fn export_filter(f: &TopicFilter) -> Filter {
+/// The subscription path for `f`: shared among replicas, or plain.
+fn export_path(share: Option<&str>, f: &TopicFilter) -> String {
+    match share {
+        Some(group) => format!("$share/{group}/{f}"),
+        None => f.to_string(),
+    }
+}
+
+fn export_filter(share: Option<&str>, f: &TopicFilter) -> Filter {
     Filter {
-        path: f.to_string(),
+        path: export_path(share, f),
         qos: QoS::ExactlyOnce,
-        nolocal: true,
+        nolocal: share.is_none(),
         preserve_retain: true,
         retain_forward_rule: RetainForwardRule::OnEverySubscribe,
     }
@@ -181,8 +198,9 @@ pub async fn run_events(
                 }
                 let filters = export.current();
                 if !filters.is_empty() {
+                    let share = export.share();
                     let _ = client
-                        .subscribe_many(filters.iter().map(export_filter))
+                        .subscribe_many(filters.iter().map(|f| export_filter(share, f)))
                         .await;
                 }
             }
@@ -200,15 +218,32 @@ pub async fn run_events(
 
 /// The export subscriptions, shared between the command and event tasks.
 #[derive(Debug, Clone, Default)]
-pub struct ExportState(std::sync::Arc<std::sync::Mutex<BTreeSet<TopicFilter>>>);
+pub struct ExportState {
+    filters: std::sync::Arc<std::sync::Mutex<BTreeSet<TopicFilter>>>,
+    /// Shared-subscription group, when replicas split the exports.
+    share: Option<String>,
+}
 
 impl ExportState {
+    /// No subscriptions yet; with `shared`, they will be made in the group
+    /// `mqlink-<region>`.
+    pub fn new(region: &RegionName, shared: bool) -> Self {
+        Self {
+            filters: Default::default(),
+            share: shared.then(|| format!("mqlink-{region}")),
+        }
+    }
+
+    fn share(&self) -> Option<&str> {
+        self.share.as_deref()
+    }
+
     fn current(&self) -> BTreeSet<TopicFilter> {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        self.filters.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     fn replace(&self, new: BTreeSet<TopicFilter>) -> BTreeSet<TopicFilter> {
-        match self.0.lock() {
+        match self.filters.lock() {
             Ok(mut s) => std::mem::replace(&mut *s, new),
             Err(_) => BTreeSet::new(),
         }
@@ -246,12 +281,16 @@ pub async fn run_commands(
             }
             BrokerCmd::SetExport(new) => {
                 let old = export.replace(new.clone());
-                let added: Vec<Filter> = new.difference(&old).map(export_filter).collect();
+                let share = export.share();
+                let added: Vec<Filter> = new
+                    .difference(&old)
+                    .map(|f| export_filter(share, f))
+                    .collect();
                 if !added.is_empty() {
                     let _ = client.subscribe_many(added).await;
                 }
                 for gone in old.difference(&new) {
-                    let _ = client.unsubscribe(gone.to_string()).await;
+                    let _ = client.unsubscribe(export_path(share, gone)).await;
                 }
             }
         }

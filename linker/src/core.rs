@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use mqlink_proto::{Agent, Envelope, Event, Frame, Message, Stats};
+use mqlink_proto::{Agent, Envelope, Event, Frame, Message, PeerId, Stats};
 use mqlink_topology::{RegionName, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -101,10 +101,14 @@ pub enum BrokerCmd {
 }
 
 struct PeerConn {
-    conn_id: u64,
     out: PeerOut,
     conn: quinn::Connection,
 }
+
+/// Live connections by the agent's name for them. A region with replicas
+/// is several connections, one per agent; the protocol core closes an
+/// older connection to the same agent when a newer one says hello.
+type Peers = BTreeMap<PeerId, PeerConn>;
 
 /// Run the core until `inputs` closes.
 pub async fn run(
@@ -112,7 +116,7 @@ pub async fn run(
     mut inputs: mpsc::Receiver<Input>,
     broker: mpsc::Sender<BrokerCmd>,
 ) {
-    let mut peers: BTreeMap<RegionName, PeerConn> = BTreeMap::new();
+    let mut peers = Peers::new();
     let mut report = StatsReport::default();
     loop {
         let deadline = agent.poll_timeout().map(tokio::time::Instant::from_std);
@@ -150,14 +154,11 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn handle(
     agent: &mut Agent,
-    peers: &mut BTreeMap<RegionName, PeerConn>,
+    peers: &mut Peers,
     report: &mut StatsReport,
     now: Instant,
     input: Input,
 ) {
-    let current = |peers: &BTreeMap<RegionName, PeerConn>, region: &RegionName, id: u64| {
-        peers.get(region).is_some_and(|p| p.conn_id == id)
-    };
     match input {
         Input::PeerConnected {
             region,
@@ -165,20 +166,16 @@ fn handle(
             out,
             conn,
         } => {
-            if let Some(old) = peers.remove(&region) {
-                old.conn
-                    .close(0u32.into(), b"replaced by a newer connection");
-                agent.handle_disconnect(now, &region);
-            }
-            info!(peer = %region, "link up");
-            peers.insert(region.clone(), PeerConn { conn_id, out, conn });
-            agent.handle_connect(now, &region);
+            info!(peer = %region, conn = conn_id, "link up");
+            let id = PeerId::new(region, conn_id);
+            peers.insert(id.clone(), PeerConn { out, conn });
+            agent.handle_connect(now, &id);
         }
         Input::PeerGone { region, conn_id } => {
-            if current(peers, &region, conn_id) {
-                peers.remove(&region);
-                info!(peer = %region, "link down");
-                agent.handle_disconnect(now, &region);
+            let id = PeerId::new(region, conn_id);
+            if peers.remove(&id).is_some() {
+                info!(peer = %id.region, conn = conn_id, "link down");
+                agent.handle_disconnect(now, &id);
             }
         }
         Input::Frame {
@@ -186,8 +183,9 @@ fn handle(
             conn_id,
             frame,
         } => {
-            if current(peers, &region, conn_id) {
-                agent.handle_frame(now, &region, frame);
+            let id = PeerId::new(region, conn_id);
+            if peers.contains_key(&id) {
+                agent.handle_frame(now, &id, frame);
             }
         }
         Input::PeerError {
@@ -195,15 +193,14 @@ fn handle(
             conn_id,
             reason,
         } => {
-            if current(peers, &region, conn_id) {
+            let id = PeerId::new(region, conn_id);
+            if let Some(p) = peers.remove(&id) {
                 report.peer_errors += 1;
-                metrics::counter!("mqlink_peer_errors_total", "peer" => region.to_string())
+                metrics::counter!("mqlink_peer_errors_total", "peer" => id.region.to_string())
                     .increment(1);
-                warn!(peer = %region, %reason, "closing link: malformed input");
-                if let Some(p) = peers.remove(&region) {
-                    p.conn.close(1u32.into(), reason.as_bytes());
-                }
-                agent.handle_disconnect(now, &region);
+                warn!(peer = %id.region, %reason, "closing link: malformed input");
+                p.conn.close(1u32.into(), reason.as_bytes());
+                agent.handle_disconnect(now, &id);
             }
         }
         Input::Publish(message) => {
@@ -214,7 +211,7 @@ fn handle(
         Input::Stats(reply) => {
             let mut r = report.clone();
             r.stats = agent.stats().clone();
-            r.peers_up = agent.peers_up().cloned().collect();
+            r.peers_up = agent.peers_up();
             r.tree_builds = agent.router().tree_builds();
             for t in agent.router().interests().tables() {
                 r.interest
@@ -229,16 +226,16 @@ fn handle(
 
 async fn drain(
     agent: &mut Agent,
-    peers: &mut BTreeMap<RegionName, PeerConn>,
+    peers: &mut Peers,
     report: &mut StatsReport,
     broker: &mpsc::Sender<BrokerCmd>,
     now: Instant,
 ) {
     loop {
         let mut progressed = false;
-        while let Some((region, frame)) = agent.poll_transmit() {
+        while let Some((id, frame)) = agent.poll_transmit() {
             progressed = true;
-            let Some(peer) = peers.get(&region) else {
+            let Some(peer) = peers.get(&id) else {
                 continue;
             };
             if matches!(frame, Frame::Data(_)) {
@@ -261,17 +258,25 @@ async fn drain(
                     report.export = set.clone();
                     let _ = broker.send(BrokerCmd::SetExport(set)).await;
                 }
-                Event::ClosePeer { region, reason } => {
+                Event::ClosePeer { peer, reason } => {
                     report.peer_errors += 1;
-                    metrics::counter!("mqlink_peer_errors_total", "peer" => region.to_string())
+                    metrics::counter!("mqlink_peer_errors_total", "peer" => peer.region.to_string())
                         .increment(1);
-                    warn!(peer = %region, %reason, "closing link: protocol violation");
-                    if let Some(p) = peers.remove(&region) {
+                    warn!(peer = %peer.region, %reason, "closing link: protocol violation");
+                    if let Some(p) = peers.remove(&peer) {
                         p.conn.close(1u32.into(), reason.as_bytes());
                     }
-                    agent.handle_disconnect(now, &region);
+                    agent.handle_disconnect(now, &peer);
                 }
-                Event::PeerUp { region, node } => info!(peer = %region, %node, "peer ready"),
+                Event::Replaced { peer } => {
+                    info!(peer = %peer.region, conn = peer.conn, "link replaced by a newer connection to the same agent");
+                    if let Some(p) = peers.remove(&peer) {
+                        p.conn.close(0u32.into(), b"replaced by a newer connection");
+                    }
+                }
+                Event::PeerUp { peer, node } => {
+                    info!(peer = %peer.region, %node, conn = peer.conn, "peer ready")
+                }
             }
         }
         if !progressed {

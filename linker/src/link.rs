@@ -1,8 +1,13 @@
 //! QUIC links to neighbours (quinn): accepting, dialling with backoff, and
 //! the per-connection stream tasks.
 //!
-//! - One connection per neighbour. The region whose name sorts first dials;
-//!   the other accepts (so two agents never race to open two connections).
+//! - One connection per neighbouring agent. The region whose name sorts
+//!   first dials; the other accepts (so two agents never race to open two
+//!   connections). Each configured endpoint of a neighbour is one of its
+//!   agents (replicas): the dialler keeps a connection to every endpoint,
+//!   so every replica on either side can reach the other region. A DNS
+//!   name that resolves to several addresses is one agent reachable at
+//!   any of them (tried in order).
 //! - A bidirectional control stream (opened by the dialler) carries every
 //!   frame but data.
 //! - Data batches go on [`DATA_SHARDS`] long-lived unidirectional streams,
@@ -93,15 +98,17 @@ pub async fn accept(
     }
 }
 
-/// Keep a connection to `region` open: resolve its endpoints, connect,
-/// serve, and on failure retry with exponential backoff (0.2 s to 10 s).
+/// Keep a connection to the agent of `region` at `target` open: resolve
+/// it, connect, serve, and on failure retry with exponential backoff (0.2 s
+/// to 10 s).
 pub async fn dial(
     endpoint: quinn::Endpoint,
     region: RegionName,
-    endpoints: Vec<Endpoint>,
+    target: Endpoint,
     core: mpsc::Sender<Input>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let endpoints = [target];
     loop {
         match connect_once(&endpoint, &region, &endpoints).await {
             Ok((conn, control)) => {

@@ -99,7 +99,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     let (input_tx, input_rx) = mpsc::channel(8192);
     let (broker_tx, broker_rx) = mpsc::channel(8192);
     let (client, events) = broker::connect(&cfg.broker)?;
-    let export = broker::ExportState::default();
+    let export = broker::ExportState::new(&cfg.region, cfg.broker.shared);
     let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
     let mut tasks = vec![
@@ -125,12 +125,15 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         .iter()
         .filter(|l| link::dials(&cfg.region, &l.region))
     {
-        tasks.push(tokio::spawn(link::dial(
-            endpoint.clone(),
-            l.region.clone(),
-            l.endpoints.clone(),
-            input_tx.clone(),
-        )));
+        // One connection per endpoint: each is an agent (replica) of the peer region.
+        for target in &l.endpoints {
+            tasks.push(tokio::spawn(link::dial(
+                endpoint.clone(),
+                l.region.clone(),
+                target.clone(),
+                input_tx.clone(),
+            )));
+        }
     }
     info!(region = %cfg.region, node = %cfg.node, quic = %quic_addr, "agent started");
     Ok(Running {

@@ -191,3 +191,38 @@ fn a_single_point_of_failure_is_a_warning_with_a_position() {
     let (code, _) = check(&files, &["--deny-warnings"]);
     assert_eq!(code, 1);
 }
+
+#[test]
+fn replicas_must_export_through_shared_subscriptions() {
+    let dir = scratch();
+    let (eu, eu_b) = (dir.join("eu-west.yaml"), dir.join("eu-west-b.yaml"));
+    std::fs::copy(&eu, &eu_b).unwrap();
+    edit(&eu_b, "node: eu-west-a", "node: eu-west-b");
+    let files = |dir: &Path| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let all = files(&dir);
+    let refs: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
+    let (code, out) = check(&refs, &[]);
+    assert_eq!(code, 1, "{out}");
+    let want = format!(
+        "{}:6:9: error: region `eu-west` has 2 agents (replicas) but `eu-west-b` does not set `broker.shared: true`",
+        eu_b.display()
+    );
+    assert!(out.contains(&want), "{out}\nwant: {want}");
+    for f in [&eu, &eu_b] {
+        edit(
+            f,
+            "  url: mqtt://127.0.0.1:1883\n",
+            "  url: mqtt://127.0.0.1:1883\n  shared: true\n",
+        );
+    }
+    let (code, out) = check(&refs, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("deployment of 3 regions"), "{out}");
+}

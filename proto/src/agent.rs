@@ -48,6 +48,36 @@ pub const MAX_TABLE_FILTERS: u64 = 1_000_000;
 /// Most snapshots a peer may have in progress at once.
 pub const MAX_OPEN_SNAPSHOTS: usize = 10_000;
 
+/// One connection to an agent of a neighbouring region, as the runtime
+/// names it: the region its certificate proved, and a number the runtime
+/// picks, unique among its live connections. A region with replicas is
+/// reached over several connections, one per agent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId {
+    /// The neighbouring region.
+    pub region: RegionName,
+    /// The runtime's connection number.
+    pub conn: u64,
+}
+
+impl PeerId {
+    /// Connection `conn` to `region`.
+    pub fn new(region: RegionName, conn: u64) -> Self {
+        Self { region, conn }
+    }
+
+    /// Every connection to `region`, as a range of keys.
+    fn range(region: &RegionName) -> std::ops::RangeInclusive<PeerId> {
+        PeerId::new(region.clone(), 0)..=PeerId::new(region.clone(), u64::MAX)
+    }
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.region, self.conn)
+    }
+}
+
 /// A configured neighbour and what may cross the link.
 #[derive(Debug, Clone)]
 pub struct LinkPolicy {
@@ -150,17 +180,24 @@ pub struct Stats {
 pub enum Event {
     /// A neighbour completed the hello exchange.
     PeerUp {
-        /// Its region.
-        region: RegionName,
-        /// Its node.
+        /// The connection.
+        peer: PeerId,
+        /// The agent at the other end.
         node: NodeName,
     },
-    /// Close the connection to this neighbour: it broke the protocol.
+    /// Close this connection: the peer broke the protocol.
     ClosePeer {
-        /// Its region.
-        region: RegionName,
+        /// The connection.
+        peer: PeerId,
         /// Why.
         reason: String,
+    },
+    /// Close this connection without blame: a newer connection to the same
+    /// agent replaced it (the agent restarted, or reconnected before the
+    /// old connection timed out).
+    Replaced {
+        /// The older connection.
+        peer: PeerId,
     },
     /// Publish this message to the local broker.
     Deliver(Box<Envelope>),
@@ -200,10 +237,10 @@ pub struct Agent {
     router: Router,
     /// Our own interest table.
     local: InterestTable,
-    /// Connected neighbours.
-    peers: BTreeMap<RegionName, Peer>,
+    /// Connections to neighbouring agents.
+    peers: BTreeMap<PeerId, Peer>,
     /// Frames to send, in order.
-    outbox: VecDeque<(RegionName, Frame)>,
+    outbox: VecDeque<(PeerId, Frame)>,
     /// Events for the runtime.
     events: VecDeque<Event>,
     /// Duplicate suppression.
@@ -237,8 +274,9 @@ fn table_id(v: &InterestVersion) -> TableId {
 impl Agent {
     /// A new agent: its own interest table is empty, no peer is connected.
     pub fn new(now: Instant, cfg: AgentConfig) -> Self {
-        let mut router =
-            Router::new(cfg.region.clone(), cfg.lsa_max_age).with_hop_limit(cfg.hop_limit);
+        let mut router = Router::new(cfg.region.clone(), cfg.lsa_max_age)
+            .with_node(cfg.node.clone())
+            .with_hop_limit(cfg.hop_limit);
         let local = InterestTable::new(cfg.region.clone(), cfg.node.clone(), cfg.epoch);
         router.handle_snapshot(local.snapshot());
         let mut agent = Self {
@@ -277,12 +315,28 @@ impl Agent {
         &mut self.router
     }
 
-    /// Regions with a completed hello.
-    pub fn peers_up(&self) -> impl Iterator<Item = &RegionName> {
+    /// Regions with at least one connection past hello, in name order.
+    pub fn peers_up(&self) -> Vec<RegionName> {
+        let mut regions: Vec<RegionName> = self.up().map(|id| id.region.clone()).collect();
+        regions.dedup();
+        regions
+    }
+
+    /// Connections past hello, in (region, connection) order.
+    fn up(&self) -> impl Iterator<Item = &PeerId> {
         self.peers
             .iter()
             .filter(|(_, p)| p.hello.is_some())
-            .map(|(r, _)| r)
+            .map(|(id, _)| id)
+    }
+
+    /// The connection that carries data to `region`: the oldest one past
+    /// hello (sticky while it lives, so one topic's order holds).
+    fn carrier(&mut self, region: &RegionName) -> Option<&mut Peer> {
+        self.peers
+            .range_mut(PeerId::range(region))
+            .map(|(_, p)| p)
+            .find(|p| p.hello.is_some())
     }
 
     fn policy(&self, region: &RegionName) -> Option<&LinkPolicy> {
@@ -297,7 +351,10 @@ impl Agent {
             .map(|l| LsaLink {
                 peer: l.region.clone(),
                 cost: l.cost,
-                up: self.peers.get(&l.region).is_some_and(|p| p.hello.is_some()),
+                up: self
+                    .peers
+                    .range(PeerId::range(&l.region))
+                    .any(|(_, p)| p.hello.is_some()),
             })
             .collect();
         let lsa = self.router.originate(now, links, self.cfg.epoch);
@@ -305,38 +362,35 @@ impl Agent {
         self.broadcast(None, &Frame::Lsa(lsa));
     }
 
-    /// Queue `frame` to every up peer except `except`.
-    fn broadcast(&mut self, except: Option<&RegionName>, frame: &Frame) {
-        let targets: Vec<RegionName> = self
-            .peers_up()
-            .filter(|r| Some(*r) != except)
-            .cloned()
-            .collect();
+    /// Queue `frame` to every connection past hello except `except`.
+    fn broadcast(&mut self, except: Option<&PeerId>, frame: &Frame) {
+        let targets: Vec<PeerId> = self.up().filter(|r| Some(*r) != except).cloned().collect();
         for r in targets {
             self.outbox.push_back((r, frame.clone()));
         }
     }
 
-    fn close(&mut self, region: &RegionName, reason: String) {
+    fn close(&mut self, peer: &PeerId, reason: String) {
         self.stats.protocol_errors += 1;
         self.events.push_back(Event::ClosePeer {
-            region: region.clone(),
+            peer: peer.clone(),
             reason,
         });
     }
 
-    /// The runtime connected to (or accepted) `region`, whose identity it
-    /// verified from the peer's certificate.
-    pub fn handle_connect(&mut self, _now: Instant, region: &RegionName) {
+    /// The runtime connected to (or accepted) an agent of `peer.region`,
+    /// whose identity it verified from the peer's certificate.
+    pub fn handle_connect(&mut self, _now: Instant, peer: &PeerId) {
+        let region = &peer.region;
         if self.policy(region).is_none() {
             self.close(
-                region,
+                peer,
                 format!("region `{region}` is not a configured neighbour"),
             );
             return;
         }
         self.peers.insert(
-            region.clone(),
+            peer.clone(),
             Peer {
                 hello: None,
                 incoming: BTreeMap::new(),
@@ -350,26 +404,27 @@ impl Agent {
             epoch: self.cfg.epoch,
             version: PROTOCOL_VERSION,
         };
-        self.outbox.push_back((region.clone(), Frame::Hello(hello)));
+        self.outbox.push_back((peer.clone(), Frame::Hello(hello)));
     }
 
-    /// The connection to `region` is gone.
-    pub fn handle_disconnect(&mut self, now: Instant, region: &RegionName) {
-        if let Some(peer) = self.peers.remove(region) {
-            *self.stats.drops.entry(DropReason::NoPeer).or_insert(0) += peer.pending.len() as u64;
-            if peer.hello.is_some() {
+    /// The connection `peer` is gone.
+    pub fn handle_disconnect(&mut self, now: Instant, peer: &PeerId) {
+        if let Some(peer) = self.peers.remove(peer) {
+            let was_up = peer.hello.is_some();
+            self.drop_pending(peer);
+            if was_up {
                 self.originate(now);
             }
         }
     }
 
-    /// A frame arrived from `from`.
-    pub fn handle_frame(&mut self, now: Instant, from: &RegionName, frame: Frame) {
+    /// A frame arrived on connection `from`.
+    pub fn handle_frame(&mut self, now: Instant, from: &PeerId, frame: Frame) {
         self.frame(now, from, frame);
         self.note_interest(now);
     }
 
-    fn frame(&mut self, now: Instant, from: &RegionName, frame: Frame) {
+    fn frame(&mut self, now: Instant, from: &PeerId, frame: Frame) {
         let Some(peer) = self.peers.get(from) else {
             return;
         };
@@ -380,7 +435,7 @@ impl Agent {
             (Some(_), Frame::Lsa(lsa)) => match self.router.handle_lsa(now, lsa.clone()) {
                 LsaOutcome::Installed => self.broadcast(Some(from), &Frame::Lsa(lsa)),
                 LsaOutcome::Older => {
-                    if let Some(ours) = self.router.lsdb().lsa(&lsa.origin).cloned() {
+                    if let Some(ours) = self.router.lsdb().lsa(&lsa.origin, &lsa.node).cloned() {
                         self.outbox.push_back((from.clone(), Frame::Lsa(ours)));
                     }
                 }
@@ -459,13 +514,13 @@ impl Agent {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, from: &RegionName, h: Hello) {
-        if h.region != *from {
+    fn on_hello(&mut self, now: Instant, from: &PeerId, h: Hello) {
+        if h.region != from.region {
             return self.close(
                 from,
                 format!(
-                    "hello claims region `{}` but the certificate says `{from}`",
-                    h.region
+                    "hello claims region `{}` but the certificate says `{}`",
+                    h.region, from.region
                 ),
             );
         }
@@ -479,11 +534,25 @@ impl Agent {
             );
         }
         let node = h.node.clone();
+        // One connection per agent: a newer one (a restart, or a reconnect
+        // before the old connection timed out) replaces the older.
+        let older: Vec<PeerId> = self
+            .peers
+            .range(PeerId::range(&from.region))
+            .filter(|(id, p)| *id != from && p.hello.as_ref().is_some_and(|o| o.node == node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for old in older {
+            if let Some(p) = self.peers.remove(&old) {
+                self.drop_pending(p);
+            }
+            self.events.push_back(Event::Replaced { peer: old });
+        }
         if let Some(p) = self.peers.get_mut(from) {
             p.hello = Some(h);
         }
         self.events.push_back(Event::PeerUp {
-            region: from.clone(),
+            peer: from.clone(),
             node,
         });
         // Bring the newcomer up to date: every LSA, every table.
@@ -504,7 +573,7 @@ impl Agent {
     }
 
     /// Queue a snapshot of `table` (ours or one we follow) to `to`.
-    fn send_snapshot_of(&mut self, to: &RegionName, table: &TableId) {
+    fn send_snapshot_of(&mut self, to: &PeerId, table: &TableId) {
         let snapshot = if *table == table_id(self.local.version()) {
             Some(self.local.snapshot())
         } else {
@@ -538,7 +607,7 @@ impl Agent {
         frames
     }
 
-    fn request_resync(&mut self, from: &RegionName, table: TableId) {
+    fn request_resync(&mut self, from: &PeerId, table: TableId) {
         self.stats.resyncs += 1;
         self.outbox
             .push_back((from.clone(), Frame::ResyncRequest { table }));
@@ -551,7 +620,7 @@ impl Agent {
         Some((v.epoch, v.seq).cmp(&(table.epoch, seq)))
     }
 
-    fn on_snapshot_end(&mut self, from: &RegionName, table: TableId, digest: Digest) {
+    fn on_snapshot_end(&mut self, from: &PeerId, table: TableId, digest: Digest) {
         let Some(inc) = self
             .peers
             .get_mut(from)
@@ -591,7 +660,7 @@ impl Agent {
 
     fn on_delta(
         &mut self,
-        from: &RegionName,
+        from: &PeerId,
         table: TableId,
         seq: u64,
         add: Vec<TopicFilter>,
@@ -636,7 +705,7 @@ impl Agent {
         }
     }
 
-    fn on_digest(&mut self, from: &RegionName, table: TableId, seq: u64, digest: Digest) {
+    fn on_digest(&mut self, from: &PeerId, table: TableId, seq: u64, digest: Digest) {
         if table.region == self.cfg.region && table.node == self.cfg.node {
             return;
         }
@@ -651,16 +720,24 @@ impl Agent {
         }
     }
 
+    /// A connection went away with envelopes still queued for it.
+    fn drop_pending(&mut self, peer: Peer) {
+        if !peer.pending.is_empty() {
+            *self.stats.drops.entry(DropReason::NoPeer).or_insert(0) += peer.pending.len() as u64;
+        }
+    }
+
     fn drop(&mut self, reason: DropReason) {
         *self.stats.drops.entry(reason).or_insert(0) += 1;
     }
 
-    fn on_data(&mut self, from: &RegionName, batch: DataBatch) {
+    fn on_data(&mut self, from: &PeerId, batch: DataBatch) {
         let import = self
-            .policy(from)
+            .policy(&from.region)
             .map(|p| p.import.clone())
             .unwrap_or_default();
-        *self.stats.received.entry(from.clone()).or_insert(0) += batch.envelopes.len() as u64;
+        *self.stats.received.entry(from.region.clone()).or_insert(0) +=
+            batch.envelopes.len() as u64;
         for env in batch.envelopes {
             if !import.iter().any(|f| f.matches(&env.message.topic)) {
                 self.drop(DropReason::ImportPolicy);
@@ -713,7 +790,7 @@ impl Agent {
             let allowed = self
                 .policy(next)
                 .is_some_and(|p| p.export.iter().any(|f| f.matches(&env.message.topic)));
-            let Some(peer) = self.peers.get_mut(next).filter(|p| p.hello.is_some()) else {
+            let Some(peer) = self.carrier(next) else {
                 self.drop(DropReason::NoPeer);
                 continue;
             };
@@ -870,19 +947,19 @@ impl Agent {
 
     /// The next frame to send: control frames first, in order, then one
     /// data batch per peer with everything pending for it (up to `batch_max`).
-    pub fn poll_transmit(&mut self) -> Option<(RegionName, Frame)> {
+    pub fn poll_transmit(&mut self) -> Option<(PeerId, Frame)> {
         if let Some(t) = self.outbox.pop_front() {
             return Some(t);
         }
         let batch_max = self.cfg.batch_max.max(1);
-        let (region, peer) = self.peers.iter_mut().find(|(_, p)| !p.pending.is_empty())?;
+        let (id, peer) = self.peers.iter_mut().find(|(_, p)| !p.pending.is_empty())?;
         let take = peer.pending.len().min(batch_max);
         let envelopes: Vec<Envelope> = peer.pending.drain(..take).collect();
         let batch_seq = peer.next_batch;
         peer.next_batch += 1;
-        *self.stats.sent.entry(region.clone()).or_insert(0) += envelopes.len() as u64;
+        *self.stats.sent.entry(id.region.clone()).or_insert(0) += envelopes.len() as u64;
         Some((
-            region.clone(),
+            id.clone(),
             Frame::Data(DataBatch {
                 batch_seq,
                 envelopes,

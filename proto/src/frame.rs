@@ -13,8 +13,8 @@ use prost::Message as _;
 
 use crate::wire as pb;
 
-/// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version spoken by this build (2: LSAs are per agent, for replicas).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted from a peer (length prefix excluded). Data batches
 /// are cut well below this; a larger frame is a protocol violation.
@@ -366,6 +366,7 @@ impl TryFrom<pb::Frame> for Frame {
             }),
             Kind::Lsa(l) => Frame::Lsa(Lsa {
                 origin: region("lsa.origin", l.origin)?,
+                node: node("lsa.node", l.node)?,
                 seq: l.seq,
                 links: l
                     .links
@@ -462,6 +463,7 @@ impl From<Frame> for pb::Frame {
             }),
             Frame::Lsa(l) => Kind::Lsa(pb::Lsa {
                 origin: l.origin.into(),
+                node: l.node.into(),
                 seq: l.seq,
                 links: l
                     .links
@@ -620,6 +622,7 @@ mod tests {
             }),
             Frame::Lsa(Lsa {
                 origin: r("eu"),
+                node: NodeName::new("eu-b").unwrap(),
                 seq: 5,
                 links: vec![LsaLink {
                     peer: r("us"),

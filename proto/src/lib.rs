@@ -12,7 +12,9 @@
 //!
 //! - [`agent`]: the protocol core ([`Agent`]): hello, LSA flooding,
 //!   summary exchange (snapshot, deltas, digests, resync), envelope
-//!   forwarding along the routing core's trees, drop counters.
+//!   forwarding along the routing core's trees, drop counters. Peers are
+//!   connections ([`PeerId`]): a region with replicas is several agents,
+//!   each reached over its own connection.
 //! - [`dedupe`]: the per-origin duplicate window.
 //!
 //! Tests: unit tests per file; `tests/agents.rs` runs several agents in
@@ -29,7 +31,9 @@ mod wire {
     include!(concat!(env!("OUT_DIR"), "/mqlink.link.v1.rs"));
 }
 
-pub use agent::{Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, Stats};
+pub use agent::{
+    Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, PeerId, Stats,
+};
 pub use frame::{
     DataBatch, Envelope, Frame, FrameError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
     Properties, Qos, TableId, decode, encode, encoded_len,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mqlink_proto::{
-    Agent, AgentConfig, Envelope, Event, Frame, LinkPolicy, Message, Properties, Qos, decode,
-    encode,
+    Agent, AgentConfig, Envelope, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
+    decode, encode,
 };
 use mqlink_topology::{Cost, NodeName, RegionName, TopicFilter, TopicName};
 
@@ -30,76 +30,124 @@ fn msg(topic: &str) -> Message {
     }
 }
 
+/// Agents by name: `a` is region `a`'s only agent; `a:2` is replica `2` of
+/// region `a` (node `a-2`).
+fn region_of(agent: &str) -> RegionName {
+    r(agent.split(':').next().unwrap())
+}
+fn node_of(agent: &str) -> NodeName {
+    let (region, node) = agent.split_once(':').unwrap_or((agent, "a"));
+    NodeName::new(&format!("{region}-{node}")).unwrap()
+}
+
 struct Net {
     now: Instant,
-    agents: BTreeMap<RegionName, Agent>,
-    /// Links currently connected (both directions).
-    up: BTreeSet<(RegionName, RegionName)>,
-    delivered: BTreeMap<RegionName, Vec<Envelope>>,
-    exports: BTreeMap<RegionName, BTreeSet<TopicFilter>>,
-    closed: Vec<(RegionName, RegionName, String)>,
-    /// Drop the next frame of this kind from a to b (to simulate loss).
-    lose_next_delta: Option<(RegionName, RegionName)>,
+    agents: BTreeMap<String, Agent>,
+    /// Connections currently up: (agent, the id it uses) -> (the agent at
+    /// the other end, the id that one uses).
+    conns: BTreeMap<(String, PeerId), (String, PeerId)>,
+    next_conn: u64,
+    delivered: BTreeMap<String, Vec<Envelope>>,
+    exports: BTreeMap<String, BTreeSet<TopicFilter>>,
+    /// (agent, peer region, reason) of every ClosePeer.
+    closed: Vec<(String, RegionName, String)>,
+    /// Drop the next delta from agent a to agent b (to simulate loss).
+    lose_next_delta: Option<(String, String)>,
 }
 
 impl Net {
-    /// Regions and links `(a, b, cost)`, all connected.
-    fn new(regions: &[&str], links: &[(&str, &str, u64)]) -> Self {
+    /// Agents and region links `(a, b, cost)`; every agent of a region is
+    /// connected to every agent of its neighbours.
+    fn new(agents: &[&str], links: &[(&str, &str, u64)]) -> Self {
         let now = Instant::now();
-        let mut agents = BTreeMap::new();
-        for (i, name) in regions.iter().enumerate() {
+        let mut map = BTreeMap::new();
+        for (i, name) in agents.iter().enumerate() {
+            let region = region_of(name);
             let policies = links
                 .iter()
-                .filter(|(a, b, _)| a == name || b == name)
+                .filter(|(a, b, _)| r(a) == region || r(b) == region)
                 .map(|(a, b, c)| LinkPolicy {
-                    region: r(if a == name { b } else { a }),
+                    region: if r(a) == region { r(b) } else { r(a) },
                     cost: Cost::new(*c).unwrap(),
                     export: vec![f("#")],
                     import: vec![f("#")],
                 })
                 .collect();
-            let cfg = AgentConfig::new(
-                r(name),
-                NodeName::new(&format!("{name}-a")).unwrap(),
-                1000 + i as u64,
-                policies,
-            );
-            agents.insert(r(name), Agent::new(now, cfg));
+            let cfg = AgentConfig::new(region, node_of(name), 1000 + i as u64, policies);
+            map.insert((*name).to_owned(), Agent::new(now, cfg));
         }
         let mut net = Net {
             now,
-            agents,
-            up: BTreeSet::new(),
+            agents: map,
+            conns: BTreeMap::new(),
+            next_conn: 1,
             delivered: BTreeMap::new(),
             exports: BTreeMap::new(),
             closed: Vec::new(),
             lose_next_delta: None,
         };
         for (a, b, _) in links {
-            net.connect(a, b);
+            let ends: Vec<(String, String)> = agents
+                .iter()
+                .filter(|x| region_of(x) == r(a))
+                .flat_map(|x| {
+                    agents
+                        .iter()
+                        .filter(|y| region_of(y) == r(b))
+                        .map(|y| ((*x).to_owned(), (*y).to_owned()))
+                })
+                .collect();
+            for (x, y) in ends {
+                net.connect(&x, &y);
+            }
         }
         net
     }
 
     fn agent(&mut self, name: &str) -> &mut Agent {
-        self.agents.get_mut(&r(name)).unwrap()
+        self.agents.get_mut(name).unwrap()
+    }
+
+    /// The id `at` uses for its (newest) connection to `to`, if up.
+    fn id(&self, at: &str, to: &str) -> Option<PeerId> {
+        self.conns
+            .iter()
+            .rev()
+            .find(|((x, _), (y, _))| x == at && y == to)
+            .map(|((_, id), _)| id.clone())
+    }
+
+    /// Close one connection at both ends (as the runtime does).
+    fn close_conn(&mut self, at: &str, id: &PeerId) {
+        let now = self.now;
+        if let Some((other, back)) = self.conns.remove(&(at.to_owned(), id.clone())) {
+            self.agent(at).handle_disconnect(now, id);
+            if self.conns.remove(&(other.clone(), back.clone())).is_some() {
+                self.agent(&other).handle_disconnect(now, &back);
+            }
+        }
     }
 
     fn connect(&mut self, a: &str, b: &str) {
-        self.up.insert((r(a), r(b)));
-        self.up.insert((r(b), r(a)));
+        let (ida, idb) = (
+            PeerId::new(region_of(b), self.next_conn),
+            PeerId::new(region_of(a), self.next_conn + 1),
+        );
+        self.next_conn += 2;
+        self.conns
+            .insert((a.to_owned(), ida.clone()), (b.to_owned(), idb.clone()));
+        self.conns
+            .insert((b.to_owned(), idb.clone()), (a.to_owned(), ida.clone()));
         let now = self.now;
-        self.agent(a).handle_connect(now, &r(b));
-        self.agent(b).handle_connect(now, &r(a));
+        self.agent(a).handle_connect(now, &ida);
+        self.agent(b).handle_connect(now, &idb);
         self.pump();
     }
 
     fn disconnect(&mut self, a: &str, b: &str) {
-        self.up.remove(&(r(a), r(b)));
-        self.up.remove(&(r(b), r(a)));
-        let now = self.now;
-        self.agent(a).handle_disconnect(now, &r(b));
-        self.agent(b).handle_disconnect(now, &r(a));
+        while let Some(id) = self.id(a, b) {
+            self.close_conn(a, &id);
+        }
         self.pump();
     }
 
@@ -107,13 +155,13 @@ impl Net {
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut moved = false;
-            let names: Vec<RegionName> = self.agents.keys().cloned().collect();
+            let names: Vec<String> = self.agents.keys().cloned().collect();
             for from in &names {
-                while let Some((to, frame)) = self.agents.get_mut(from).unwrap().poll_transmit() {
+                while let Some((id, frame)) = self.agents.get_mut(from).unwrap().poll_transmit() {
                     moved = true;
-                    if !self.up.contains(&(from.clone(), to.clone())) {
+                    let Some((to, back)) = self.conns.get(&(from.clone(), id)).cloned() else {
                         continue;
-                    }
+                    };
                     if matches!(frame, Frame::SummaryDelta { .. })
                         && self.lose_next_delta.as_ref() == Some(&(from.clone(), to.clone()))
                     {
@@ -125,10 +173,7 @@ impl Net {
                     encode(frame, &mut buf);
                     let frame = decode(&mut buf).unwrap().unwrap();
                     let now = self.now;
-                    self.agents
-                        .get_mut(&to)
-                        .unwrap()
-                        .handle_frame(now, from, frame);
+                    self.agent(&to).handle_frame(now, &back, frame);
                 }
                 while let Some(ev) = self.agents.get_mut(from).unwrap().poll_event() {
                     moved = true;
@@ -139,9 +184,11 @@ impl Net {
                         Event::ExportChanged(set) => {
                             self.exports.insert(from.clone(), set);
                         }
-                        Event::ClosePeer { region, reason } => {
-                            self.closed.push((from.clone(), region.clone(), reason));
+                        Event::ClosePeer { peer, reason } => {
+                            self.closed
+                                .push((from.clone(), peer.region.clone(), reason));
                         }
+                        Event::Replaced { peer } => self.close_conn(from, &peer),
                         Event::PeerUp { .. } => {}
                     }
                 }
@@ -175,32 +222,34 @@ impl Net {
         self.now = end;
     }
 
-    fn subscribe(&mut self, region: &str, filter: &str) {
+    fn subscribe(&mut self, agent: &str, filter: &str) {
         let now = self.now;
-        self.agent(region).handle_subscribe(now, f(filter));
+        self.agent(agent).handle_subscribe(now, f(filter));
         self.pump();
         self.advance(Duration::from_millis(100)); // export subscriptions follow after a debounce
     }
 
-    fn unsubscribe(&mut self, region: &str, filter: &str) {
+    fn unsubscribe(&mut self, agent: &str, filter: &str) {
         let now = self.now;
-        self.agent(region).handle_unsubscribe(now, &f(filter));
+        self.agent(agent).handle_unsubscribe(now, &f(filter));
         self.pump();
         self.advance(Duration::from_millis(100));
     }
 
-    fn publish(&mut self, region: &str, topic: &str) {
+    fn publish(&mut self, agent: &str, topic: &str) {
         let now = self.now;
-        self.agent(region).handle_publish(now, msg(topic));
+        self.agent(agent).handle_publish(now, msg(topic));
         self.pump();
     }
 
+    /// Copies of `topic` delivered in `region` (by any of its agents).
     fn count(&self, region: &str, topic: &str) -> usize {
-        self.delivered.get(&r(region)).map_or(0, |v| {
-            v.iter()
-                .filter(|e| e.message.topic.as_str() == topic)
-                .count()
-        })
+        self.delivered
+            .iter()
+            .filter(|(agent, _)| region_of(agent) == r(region))
+            .flat_map(|(_, v)| v)
+            .filter(|e| e.message.topic.as_str() == topic)
+            .count()
     }
 
     fn sent(&mut self, from: &str, to: &str) -> u64 {
@@ -217,7 +266,7 @@ impl Net {
 fn two_regions_forward_only_what_is_wanted() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
     net.subscribe("b", "factory/+/temp");
-    assert_eq!(net.exports[&r("a")], BTreeSet::from([f("factory/+/temp")]));
+    assert_eq!(net.exports["a"], BTreeSet::from([f("factory/+/temp")]));
     for _ in 0..5 {
         net.publish("a", "factory/1/temp");
     }
@@ -226,7 +275,7 @@ fn two_regions_forward_only_what_is_wanted() {
     assert_eq!(net.count("b", "factory/1/temp"), 5);
     assert_eq!(net.sent("a", "b"), 5, "unwanted topics never cross");
     assert_eq!(net.count("a", "factory/1/temp"), 0, "no echo to the origin");
-    let env = &net.delivered[&r("b")][0];
+    let env = &net.delivered["b"][0];
     assert_eq!(env.origin, r("a"));
     assert_eq!(env.hops, 1);
     assert_eq!(env.visited, vec![r("a"), r("b")]);
@@ -275,7 +324,7 @@ fn line_of_four_transits_and_interest_comes_and_goes() {
         "transit regions do not deliver"
     );
     assert_eq!(
-        net.delivered[&r("d")][0].visited,
+        net.delivered["d"][0].visited,
         vec![r("a"), r("b"), r("c"), r("d")]
     );
     net.unsubscribe("d", "x/+");
@@ -286,7 +335,7 @@ fn line_of_four_transits_and_interest_comes_and_goes() {
         "no new copy after the unsubscribe"
     );
     assert_eq!(net.sent("a", "b"), 1);
-    assert!(net.exports[&r("a")].is_empty());
+    assert!(net.exports["a"].is_empty());
 }
 
 #[test]
@@ -313,7 +362,7 @@ fn a_failed_link_reroutes_and_interest_survives_it() {
 fn lost_deltas_are_repaired_by_digests() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 1)]);
     net.subscribe("b", "one");
-    net.lose_next_delta = Some((r("b"), r("a")));
+    net.lose_next_delta = Some(("b".to_owned(), "a".to_owned()));
     net.subscribe("b", "two");
     net.publish("a", "two");
     assert_eq!(net.count("b", "two"), 0, "a missed the delta");
@@ -336,15 +385,16 @@ fn lsas_age_out_only_without_refresh() {
 fn protocol_violations_close_only_that_peer() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 1)]);
     let now = net.now;
+    let b = net.id("a", "b").unwrap();
     // A second hello after the exchange.
     let hello = mqlink_proto::Hello {
         region: r("b"),
         node: NodeName::new("b-a").unwrap(),
         epoch: 1,
-        version: 1,
+        version: mqlink_proto::PROTOCOL_VERSION,
     };
     net.agent("a")
-        .handle_frame(now, &r("b"), Frame::Hello(hello.clone()));
+        .handle_frame(now, &b, Frame::Hello(hello.clone()));
     // A snapshot announcing more filters than any table may hold.
     let table = mqlink_proto::TableId {
         region: r("b"),
@@ -353,7 +403,7 @@ fn protocol_violations_close_only_that_peer() {
     };
     net.agent("a").handle_frame(
         now,
-        &r("b"),
+        &b,
         Frame::SummaryStart {
             table,
             seq: 1,
@@ -361,24 +411,24 @@ fn protocol_violations_close_only_that_peer() {
         },
     );
     // A region that is not a neighbour.
-    net.agent("a").handle_connect(now, &r("zz"));
+    net.agent("a")
+        .handle_connect(now, &PeerId::new(r("zz"), 900));
     // A fresh connection whose hello lies about the region.
-    net.agent("a").handle_disconnect(now, &r("b"));
-    net.agent("a").handle_connect(now, &r("b"));
+    let liar = PeerId::new(r("b"), 901);
+    net.agent("a").handle_connect(now, &liar);
     net.agent("a").handle_frame(
         now,
-        &r("b"),
+        &liar,
         Frame::Hello(mqlink_proto::Hello {
             region: r("c"),
             ..hello
         }),
     );
     net.pump();
-    // (b also objects to a's second hello, since this harness reuses b's side of the link.)
     let reasons: Vec<&str> = net
         .closed
         .iter()
-        .filter(|(at, _, _)| *at == r("a"))
+        .filter(|(at, _, _)| at == "a")
         .map(|(_, _, why)| why.as_str())
         .collect();
     assert_eq!(
@@ -391,4 +441,71 @@ fn protocol_violations_close_only_that_peer() {
         ]
     );
     assert_eq!(net.agent("a").stats().protocol_errors, 4);
+}
+
+#[test]
+fn replicas_share_a_region_and_either_carries_it() {
+    // Region a has two agents (replicas behind one broker); a - b - c.
+    let mut net = Net::new(&["a:1", "a:2", "b", "c"], &[("a", "b", 1), ("b", "c", 1)]);
+    for agent in ["b", "c", "a:1", "a:2"] {
+        net.subscribe(agent, "t/#"); // replicas see the same broker, so the same interest
+    }
+    assert_eq!(net.exports["a:1"], BTreeSet::from([f("t/#")]));
+    assert_eq!(
+        net.exports["a:1"], net.exports["a:2"],
+        "one shared export set"
+    );
+    // The broker splits a's exports between the replicas (shared subscription).
+    for i in 0..10 {
+        net.publish(if i % 2 == 0 { "a:1" } else { "a:2" }, &format!("t/{i}"));
+        net.publish("c", &format!("t/c{i}"));
+    }
+    for i in 0..10 {
+        assert_eq!(net.count("b", &format!("t/{i}")), 1);
+        assert_eq!(net.count("c", &format!("t/{i}")), 1);
+        assert_eq!(
+            net.count("a", &format!("t/c{i}")),
+            1,
+            "one replica imports it"
+        );
+    }
+    assert_eq!(net.sent("a:1", "b") + net.sent("a:2", "b"), 10);
+    // a:1 dies: b still reaches region a through a:2, and a:2's exports flow.
+    net.disconnect("a:1", "b");
+    net.publish("c", "t/after");
+    net.publish("a:2", "t/from-a2");
+    assert_eq!(net.count("a", "t/after"), 1);
+    assert_eq!(net.count("c", "t/from-a2"), 1);
+    assert_eq!(
+        net.delivered["a:2"].last().unwrap().message.topic.as_str(),
+        "t/after"
+    );
+    for agent in ["a:2", "b", "c"] {
+        let drops = &net.agent(agent).stats().drops;
+        assert!(drops.is_empty(), "{agent}: {drops:?}");
+    }
+    // Everyone still sees a - b - c as one line of regions.
+    let (graph, _) = net.agent("c").router().tree(&r("a")).unwrap();
+    assert_eq!(graph.edge_count(), 2);
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+}
+
+#[test]
+fn a_newer_connection_to_the_same_agent_replaces_the_older() {
+    let mut net = Net::new(&["a", "b"], &[("a", "b", 1)]);
+    net.subscribe("b", "t/#");
+    let old = net.id("a", "b").unwrap();
+    // b reconnects before a noticed the old connection die.
+    net.connect("a", "b");
+    let new = net.id("a", "b").unwrap();
+    assert_ne!(old, new);
+    assert_eq!(
+        net.conns.len(),
+        2,
+        "the older connection was closed at both ends"
+    );
+    net.publish("a", "t/1");
+    assert_eq!(net.count("b", "t/1"), 1);
+    assert!(net.closed.is_empty(), "replacing is not a protocol error");
+    assert_eq!(net.agent("a").stats().protocol_errors, 0);
 }

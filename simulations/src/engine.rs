@@ -1,5 +1,6 @@
-//! The discrete-event engine. Each region is the production protocol core
-//! ([`mqlink_proto::Agent`], with its [`mqlink_topology::Router`]); links
+//! The discrete-event engine. Each region is one or more agents (replicas),
+//! each the production protocol core ([`mqlink_proto::Agent`], with its
+//! [`mqlink_topology::Router`]); links
 //! carry the frames the agents emit, with latency, jitter, loss and a
 //! bandwidth queue per direction; publishers are simulated clients; faults
 //! cut and restore links and regions. Time is simulated: the agents get
@@ -15,14 +16,21 @@
 //!   QUIC idle timeout); frames in flight or sent meanwhile are lost.
 //!   A restored link connects after one and a half round trips (handshake).
 //! - Messages whose region's broker is down are not published at all.
+//! - Replicas: each agent of a region connects to each agent of every
+//!   neighbouring region, all over the one region link (sharing its
+//!   bandwidth queue and order); the region's broker hands exports to its
+//!   live agents in turn, as a shared subscription does. A stopped replica
+//!   is noticed by its peers after [`DETECT`], like a cut link.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqlink_proto::{Agent, AgentConfig, Event, Frame, LinkPolicy, Message, Properties, Qos};
-use mqlink_topology::{Cost, Matcher, NodeName, RegionIds, RegionName, TopicFilter, TopicName};
+use mqlink_proto::{
+    Agent, AgentConfig, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
+};
+use mqlink_topology::{Cost, Matcher, RegionIds, RegionName, TopicFilter, TopicName};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,43 +43,86 @@ pub const DETECT: Duration = Duration::from_millis(1500);
 /// Zeros to slice payloads from (no allocation per message).
 static ZEROS: [u8; 65_536] = [0; 65_536];
 
+/// One connection over a link: (agent index at end `a`, agent index at end `b`).
+type Pair = (usize, usize);
+
 #[derive(Debug)]
 enum Ev {
     /// Publisher `publisher` of workload `workload` publishes, and schedules its next message.
     Publish { workload: usize, publisher: u32 },
-    /// A frame arrives at `to` over `link`, if the connection `generation` is still current.
+    /// A frame arrives over connection `pair` of `link` at end `to`, if the
+    /// connection `generation` is still current.
     Arrive {
         link: usize,
+        pair: Pair,
         to: usize,
         generation: u64,
         frame: Frame,
     },
     /// An agent's timer (stale if the agent's next timer moved).
-    Timer { region: usize, generation: u64 },
+    Timer {
+        region: usize,
+        node: usize,
+        generation: u64,
+    },
     /// Fault number `i` of the schedule.
     Fault(usize),
-    /// Both ends of `link` notice it is down (if still in `generation`).
-    Detect { link: usize, generation: u64 },
-    /// Both ends of `link` connect (if still in `generation` and up).
-    Connect { link: usize, generation: u64 },
+    /// Both ends of a connection notice it is down (if still in `generation`).
+    Detect {
+        link: usize,
+        pair: Pair,
+        generation: u64,
+    },
+    /// Both ends of a connection connect (if still in `generation` and usable).
+    Connect {
+        link: usize,
+        pair: Pair,
+        generation: u64,
+    },
 }
 
-#[derive(Debug)]
-struct Region {
-    name: RegionName,
-    /// The production core; `None` while the region is down.
+/// One agent of a region.
+#[derive(Debug, Default)]
+struct Node {
+    /// The production core; `None` while the agent is down.
     agent: Option<Agent>,
-    /// Epoch of the current agent.
+    /// Epoch of the current agent (unique within the region).
     epoch: u64,
     /// Envelope sequence numbers the agent has handed out (mirrors its counter).
     published: u64,
-    /// When this region's agent timer is due, and its generation.
+    /// When the agent's timer is due, and its generation.
     timer: Option<Duration>,
     timer_generation: u64,
     /// LSDB version last seen, and a fingerprint of the graph it gave, to
     /// time convergence (LSA refreshes change the version, not the graph).
     lsdb_version: u64,
     graph_fingerprint: u64,
+}
+
+#[derive(Debug)]
+struct Region {
+    name: RegionName,
+    /// Its agents (replicas).
+    nodes: Vec<Node>,
+    /// Epochs handed out so far (every agent start takes the next).
+    epochs: u64,
+    /// Which live agent the broker hands the next export to (round robin).
+    turn: usize,
+}
+
+impl Region {
+    fn up(&self) -> bool {
+        self.nodes.iter().any(|n| n.agent.is_some())
+    }
+}
+
+/// State of one connection (agent pair) over a link.
+#[derive(Debug, Default, Clone, Copy)]
+struct Conn {
+    /// Whether the two agents currently have the connection.
+    connected: bool,
+    /// Bumped whenever its state changes.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -86,10 +137,8 @@ struct Link {
     healthy: bool,
     /// Not cut by a partition.
     unpartitioned: bool,
-    /// Whether the agents currently have a connection over it.
-    connected: bool,
-    /// Bumped whenever the link's connection state changes.
-    generation: u64,
+    /// Connections between the agents at its ends.
+    conns: BTreeMap<Pair, Conn>,
     /// Per direction (0: a->b, 1: b->a): when the sender's queue drains, and the last arrival time.
     busy_until: [Duration; 2],
     last_arrival: [Duration; 2],
@@ -121,8 +170,21 @@ pub struct Sim {
     rec: Recorder,
 }
 
-fn agent_config(s: &Scenario, region: usize, epoch: u64) -> AgentConfig {
-    let me = &s.regions[region].name;
+/// The connection number both agents of `pair` use for it over `link`.
+fn conn_id(link: usize, (a, b): Pair) -> u64 {
+    ((link as u64) << 32) | ((a as u64) << 16) | b as u64
+}
+
+fn pair_of(conn: u64) -> (usize, Pair) {
+    (
+        (conn >> 32) as usize,
+        (((conn >> 16) & 0xffff) as usize, (conn & 0xffff) as usize),
+    )
+}
+
+fn agent_config(s: &Scenario, region: usize, node: usize, epoch: u64) -> AgentConfig {
+    let spec = &s.regions[region];
+    let me = &spec.name;
     let everything = TopicFilter::new("#").ok().into_iter().collect::<Vec<_>>();
     let links = s
         .links
@@ -135,7 +197,7 @@ fn agent_config(s: &Scenario, region: usize, epoch: u64) -> AgentConfig {
             import: everything.clone(),
         })
         .collect();
-    AgentConfig::new(me.clone(), NodeName::from(me), epoch, links)
+    AgentConfig::new(me.clone(), spec.node(node as u32), epoch, links)
 }
 
 impl Sim {
@@ -170,8 +232,7 @@ impl Sim {
                 bandwidth_bps: l.bandwidth_bps.max(1),
                 healthy: true,
                 unpartitioned: true,
-                connected: false,
-                generation: 0,
+                conns: BTreeMap::new(),
                 busy_until: [Duration::ZERO; 2],
                 last_arrival: [Duration::ZERO; 2],
             });
@@ -192,20 +253,19 @@ impl Sim {
             scenario,
         };
         for (i, name) in names.iter().enumerate() {
+            let replicas = sim.scenario.regions[i].replicas.max(1) as usize;
             sim.regions.push(Region {
                 name: name.clone(),
-                agent: None,
-                epoch: 0,
-                published: 0,
-                timer: None,
-                timer_generation: 0,
-                lsdb_version: 0,
-                graph_fingerprint: 0,
+                nodes: (0..replicas).map(|_| Node::default()).collect(),
+                epochs: 0,
+                turn: 0,
             });
-            sim.start_region(i);
+            for n in 0..replicas {
+                sim.start_node(i, n);
+            }
         }
         for l in 0..sim.links.len() {
-            sim.schedule_connect(l);
+            sim.schedule_connects(l);
         }
         for (w, wl) in sim.scenario.workloads.clone().iter().enumerate() {
             for p in 0..wl.publishers {
@@ -237,57 +297,97 @@ impl Sim {
         self.base + self.now
     }
 
-    fn start_region(&mut self, i: usize) {
+    fn start_node(&mut self, i: usize, n: usize) {
         let r = &mut self.regions[i];
-        r.epoch += 1;
-        r.published = 0;
-        let cfg = agent_config(&self.scenario, i, r.epoch);
+        r.epochs += 1;
+        let epoch = r.epochs;
+        let cfg = agent_config(&self.scenario, i, n, epoch);
         let now = self.base + self.now;
         let mut agent = Agent::new(now, cfg);
         for f in &self.scenario.regions[i].interest {
             agent.handle_subscribe(now, f.clone());
         }
-        self.regions[i].agent = Some(agent);
-        self.after(i);
+        let node = &mut self.regions[i].nodes[n];
+        node.epoch = epoch;
+        node.published = 0;
+        node.agent = Some(agent);
+        self.after(i, n);
     }
 
+    fn stop_node(&mut self, i: usize, n: usize) {
+        let node = &mut self.regions[i].nodes[n];
+        node.agent = None;
+        node.timer_generation += 1;
+        node.timer = None;
+    }
+
+    /// The WAN link itself works (not failed, not partitioned).
     fn link_usable(&self, l: usize) -> bool {
         let link = &self.links[l];
-        link.healthy
-            && link.unpartitioned
-            && self.regions[link.a].agent.is_some()
-            && self.regions[link.b].agent.is_some()
+        link.healthy && link.unpartitioned
+    }
+
+    /// Connection `pair` over `l` can exist: the link works and both agents run.
+    fn pair_usable(&self, l: usize, (na, nb): Pair) -> bool {
+        let link = &self.links[l];
+        self.link_usable(l)
+            && self.regions[link.a].nodes[na].agent.is_some()
+            && self.regions[link.b].nodes[nb].agent.is_some()
+    }
+
+    /// Every agent pair over `l`.
+    fn pairs(&self, l: usize) -> Vec<Pair> {
+        let link = &self.links[l];
+        let (ra, rb) = (
+            self.regions[link.a].nodes.len(),
+            self.regions[link.b].nodes.len(),
+        );
+        (0..ra).flat_map(|a| (0..rb).map(move |b| (a, b))).collect()
+    }
+
+    fn conn(&mut self, l: usize, pair: Pair) -> &mut Conn {
+        self.links[l].conns.entry(pair).or_default()
     }
 
     fn rtt(&self, l: usize) -> Duration {
         self.links[l].latency * 2
     }
 
-    fn schedule_connect(&mut self, l: usize) {
-        if self.link_usable(l) && !self.links[l].connected {
-            let generation = self.links[l].generation;
+    /// Connect every usable, unconnected pair over `l` after a handshake.
+    fn schedule_connects(&mut self, l: usize) {
+        for pair in self.pairs(l) {
+            self.schedule_connect(l, pair);
+        }
+    }
+
+    fn schedule_connect(&mut self, l: usize, pair: Pair) {
+        if self.pair_usable(l, pair) && !self.conn(l, pair).connected {
+            let generation = self.conn(l, pair).generation;
             let at = self.now + self.rtt(l) * 3 / 2;
             self.push(
                 at,
                 Ev::Connect {
                     link: l,
+                    pair,
                     generation,
                 },
             );
         }
     }
 
-    /// The link became unusable: in-flight frames die now; agents notice after DETECT.
-    fn cut(&mut self, l: usize) {
-        let link = &mut self.links[l];
-        link.generation += 1;
-        if link.connected {
-            link.connected = false;
-            let generation = link.generation;
+    /// The connection became unusable: in-flight frames die now; the
+    /// agents notice after DETECT.
+    fn cut(&mut self, l: usize, pair: Pair) {
+        let conn = self.conn(l, pair);
+        conn.generation += 1;
+        if conn.connected {
+            conn.connected = false;
+            let generation = conn.generation;
             self.push(
                 self.now + DETECT,
                 Ev::Detect {
                     link: l,
+                    pair,
                     generation,
                 },
             );
@@ -327,52 +427,74 @@ impl Sim {
             } => self.publish(workload, publisher),
             Ev::Arrive {
                 link,
+                pair,
                 to,
                 generation,
                 frame,
             } => {
-                if self.links[link].generation != generation || !self.links[link].connected {
+                let conn = *self.conn(link, pair);
+                if conn.generation != generation || !conn.connected {
                     self.rec.frame_lost(&frame);
                     return;
                 }
                 let from = self.links[link].other(to);
-                let from_name = self.regions[from].name.clone();
+                let peer = PeerId::new(self.regions[from].name.clone(), conn_id(link, pair));
+                let n = if to == self.links[link].a {
+                    pair.0
+                } else {
+                    pair.1
+                };
                 let now = self.instant();
-                if let Some(agent) = self.regions[to].agent.as_mut() {
-                    agent.handle_frame(now, &from_name, frame);
-                    self.after(to);
+                if let Some(agent) = self.regions[to].nodes[n].agent.as_mut() {
+                    agent.handle_frame(now, &peer, frame);
+                    self.after(to, n);
                 }
             }
-            Ev::Timer { region, generation } => {
-                if self.regions[region].timer_generation != generation {
+            Ev::Timer {
+                region,
+                node,
+                generation,
+            } => {
+                let now = self.instant();
+                let nd = &mut self.regions[region].nodes[node];
+                if nd.timer_generation != generation {
                     return;
                 }
-                self.regions[region].timer = None;
-                let now = self.instant();
-                if let Some(agent) = self.regions[region].agent.as_mut() {
+                nd.timer = None;
+                if let Some(agent) = nd.agent.as_mut() {
                     agent.handle_timeout(now);
-                    self.after(region);
+                    self.after(region, node);
                 }
             }
             Ev::Fault(i) => self.fault(i),
-            Ev::Detect { link, generation } => {
-                if self.links[link].generation != generation {
+            Ev::Detect {
+                link,
+                pair,
+                generation,
+            } => {
+                if self.conn(link, pair).generation != generation {
                     return;
                 }
-                self.at_both_ends(link, |agent, peer, now| agent.handle_disconnect(now, peer));
-                self.schedule_connect(link);
+                self.at_both_ends(link, pair, |agent, peer, now| {
+                    agent.handle_disconnect(now, peer)
+                });
+                self.schedule_connect(link, pair);
             }
-            Ev::Connect { link, generation } => {
-                if self.links[link].generation != generation
-                    || !self.link_usable(link)
-                    || self.links[link].connected
+            Ev::Connect {
+                link,
+                pair,
+                generation,
+            } => {
+                let conn = *self.conn(link, pair);
+                if conn.generation != generation || !self.pair_usable(link, pair) || conn.connected
                 {
                     return;
                 }
-                self.links[link].connected = true;
-                self.links[link].generation += 1;
-                self.at_both_ends(link, |agent, peer, now| {
-                    // A reconnect after an undetected cut: the agent first drops the old link.
+                let conn = self.conn(link, pair);
+                conn.connected = true;
+                conn.generation += 1;
+                self.at_both_ends(link, pair, |agent, peer, now| {
+                    // A reconnect after an undetected cut: the agent first drops the old connection.
                     agent.handle_disconnect(now, peer);
                     agent.handle_connect(now, peer);
                 });
@@ -380,16 +502,23 @@ impl Sim {
         }
     }
 
-    /// Run `f` on the agent at each end of `link` (with the other end's name).
-    fn at_both_ends(&mut self, link: usize, mut f: impl FnMut(&mut Agent, &RegionName, Instant)) {
+    /// Run `f` on the agent at each end of connection `pair` over `link`
+    /// (with its id for the other end).
+    fn at_both_ends(
+        &mut self,
+        link: usize,
+        pair: Pair,
+        mut f: impl FnMut(&mut Agent, &PeerId, Instant),
+    ) {
         let (a, b) = (self.links[link].a, self.links[link].b);
         let now = self.instant();
-        for (me, peer) in [(a, b), (b, a)] {
-            let peer_name = self.regions[peer].name.clone();
-            if let Some(agent) = self.regions[me].agent.as_mut() {
-                f(agent, &peer_name, now);
+        let id = conn_id(link, pair);
+        for (me, n, peer) in [(a, pair.0, b), (b, pair.1, a)] {
+            let peer_id = PeerId::new(self.regions[peer].name.clone(), id);
+            if let Some(agent) = self.regions[me].nodes[n].agent.as_mut() {
+                f(agent, &peer_id, now);
             }
-            self.after(me);
+            self.after(me, n);
         }
     }
 
@@ -412,9 +541,16 @@ impl Sim {
         let Some(&origin) = self.rec.index.get(&wl.region) else {
             return;
         };
-        if self.regions[origin].agent.is_none() {
+        // The broker hands the export to one live agent, in turn (shared subscription).
+        let nodes = self.regions[origin].nodes.len();
+        let start = self.regions[origin].turn;
+        let Some(n) = (0..nodes)
+            .map(|k| (start + k) % nodes)
+            .find(|n| self.regions[origin].nodes[*n].agent.is_some())
+        else {
             return;
-        }
+        };
+        self.regions[origin].turn = (n + 1) % nodes;
         let topic_text = wl
             .topic
             .replace("{id}", &p.to_string())
@@ -451,17 +587,18 @@ impl Sim {
             .filter_map(|id| self.region_index(self.ids.name(id)).copied())
             .collect();
         let now = self.instant();
-        let region = &mut self.regions[origin];
-        let Some(agent) = region.agent.as_mut() else {
+        let node = &mut self.regions[origin].nodes[n];
+        let Some(agent) = node.agent.as_mut() else {
             return;
         };
         if agent.handle_publish(now, msg) {
-            region.published += 1;
-            let key = (origin, region.epoch, region.published);
+            node.published += 1;
+            // Epochs are unique within a region, so (origin, epoch, seq) names one message.
+            let key = (origin, node.epoch, node.published);
             let direct = self.direct_alternatives(origin, &expected, size + topic_text.len());
             self.rec.published(key, self.now, &expected, direct);
         }
-        self.after(origin);
+        self.after(origin, n);
     }
 
     fn region_index(&self, name: &RegionName) -> Option<&usize> {
@@ -485,7 +622,7 @@ impl Sim {
                 continue;
             }
             let peer = link.other(origin);
-            if self.link_usable(l) {
+            if self.link_usable(l) && self.regions[peer].up() {
                 // Flood bridge: everything goes to every neighbour.
                 alt.flood_links.push(l);
                 if expected.contains(&peer) {
@@ -502,12 +639,12 @@ impl Sim {
         alt
     }
 
-    /// Drain an agent's transmits and events after it handled something.
-    fn after(&mut self, i: usize) {
+    /// Drain agent `n` of region `i` after it handled something.
+    fn after(&mut self, i: usize, n: usize) {
         let mut out = Vec::new();
         let mut delivered = Vec::new();
         {
-            let region = &mut self.regions[i];
+            let region = &mut self.regions[i].nodes[n];
             let Some(agent) = region.agent.as_mut() else {
                 return;
             };
@@ -547,6 +684,7 @@ impl Sim {
                         (at, self.next_id),
                         Ev::Timer {
                             region: i,
+                            node: n,
                             generation,
                         },
                     );
@@ -561,22 +699,25 @@ impl Sim {
                     .delivered((origin, env.epoch, env.seq), i, self.now);
             }
         }
-        for (to_name, frame) in out {
-            let Some(&to) = self.region_index(&to_name) else {
+        for (peer, frame) in out {
+            let (l, pair) = pair_of(peer.conn);
+            let Some(link) = self.links.get(l) else {
                 continue;
             };
-            let Some(&l) = self.link_of.get(&(i, to)) else {
+            if !(link.a == i || link.b == i) {
                 continue;
-            };
-            self.send(l, i, to, frame);
+            }
+            let to = link.other(i);
+            self.send(l, pair, i, to, frame);
         }
     }
 
-    fn send(&mut self, l: usize, from: usize, to: usize, frame: Frame) {
+    fn send(&mut self, l: usize, pair: Pair, from: usize, to: usize, frame: Frame) {
         let size = mqlink_proto::encoded_len(&frame) as u64 + 40; // + QUIC/UDP/IP headers per frame, roughly
         let dir = self.links[l].dir(from);
         self.rec.sent(l, dir, &frame, size);
-        if !self.links[l].connected {
+        let conn = *self.conn(l, pair);
+        if !conn.connected {
             self.rec.frame_lost(&frame);
             return;
         }
@@ -596,7 +737,7 @@ impl Sim {
         }
         delay += link.latency * 2 * retransmits;
         let arrival = (done + delay).max(link.last_arrival[dir]);
-        let generation = link.generation;
+        let generation = conn.generation;
         let link = &mut self.links[l];
         link.busy_until[dir] = done;
         link.last_arrival[dir] = arrival;
@@ -604,6 +745,7 @@ impl Sim {
             arrival,
             Ev::Arrive {
                 link: l,
+                pair,
                 to,
                 generation,
                 frame,
@@ -612,18 +754,54 @@ impl Sim {
     }
 
     fn set_partitioned(&mut self, l: usize, cut: bool) {
-        let was = self.link_usable(l);
-        self.links[l].unpartitioned = !cut;
-        self.refresh(l, was);
+        self.change(l, |s| s.links[l].unpartitioned = !cut);
     }
 
-    fn refresh(&mut self, l: usize, was_usable: bool) {
-        let is = self.link_usable(l);
-        if was_usable && !is {
-            self.cut(l);
-        } else if !was_usable && is {
-            self.links[l].generation += 1;
-            self.schedule_connect(l);
+    /// Apply `f`, then cut the connections over `l` it made unusable and
+    /// schedule those it made usable.
+    fn change(&mut self, l: usize, f: impl FnOnce(&mut Self)) {
+        let before: Vec<(Pair, bool)> = self
+            .pairs(l)
+            .into_iter()
+            .map(|p| (p, self.pair_usable(l, p)))
+            .collect();
+        f(self);
+        for (pair, was) in before {
+            let is = self.pair_usable(l, pair);
+            if was && !is {
+                self.cut(l, pair);
+            } else if !was && is {
+                self.conn(l, pair).generation += 1;
+                self.schedule_connect(l, pair);
+            }
+        }
+    }
+
+    /// Apply `f` to agents of region `r`, refreshing every link touching it.
+    fn change_region(&mut self, r: usize, f: impl FnOnce(&mut Self)) {
+        let touching: Vec<usize> = (0..self.links.len())
+            .filter(|l| self.links[*l].a == r || self.links[*l].b == r)
+            .collect();
+        let before: Vec<Vec<(Pair, bool)>> = touching
+            .iter()
+            .map(|&l| {
+                self.pairs(l)
+                    .into_iter()
+                    .map(|p| (p, self.pair_usable(l, p)))
+                    .collect()
+            })
+            .collect();
+        f(self);
+        for (l, pairs) in touching.into_iter().zip(before) {
+            for (pair, was) in pairs {
+                let is = self.pair_usable(l, pair);
+                if was && !is {
+                    self.cut(l, pair);
+                } else if !was && is {
+                    self.conn(l, pair).generation += 1;
+                    self.schedule_connect(l, pair);
+                }
+            }
         }
     }
 
@@ -640,36 +818,42 @@ impl Sim {
                 let Some(&l) = self.link_of.get(&(a, b)) else {
                     return;
                 };
-                let was = self.link_usable(l);
-                self.links[l].healthy = up;
-                self.refresh(l, was);
+                self.change(l, |s| s.links[l].healthy = up);
             }
             FaultKind::RegionDown(r) => {
                 let Some(r) = idx(self, &r) else { return };
-                let touching: Vec<usize> = (0..self.links.len())
-                    .filter(|l| self.links[*l].a == r || self.links[*l].b == r)
-                    .collect();
-                let before: Vec<bool> = touching.iter().map(|l| self.link_usable(*l)).collect();
-                self.regions[r].agent = None;
-                self.regions[r].timer_generation += 1;
-                self.regions[r].timer = None;
-                for (l, was) in touching.into_iter().zip(before) {
-                    self.refresh(l, was);
-                }
+                self.change_region(r, |s| {
+                    for n in 0..s.regions[r].nodes.len() {
+                        s.stop_node(r, n);
+                    }
+                });
             }
             FaultKind::RegionUp(r) => {
                 let Some(r) = idx(self, &r) else { return };
-                if self.regions[r].agent.is_some() {
+                self.change_region(r, |s| {
+                    for n in 0..s.regions[r].nodes.len() {
+                        if s.regions[r].nodes[n].agent.is_none() {
+                            s.start_node(r, n);
+                        }
+                    }
+                });
+            }
+            FaultKind::ReplicaDown(r, n) | FaultKind::ReplicaUp(r, n) => {
+                let up = matches!(self.scenario.faults[i].kind, FaultKind::ReplicaUp(..));
+                let Some(r) = idx(self, &r) else { return };
+                let n = n as usize;
+                if n >= self.regions[r].nodes.len()
+                    || self.regions[r].nodes[n].agent.is_some() == up
+                {
                     return;
                 }
-                let touching: Vec<usize> = (0..self.links.len())
-                    .filter(|l| self.links[*l].a == r || self.links[*l].b == r)
-                    .collect();
-                let before: Vec<bool> = touching.iter().map(|l| self.link_usable(*l)).collect();
-                self.start_region(r);
-                for (l, was) in touching.into_iter().zip(before) {
-                    self.refresh(l, was);
-                }
+                self.change_region(r, |s| {
+                    if up {
+                        s.start_node(r, n);
+                    } else {
+                        s.stop_node(r, n);
+                    }
+                });
             }
             FaultKind::Partition(groups) => {
                 let group_of: BTreeMap<usize, usize> = groups
@@ -708,7 +892,12 @@ impl Sim {
     fn routes(&mut self) -> BTreeMap<String, Vec<(String, String)>> {
         let names: Vec<RegionName> = self.regions.iter().map(|r| r.name.clone()).collect();
         let mut out = BTreeMap::new();
-        let Some(agent) = self.regions.iter_mut().find_map(|r| r.agent.as_mut()) else {
+        let Some(agent) = self
+            .regions
+            .iter_mut()
+            .flat_map(|r| r.nodes.iter_mut())
+            .find_map(|n| n.agent.as_mut())
+        else {
             return out;
         };
         for origin in &names {

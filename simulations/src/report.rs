@@ -186,6 +186,8 @@ impl Recorder {
             FaultKind::LinkUp(a, b) => format!("link {a} <-> {b} up"),
             FaultKind::RegionDown(r) => format!("region {r} down"),
             FaultKind::RegionUp(r) => format!("region {r} up"),
+            FaultKind::ReplicaDown(r, i) => format!("replica {r}-r{} down", i + 1),
+            FaultKind::ReplicaUp(r, i) => format!("replica {r}-r{} up", i + 1),
             FaultKind::Partition(groups) => {
                 let g: Vec<String> = groups
                     .iter()

@@ -8,6 +8,8 @@
 //! regions:
 //!   - name: eu-west
 //!     interest: ["factory/+/temp"] # filters its subscribers hold
+//!     replicas: 2                 # default 1: agents serving the region (nodes eu-west-r1,
+//!                                 #   eu-west-r2); the broker splits exports between the live ones
 //! links:
 //!   - between: [eu-west, us-east]
 //!     latency: 40ms               # one way
@@ -29,7 +31,15 @@
 //!   - { at: 6m, region_up: us-east }
 //!   - { at: 7m, partition: [[eu-west], [us-east, ap-south]] }
 //!   - { at: 8m, heal: true }
+//!   - { at: 9m, replica_down: eu-west-r2 }   # one agent of a region stops (its broker stays)
+//!   - { at: 10m, replica_up: eu-west-r2 }
 //! ```
+//!
+//! Replicas: every agent of a region links to every agent of each
+//! neighbouring region (one connection per pair, over the region link's
+//! latency and bandwidth); the region's broker hands each exported message
+//! to one live agent in turn (a shared subscription), and each import
+//! arrives through exactly one of them.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -37,7 +47,7 @@ use std::time::Duration;
 
 use mqlink_config::units::parse_duration;
 use mqlink_config::{Diagnostic, Pos};
-use mqlink_topology::{RegionName, TopicFilter};
+use mqlink_topology::{NodeName, RegionName, TopicFilter};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -65,6 +75,7 @@ struct RawRegion {
     name: Text,
     #[serde(default)]
     interest: Vec<Text>,
+    replicas: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +114,8 @@ struct RawFault {
     link_up: Option<Vec<Text>>,
     region_down: Option<Text>,
     region_up: Option<Text>,
+    replica_down: Option<Text>,
+    replica_up: Option<Text>,
     partition: Option<Vec<Vec<Text>>>,
     heal: Option<bool>,
 }
@@ -135,6 +148,24 @@ pub struct RegionSpec {
     pub name: RegionName,
     /// Filters subscribed in the region.
     pub interest: Vec<TopicFilter>,
+    /// Agents serving the region (1 to [`MAX_REPLICAS`]).
+    pub replicas: u32,
+}
+
+/// Most agents one region may have in a scenario.
+pub const MAX_REPLICAS: u32 = 16;
+
+impl RegionSpec {
+    /// Node name of replica `i` (0-based): the region's name when it has
+    /// one agent, else `<region>-r<i+1>`.
+    pub fn node(&self, i: u32) -> NodeName {
+        if self.replicas <= 1 {
+            NodeName::from(&self.name)
+        } else {
+            NodeName::new(&format!("{}-r{}", self.name, i + 1))
+                .unwrap_or_else(|_| NodeName::from(&self.name))
+        }
+    }
 }
 
 /// A WAN link.
@@ -193,6 +224,10 @@ pub enum FaultKind {
     RegionDown(RegionName),
     /// It restarts (new epoch).
     RegionUp(RegionName),
+    /// One agent of a region stops; the broker and the other agents stay.
+    ReplicaDown(RegionName, u32),
+    /// It restarts (new epoch).
+    ReplicaUp(RegionName, u32),
     /// Every link between different groups fails.
     Partition(Vec<Vec<RegionName>>),
     /// Every link failed by a partition comes back.
@@ -325,6 +360,34 @@ impl Ctx<'_> {
         }
     }
 
+    /// A replica's node name (`<region>-r<n>`): the region and 0-based index.
+    fn replica(
+        &mut self,
+        t: &Text,
+        regions: &[RegionSpec],
+        what: &str,
+    ) -> Option<(RegionName, u32)> {
+        let found = regions.iter().find_map(|r| {
+            (0..r.replicas)
+                .find(|i| r.replicas > 1 && r.node(*i).as_str() == t.value)
+                .map(|i| (r.name.clone(), i))
+        });
+        if found.is_none() {
+            let known: Vec<String> = regions
+                .iter()
+                .filter(|r| r.replicas > 1)
+                .flat_map(|r| (0..r.replicas).map(|i| r.node(i).to_string()))
+                .collect();
+            let hint = if known.is_empty() {
+                "no region has `replicas:` above 1".to_owned()
+            } else {
+                format!("replicas are {}", known.join(", "))
+            };
+            self.at(t, format!("{what}: unknown replica `{}`; {hint}", t.value));
+        }
+        found
+    }
+
     fn pair(
         &mut self,
         list: &[Text],
@@ -384,7 +447,25 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
             .iter()
             .filter_map(|f| ctx.parse(f, "regions.interest", TopicFilter::new))
             .collect();
-        regions.push(RegionSpec { name, interest });
+        let replicas = match &r.replicas {
+            None => 1,
+            Some(n) if (1..=MAX_REPLICAS).contains(&n.value) => n.value,
+            Some(n) => {
+                ctx.at(
+                    n,
+                    format!(
+                        "regions.replicas: expected 1 to {MAX_REPLICAS} agents, found {}",
+                        n.value
+                    ),
+                );
+                1
+            }
+        };
+        regions.push(RegionSpec {
+            name,
+            interest,
+            replicas,
+        });
     }
 
     let mut links = Vec::new();
@@ -506,6 +587,22 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
                     .map(FaultKind::RegionUp),
             );
         }
+        for (node, up) in [(&f.replica_down, false), (&f.replica_up, true)] {
+            if let Some(t) = node {
+                let field = if up {
+                    "faults.replica_up"
+                } else {
+                    "faults.replica_down"
+                };
+                kinds.extend(ctx.replica(t, &regions, field).map(|(r, i)| {
+                    if up {
+                        FaultKind::ReplicaUp(r, i)
+                    } else {
+                        FaultKind::ReplicaDown(r, i)
+                    }
+                }));
+            }
+        }
         if let Some(groups) = &f.partition {
             let groups: Vec<Vec<RegionName>> = groups
                 .iter()
@@ -521,7 +618,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
             kinds.push(FaultKind::Heal);
         }
         if kinds.len() != 1 {
-            ctx.at(&f.at, "faults: expected exactly one of link_down, link_up, region_down, region_up, partition, heal".to_owned());
+            ctx.at(&f.at, "faults: expected exactly one of link_down, link_up, region_down, region_up, replica_down, replica_up, partition, heal".to_owned());
             continue;
         }
         faults.extend(kinds.into_iter().map(|kind| Fault { at, kind }));

@@ -1,7 +1,13 @@
 //! The link-state database: the latest link-state advertisement (LSA) of
-//! every region, as flooded between agents. Newer sequence numbers win;
-//! entries that are not refreshed within `max_age` age out (their region is
+//! every agent, as flooded between agents. Newer sequence numbers win;
+//! entries that are not refreshed within `max_age` age out (their agent is
 //! gone or cut off). Time is passed in; nothing here reads a clock.
+//!
+//! Replicas: several agents (nodes) may serve one region. Each originates
+//! its own LSA, keyed by (region, node); the graph is still one of regions.
+//! A region's side of a link is up when any of its agents advertises it up
+//! (at the lowest cost any of them advertises), and a link counts only when
+//! both regions' sides are up.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::RegionGraph;
-use crate::region::{Cost, RegionName};
+use crate::region::{Cost, NodeName, RegionName};
 
 /// One link as its region advertises it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,11 +28,14 @@ pub struct LsaLink {
     pub up: bool,
 }
 
-/// A region's link-state advertisement.
+/// One agent's link-state advertisement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lsa {
     /// The region that originated it.
     pub origin: RegionName,
+    /// The agent of that region that originated it (replicas each advertise
+    /// their own links).
+    pub node: NodeName,
     /// Higher is newer. Originators keep it increasing across restarts (see
     /// [`Lsdb::originate`]).
     pub seq: u64,
@@ -56,13 +65,15 @@ struct Entry {
     refreshed: Instant,
 }
 
-/// Every region's latest LSA, as this region knows it.
+/// Every agent's latest LSA, as this agent knows it.
 #[derive(Debug, Clone)]
 pub struct Lsdb {
-    /// This region (its own entry never ages out).
+    /// This region.
     me: RegionName,
-    /// Latest LSA per origin.
-    entries: BTreeMap<RegionName, Entry>,
+    /// This agent (its own entry never ages out).
+    node: NodeName,
+    /// Latest LSA per originating agent.
+    entries: BTreeMap<(RegionName, NodeName), Entry>,
     /// Highest sequence number seen for our own origin, ours or an older incarnation's.
     own_seq: u64,
     /// How long a foreign entry lives without a refresh.
@@ -72,10 +83,11 @@ pub struct Lsdb {
 }
 
 impl Lsdb {
-    /// An empty database for region `me`.
-    pub fn new(me: RegionName, max_age: Duration) -> Self {
+    /// An empty database for agent `node` of region `me`.
+    pub fn new(me: RegionName, node: NodeName, max_age: Duration) -> Self {
         Self {
             me,
+            node,
             entries: BTreeMap::new(),
             own_seq: 0,
             max_age,
@@ -95,9 +107,21 @@ impl Lsdb {
         self.version
     }
 
-    /// The LSA of `region`, if known.
-    pub fn lsa(&self, region: &RegionName) -> Option<&Lsa> {
-        self.entries.get(region).map(|e| &e.lsa)
+    /// How long a foreign entry lives without a refresh.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// This agent.
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// The LSA of agent `node` of `region`, if known.
+    pub fn lsa(&self, region: &RegionName, node: &NodeName) -> Option<&Lsa> {
+        self.entries
+            .get(&(region.clone(), node.clone()))
+            .map(|e| &e.lsa)
     }
 
     /// All LSAs, by origin.
@@ -114,15 +138,17 @@ impl Lsdb {
         self.own_seq = self.own_seq.max(seq_floor) + 1;
         let lsa = Lsa {
             origin: self.me.clone(),
+            node: self.node.clone(),
             seq: self.own_seq,
             links,
         };
+        let key = (self.me.clone(), self.node.clone());
         let changed = self
             .entries
-            .get(&self.me)
+            .get(&key)
             .is_none_or(|p| p.lsa.links != lsa.links);
         self.entries.insert(
-            self.me.clone(),
+            key,
             Entry {
                 lsa: lsa.clone(),
                 refreshed: now,
@@ -136,7 +162,7 @@ impl Lsdb {
 
     /// Take in an LSA received from a neighbour.
     pub fn handle_lsa(&mut self, now: Instant, mut lsa: Lsa) -> LsaOutcome {
-        if lsa.origin == self.me {
+        if lsa.origin == self.me && lsa.node == self.node {
             if lsa.seq > self.own_seq {
                 self.own_seq = lsa.seq;
                 return LsaOutcome::OwnStale;
@@ -147,7 +173,8 @@ impl Lsdb {
                 LsaOutcome::Older
             };
         }
-        if let Some(entry) = self.entries.get_mut(&lsa.origin) {
+        let key = (lsa.origin.clone(), lsa.node.clone());
+        if let Some(entry) = self.entries.get_mut(&key) {
             if lsa.seq < entry.lsa.seq {
                 return LsaOutcome::Older;
             }
@@ -161,10 +188,10 @@ impl Lsdb {
         // A refresh (same links, higher seq) is flooded on but changes no route.
         let changed = self
             .entries
-            .get(&lsa.origin)
+            .get(&key)
             .is_none_or(|p| p.lsa.links != lsa.links);
         self.entries.insert(
-            lsa.origin.clone(),
+            key,
             Entry {
                 lsa,
                 refreshed: now,
@@ -176,17 +203,17 @@ impl Lsdb {
         LsaOutcome::Installed
     }
 
-    /// Drop foreign entries not refreshed within `max_age`; returns their origins.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<RegionName> {
+    /// Drop foreign entries not refreshed within `max_age`; returns their
+    /// (region, node) keys.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(RegionName, NodeName)> {
         let max_age = self.max_age;
-        let me = self.me.clone();
-        let expired: Vec<RegionName> = self
+        let expired: Vec<(RegionName, NodeName)> = self
             .entries
             .iter()
-            .filter(|(origin, e)| {
-                **origin != me && now.saturating_duration_since(e.refreshed) >= max_age
+            .filter(|(key, e)| {
+                !self.is_me(key) && now.saturating_duration_since(e.refreshed) >= max_age
             })
-            .map(|(origin, _)| origin.clone())
+            .map(|(key, _)| key.clone())
             .collect();
         for origin in &expired {
             self.entries.remove(origin);
@@ -197,11 +224,15 @@ impl Lsdb {
         expired
     }
 
+    fn is_me(&self, (region, node): &(RegionName, NodeName)) -> bool {
+        *region == self.me && *node == self.node
+    }
+
     /// When the next foreign entry will age out, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.entries
             .iter()
-            .filter(|(origin, _)| **origin != self.me)
+            .filter(|(key, _)| !self.is_me(key))
             .map(|(_, e)| e.refreshed + self.max_age)
             .min()
     }
@@ -209,26 +240,31 @@ impl Lsdb {
     /// The region graph the LSAs describe. A link counts only when both ends
     /// advertise it as up (a one-sided claim is ignored, as in OSPF's
     /// two-way check); its cost is the larger of the two advertised costs, so
-    /// both directions agree and every agent computes the same trees.
+    /// both directions agree and every agent computes the same trees. With
+    /// replicas, a region's side is up when any of its agents says so, at the
+    /// lowest cost any of them advertises.
     pub fn graph(&self) -> RegionGraph {
-        let mut edges = Vec::new();
-        for (origin, entry) in &self.entries {
-            for link in entry.lsa.links.iter().filter(|l| l.up && *origin < l.peer) {
-                let Some(back) = self.entries.get(&link.peer) else {
-                    continue;
-                };
-                let Some(reverse) = back.lsa.links.iter().find(|l| l.peer == *origin && l.up)
-                else {
-                    continue;
-                };
-                edges.push((
-                    origin.clone(),
-                    link.peer.clone(),
-                    link.cost.max(reverse.cost),
-                ));
+        // (from, to) -> cheapest up advertisement by any agent of `from`.
+        let mut sides: BTreeMap<(&RegionName, &RegionName), Cost> = BTreeMap::new();
+        for ((origin, _), entry) in &self.entries {
+            for link in entry.lsa.links.iter().filter(|l| l.up) {
+                sides
+                    .entry((origin, &link.peer))
+                    .and_modify(|c| *c = (*c).min(link.cost))
+                    .or_insert(link.cost);
             }
         }
-        RegionGraph::new(self.entries.keys().cloned(), edges)
+        let edges = sides
+            .iter()
+            .filter(|((a, b), _)| a < b)
+            .filter_map(|((a, b), cost)| {
+                let reverse = sides.get(&(*b, *a))?;
+                Some(((*a).clone(), (*b).clone(), (*cost).max(*reverse)))
+            })
+            .collect::<Vec<_>>();
+        let mut regions: Vec<RegionName> = self.entries.keys().map(|(r, _)| r.clone()).collect();
+        regions.dedup();
+        RegionGraph::new(regions, edges)
     }
 }
 
@@ -251,10 +287,11 @@ mod tests {
     #[test]
     fn newer_wins_and_entries_age_out() {
         let t0 = Instant::now();
-        let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
+        let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true)], 0);
         let b1 = Lsa {
             origin: r("b"),
+            node: NodeName::from(&r("b")),
             seq: 5,
             links: vec![link("a", 20, true)],
         };
@@ -277,7 +314,7 @@ mod tests {
         assert!(db.handle_timeout(t0 + Duration::from_secs(59)).is_empty());
         assert_eq!(
             db.handle_timeout(t0 + Duration::from_secs(60)),
-            vec![r("b")]
+            vec![(r("b"), NodeName::from(&r("b")))]
         );
         assert_eq!(db.graph().edge_count(), 0);
         assert_eq!(db.graph().len(), 1);
@@ -286,10 +323,11 @@ mod tests {
     #[test]
     fn refreshes_do_not_change_the_version() {
         let t0 = Instant::now();
-        let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
+        let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 1, true)], 0);
         let b1 = Lsa {
             origin: r("b"),
+            node: NodeName::from(&r("b")),
             seq: 1,
             links: vec![link("a", 1, true)],
         };
@@ -322,12 +360,13 @@ mod tests {
     #[test]
     fn one_sided_or_down_links_do_not_count() {
         let t0 = Instant::now();
-        let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
+        let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true), link("c", 10, true)], 0);
         db.handle_lsa(
             t0,
             Lsa {
                 origin: r("b"),
+                node: NodeName::from(&r("b")),
                 seq: 1,
                 links: vec![link("a", 10, false)],
             },
@@ -336,6 +375,7 @@ mod tests {
             t0,
             Lsa {
                 origin: r("c"),
+                node: NodeName::from(&r("c")),
                 seq: 1,
                 links: vec![],
             },
@@ -346,15 +386,68 @@ mod tests {
     #[test]
     fn restart_originates_above_the_previous_incarnation() {
         let t0 = Instant::now();
-        let mut db = Lsdb::new(r("a"), Duration::from_secs(60));
+        let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         let first = db.originate(t0, vec![], 0);
         assert_eq!(first.seq, 1);
         let old = Lsa {
             origin: r("a"),
+            node: NodeName::from(&r("a")),
             seq: 41,
             links: vec![],
         };
         assert_eq!(db.handle_lsa(t0, old), LsaOutcome::OwnStale);
         assert_eq!(db.originate(t0, vec![], 0).seq, 42);
+    }
+
+    #[test]
+    fn replicas_advertise_their_own_links_and_either_keeps_a_side_up() {
+        let t0 = Instant::now();
+        let a2 = NodeName::new("a2").unwrap();
+        let mut db = Lsdb::new(
+            r("a"),
+            NodeName::new("a1").unwrap(),
+            Duration::from_secs(60),
+        );
+        db.originate(t0, vec![link("b", 30, false)], 0);
+        let sibling = Lsa {
+            origin: r("a"),
+            node: a2.clone(),
+            seq: 7,
+            links: vec![link("b", 20, true)],
+        };
+        assert_eq!(
+            db.handle_lsa(t0, sibling.clone()),
+            LsaOutcome::Installed,
+            "not ours"
+        );
+        db.handle_lsa(
+            t0,
+            Lsa {
+                origin: r("b"),
+                node: NodeName::from(&r("b")),
+                seq: 1,
+                links: vec![link("a", 10, true)],
+            },
+        );
+        let g = db.graph();
+        assert_eq!(g.len(), 2, "one node per region, not per agent");
+        assert_eq!(g.cost(&r("a"), &r("b")), Some(20), "a2 keeps a's side up");
+        db.originate(t0, vec![link("b", 5, true)], 0);
+        assert_eq!(
+            db.graph().cost(&r("a"), &r("b")),
+            Some(10),
+            "cheapest side, then max"
+        );
+        db.originate(t0, vec![link("b", 5, false)], 0);
+        db.handle_lsa(
+            t0,
+            Lsa {
+                seq: 8,
+                links: vec![link("b", 20, false)],
+                ..sibling
+            },
+        );
+        assert_eq!(db.graph().edge_count(), 0, "no agent of a has the link up");
+        assert_eq!(db.lsa(&r("a"), &a2).map(|l| l.seq), Some(8));
     }
 }

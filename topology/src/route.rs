@@ -93,7 +93,7 @@ impl Router {
         let mut ids = RegionIds::default();
         let me_id = ids.intern(&me);
         Self {
-            lsdb: Lsdb::new(me.clone(), lsa_max_age),
+            lsdb: Lsdb::new(me.clone(), NodeName::from(&me), lsa_max_age),
             me,
             me_id,
             ids,
@@ -109,6 +109,13 @@ impl Router {
             scratch: RegionSet::new(),
             tree_builds: 0,
         }
+    }
+
+    /// Set this agent's node name (default: the region name); replicas of
+    /// one region must each have their own.
+    pub fn with_node(mut self, node: NodeName) -> Self {
+        self.lsdb = Lsdb::new(self.me.clone(), node, self.lsdb.max_age());
+        self
     }
 
     /// Set the hop limit (at least 1).
@@ -147,8 +154,8 @@ impl Router {
         self.lsdb.handle_lsa(now, lsa)
     }
 
-    /// Age out stale LSAs.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<RegionName> {
+    /// Age out stale LSAs; returns the (region, node) of each.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(RegionName, NodeName)> {
         self.lsdb.handle_timeout(now)
     }
 
@@ -330,6 +337,7 @@ mod tests {
     fn lsa(origin: &str, seq: u64, links: Vec<LsaLink>) -> Lsa {
         Lsa {
             origin: r(origin),
+            node: NodeName::from(&r(origin)),
             seq,
             links,
         }
