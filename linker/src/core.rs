@@ -69,6 +69,8 @@ pub struct StatsReport {
     pub stats: Stats,
     /// Neighbours currently up.
     pub peers_up: Vec<RegionName>,
+    /// Open connections per neighbouring region (one per agent of it).
+    pub connections: BTreeMap<RegionName, usize>,
     /// Current export subscriptions.
     pub export: BTreeSet<TopicFilter>,
     /// What every known region wants (union over its agents' tables).
@@ -212,6 +214,9 @@ fn handle(
             let mut r = report.clone();
             r.stats = agent.stats().clone();
             r.peers_up = agent.peers_up();
+            for id in peers.keys() {
+                *r.connections.entry(id.region.clone()).or_insert(0) += 1;
+            }
             r.tree_builds = agent.router().tree_builds();
             for t in agent.router().interests().tables() {
                 r.interest

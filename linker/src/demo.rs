@@ -162,6 +162,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
                     .collect(),
                 BrokerKind::Mosquitto => Vec::new(),
             },
+            replicas: 1,
         })
         .collect();
     let started = Instant::now();

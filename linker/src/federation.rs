@@ -33,6 +33,20 @@ pub struct RegionSpec {
     /// Static interest filters (the only interest with the embedded broker,
     /// which has no subscription log to follow).
     pub static_interest: Vec<String>,
+    /// Agents serving the region (at least 1); with more, they export
+    /// through shared subscriptions (`broker.shared: true`).
+    pub replicas: usize,
+}
+
+impl RegionSpec {
+    /// Region `name` with one agent and no static interest.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: RegionName::new(name)?,
+            static_interest: Vec::new(),
+            replicas: 1,
+        })
+    }
 }
 
 /// One link of a local federation.
@@ -67,8 +81,8 @@ pub struct LocalFederation {
     pub dir: PathBuf,
     /// Brokers by region.
     pub brokers: BTreeMap<RegionName, LocalBroker>,
-    /// Agents by region.
-    pub agents: BTreeMap<RegionName, Running>,
+    /// Agents by region (replicas in node order: `<region>-1`, `<region>-2`, ...).
+    pub agents: BTreeMap<RegionName, Vec<Running>>,
     /// The links.
     pub links: Vec<LinkSpec>,
 }
@@ -98,17 +112,21 @@ impl LocalFederation {
         // every agent's dial targets are already listening.
         let mut order: Vec<&RegionSpec> = regions.iter().collect();
         order.sort_by(|x, y| y.name.cmp(&x.name));
-        let mut agents: BTreeMap<RegionName, Running> = BTreeMap::new();
+        let mut agents: BTreeMap<RegionName, Vec<Running>> = BTreeMap::new();
         for r in order {
-            let path = dir.join(format!("{}.yaml", r.name));
-            std::fs::write(&path, region_yaml(r, links, &brokers[&r.name], &agents))?;
-            let cfg = mqlink_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            agents.insert(
-                r.name.clone(),
-                crate::run::start(&cfg)
-                    .await
-                    .with_context(|| format!("starting {}", r.name))?,
-            );
+            let mut replicas = Vec::new();
+            for k in 1..=r.replicas.max(1) {
+                let path = dir.join(format!("{}-{k}.yaml", r.name));
+                let yaml = region_yaml(r, k, links, &brokers[&r.name], &agents);
+                std::fs::write(&path, yaml)?;
+                let cfg = mqlink_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                replicas.push(
+                    crate::run::start(&cfg)
+                        .await
+                        .with_context(|| format!("starting {}-{k}", r.name))?,
+                );
+            }
+            agents.insert(r.name.clone(), replicas);
         }
         Ok(LocalFederation {
             dir: dir.to_owned(),
@@ -118,21 +136,44 @@ impl LocalFederation {
         })
     }
 
-    /// Counters of `region`'s agent.
+    /// Counters of `region`'s first agent.
     pub async fn stats(&self, region: &RegionName) -> StatsReport {
-        match self.agents.get(region) {
+        self.replica_stats(region, 0).await
+    }
+
+    /// Counters of agent `k` (0-based) of `region`.
+    pub async fn replica_stats(&self, region: &RegionName, k: usize) -> StatsReport {
+        match self.agents.get(region).and_then(|v| v.get(k)) {
             Some(a) => a.stats().await.unwrap_or_default(),
             None => StatsReport::default(),
         }
     }
 
-    /// Wait until every link is up on both sides.
+    /// Whether every running agent of `region` has `peer` up.
+    async fn all_see(&self, region: &RegionName, peer: &RegionName) -> bool {
+        for a in self.agents.get(region).into_iter().flatten() {
+            if !a.stats().await.is_some_and(|s| s.peers_up.contains(peer)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Stop agent `k` (0-based) of `region`; the others keep running.
+    pub async fn stop_replica(&mut self, region: &RegionName, k: usize) {
+        if let Some(v) = self.agents.get_mut(region)
+            && k < v.len()
+        {
+            v.remove(k).shutdown().await;
+        }
+    }
+
+    /// Wait until every link is up on both sides, for every agent.
     pub async fn wait_links_up(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         for l in &self.links {
             loop {
-                let up = self.stats(&l.a).await.peers_up.contains(&l.b)
-                    && self.stats(&l.b).await.peers_up.contains(&l.a);
+                let up = self.all_see(&l.a, &l.b).await && self.all_see(&l.b, &l.a).await;
                 if up {
                     break;
                 }
@@ -147,7 +188,7 @@ impl LocalFederation {
 
     /// Stop every agent, then every broker.
     pub async fn stop(self) {
-        for (_, a) in self.agents {
+        for a in self.agents.into_values().flatten() {
             a.shutdown().await;
         }
         for (_, b) in self.brokers {
@@ -156,12 +197,13 @@ impl LocalFederation {
     }
 }
 
-/// The YAML of one region, as an operator would write it.
+/// The YAML of agent `k` (1-based) of a region, as an operator would write it.
 fn region_yaml(
     r: &RegionSpec,
+    k: usize,
     links: &[LinkSpec],
     broker: &LocalBroker,
-    started: &BTreeMap<RegionName, Running>,
+    started: &BTreeMap<RegionName, Vec<Running>>,
 ) -> String {
     let name = &r.name;
     let dynamic = if broker.has_subscription_log() {
@@ -174,8 +216,9 @@ fn region_yaml(
         .iter()
         .map(|f| format!("\"{f}\""))
         .collect();
+    let shared = r.replicas > 1;
     let mut yaml = format!(
-        "region: {name}\nnode: {name}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
+        "region: {name}\nnode: {name}-{k}\nbroker: {{ url: \"mqtt://127.0.0.1:{}\", shared: {shared} }}\n\
          listen: {{ quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:0\" }}\n\
          tls: {{ cert: certs/{name}.pem, key: certs/{name}.key, ca: certs/ca.pem }}\n\
          interest: {{ dynamic: {dynamic}, static: [{}] }}\nlinks:\n",
@@ -186,11 +229,17 @@ fn region_yaml(
         let peer = if l.a == *name { &l.b } else { &l.a };
         // Peers that sort after us are already up and we dial them; the
         // others dial us, so the address we write for them is never used.
-        let addr = started
-            .get(peer)
-            .map_or(SocketAddr::from(([127, 0, 0, 1], 9)), |a| a.quic_addr);
+        // One endpoint per agent of the peer region.
+        let addrs: Vec<String> = match started.get(peer) {
+            Some(agents) => agents
+                .iter()
+                .map(|a| format!("\"{}\"", a.quic_addr))
+                .collect(),
+            None => vec![format!("\"{}\"", SocketAddr::from(([127, 0, 0, 1], 9)))],
+        };
         yaml.push_str(&format!(
-            "  - region: {peer}\n    endpoints: [\"{addr}\"]\n"
+            "  - region: {peer}\n    endpoints: [{}]\n",
+            addrs.join(", ")
         ));
         if let Some(c) = l.cost {
             yaml.push_str(&format!("    cost: {c}\n"));

@@ -617,6 +617,22 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
         if f.heal == Some(true) {
             kinds.push(FaultKind::Heal);
         }
+        let given = [
+            f.link_down.is_some(),
+            f.link_up.is_some(),
+            f.region_down.is_some(),
+            f.region_up.is_some(),
+            f.replica_down.is_some(),
+            f.replica_up.is_some(),
+            f.partition.is_some(),
+            f.heal == Some(true),
+        ]
+        .into_iter()
+        .filter(|g| *g)
+        .count();
+        if given == 1 && kinds.len() != 1 {
+            continue; // its error is already reported
+        }
         if kinds.len() != 1 {
             ctx.at(&f.at, "faults: expected exactly one of link_down, link_up, region_down, region_up, replica_down, replica_up, partition, heal".to_owned());
             continue;

@@ -97,7 +97,8 @@ fn delivery_resumes_after_a_link_failure_within_the_reported_convergence() {
     assert!(mesh.lost > r.lost);
 }
 
-/// A random connected scenario without faults, from `seed`.
+/// A random connected scenario without faults, from `seed`; regions have
+/// one to three agents.
 fn random_scenario(seed: u64) -> String {
     // A small deterministic generator, so the scenarios are the same every run.
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -120,8 +121,10 @@ fn random_scenario(seed: u64) -> String {
                 _ => format!("\"t/{l1}/{}\"", next(3)),
             });
         }
+        // Some regions run several agents (replicas).
         y.push_str(&format!(
-            "  - {{ name: r{i}, interest: [{}] }}\n",
+            "  - {{ name: r{i}, replicas: {}, interest: [{}] }}\n",
+            1 + next(3),
             interest.join(", ")
         ));
     }
@@ -176,5 +179,55 @@ fn random_fault_free_scenarios_deliver_exactly_once_and_nowhere_else() {
     assert!(
         wanted > 1000,
         "the scenarios exercise forwarding: {wanted} deliveries wanted"
+    );
+}
+
+#[test]
+fn a_replica_failing_moves_its_share_to_the_other_without_duplicates() {
+    let text = triangle(
+        "60s",
+        "  - { at: 20s, replica_down: a-r1 }\n  - { at: 40s, replica_up: a-r1 }\n",
+    )
+    .replace("name: a, interest", "name: a, replicas: 2, interest");
+    let s = parse(Path::new("t.yaml"), &text).unwrap();
+    let r = simulate(s, None, |_| {});
+    assert_eq!((r.duplicates, r.unwanted), (0, 0), "{}", r.text());
+    // Only what a-r1 held or was sent in the detection window is lost.
+    assert!(
+        r.lost < r.expected / 50,
+        "lost {} of {}\n{}",
+        r.lost,
+        r.expected,
+        r.text()
+    );
+    // Region a is never unreachable: no agent's region graph changes when
+    // a-r1 stops (a-r2 keeps a's links up; only the restarted a-r1 itself
+    // learns the graph afresh), and every second delivers.
+    assert_eq!(r.faults[0].convergence_s, None, "{:?}", r.faults);
+    assert!(r.deliveries_per_second[6..59].iter().all(|n| *n > 0));
+    // Both directions still flow through region a after the failure.
+    let ab = r
+        .pairs
+        .iter()
+        .find(|p| p.origin == "a" && p.destination == "b")
+        .unwrap();
+    let ca = r
+        .pairs
+        .iter()
+        .find(|p| p.origin == "c" && p.destination == "a")
+        .unwrap();
+    assert!(ab.delivered > 0 && ab.delivered + ab.lost == ab.expected);
+    assert!(ca.delivered > 0 && ca.delivered + ca.lost == ca.expected);
+}
+
+#[test]
+fn unknown_replicas_are_named_with_their_position() {
+    let text = triangle("10s", "  - { at: 5s, replica_down: a-r3 }\n")
+        .replace("name: a, interest", "name: a, replicas: 2, interest");
+    let e = parse(Path::new("t.yaml"), &text).unwrap_err().to_string();
+    assert_eq!(e.lines().count(), 1, "one problem, one error: {e}");
+    assert!(
+        e.contains("t.yaml:18:29: error: faults.replica_down: unknown replica `a-r3`; replicas are a-r1, a-r2"),
+        "{e}"
     );
 }

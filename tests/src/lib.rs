@@ -69,14 +69,18 @@ fn r(name: &str) -> RegionName {
 }
 
 impl Federation {
-    /// Start `regions` with `links` and wait until every link is up.
+    /// Start `regions` with `links` and wait until every link is up (on
+    /// every agent). `"a:2"` is region `a` served by two agents (replicas).
     pub async fn start(name: &str, regions: &[&str], links: &[LinkSpec]) -> anyhow::Result<Self> {
         let dir = scratch(name);
         let specs: Vec<RegionSpec> = regions
             .iter()
-            .map(|n| RegionSpec {
-                name: r(n),
-                static_interest: Vec::new(),
+            .map(|n| {
+                let (name, replicas) = n.split_once(':').unwrap_or((n, "1"));
+                RegionSpec {
+                    replicas: replicas.parse().unwrap(),
+                    ..RegionSpec::new(name).unwrap()
+                }
             })
             .collect();
         let inner = LocalFederation::start(&dir, &specs, links, BrokerKind::Mosquitto).await?;
@@ -89,14 +93,24 @@ impl Federation {
         &self.inner.dir
     }
 
-    /// The QUIC address of `region`'s agent.
+    /// The QUIC address of `region`'s (first) agent.
     pub fn quic_addr(&self, region: &str) -> std::net::SocketAddr {
-        self.inner.agents[&r(region)].quic_addr
+        self.inner.agents[&r(region)][0].quic_addr
     }
 
-    /// Counters of `region`'s agent.
+    /// Counters of `region`'s (first) agent.
     pub async fn stats(&self, region: &str) -> StatsReport {
         self.inner.stats(&r(region)).await
+    }
+
+    /// Counters of agent `k` (0-based) of `region`.
+    pub async fn replica_stats(&self, region: &str, k: usize) -> StatsReport {
+        self.inner.replica_stats(&r(region), k).await
+    }
+
+    /// Stop agent `k` (0-based) of `region`.
+    pub async fn stop_replica(&mut self, region: &str, k: usize) {
+        self.inner.stop_replica(&r(region), k).await;
     }
 
     /// Wait until `region`'s agent exports `filter` (or stops exporting it).

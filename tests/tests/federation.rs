@@ -341,3 +341,120 @@ async fn wrong_ca_or_wrong_region_is_refused() {
     .unwrap();
     fed.stop().await;
 }
+
+/// Envelopes agent `k` of region a sent.
+async fn sent_by(fed: &Federation, k: usize) -> u64 {
+    fed.replica_stats("a", k).await.stats.sent.values().sum()
+}
+
+/// (messages imported, imports dropped when the broker handed them back) by agent `k` of a.
+async fn imports_of(fed: &Federation, k: usize) -> (u64, u64) {
+    let s = fed.replica_stats("a", k).await.stats;
+    let back = s
+        .drops
+        .get(&mqlink_proto::DropReason::Reimport)
+        .copied()
+        .unwrap_or(0);
+    (s.delivered, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_split_the_exports_and_the_survivor_carries_on() {
+    // Region a: one Mosquitto, two agents exporting through `$share/mqlink-a/...`.
+    let mut fed = Federation::start("replicas", &["a:2", "b"], &[link("a", "b")])
+        .await
+        .unwrap();
+    let mut sub_b = fed.client("b", "sub-b").await.unwrap();
+    sub_b.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    sub_b.subscribe("s/#", QoS::AtLeastOnce).await.unwrap();
+    let mut sub_a = fed.client("a", "sub-a").await.unwrap();
+    sub_a.subscribe("s/#", QoS::AtLeastOnce).await.unwrap();
+    wait_until("both agents of a export r/# and s/#", T, || async {
+        fed.replica_stats("a", 0).await.export.len() == 2
+            && fed.replica_stats("a", 1).await.export.len() == 2
+    })
+    .await
+    .unwrap();
+    fed.wait_export("b", "s/#", true).await.unwrap();
+
+    // a -> b: the broker splits the messages between the two agents; each crosses once.
+    let publ_a = fed.client("a", "pub-a").await.unwrap();
+    for i in 0..100 {
+        publ_a
+            .publish(&format!("r/{i}"), b"x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let got = sub_b.take(100, T).await.unwrap();
+    let distinct: std::collections::BTreeSet<String> = got.iter().map(topic).collect();
+    assert_eq!(distinct.len(), 100, "every message once");
+    let (s0, s1) = (sent_by(&fed, 0).await, sent_by(&fed, 1).await);
+    assert_eq!(s0 + s1, 100, "nothing crossed twice");
+    assert!(s0 > 0 && s1 > 0, "both agents carried a share: {s0} + {s1}");
+
+    // b -> a: one agent imports each message; the copy the broker hands
+    // back on the shared export subscription (no No Local there) is dropped.
+    let publ_b = fed.client("b", "pub-b").await.unwrap();
+    for i in 0..20 {
+        publ_b
+            .publish(&format!("s/{i}"), b"y", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let got = sub_a.take(20, T).await.unwrap();
+    let distinct: std::collections::BTreeSet<String> = got.iter().map(topic).collect();
+    assert_eq!(distinct.len(), 20);
+    assert_eq!(
+        sub_b.take(20, T).await.unwrap().len(),
+        20,
+        "b's own subscriber"
+    );
+    wait_until("every import came back once and was dropped", T, || async {
+        let ((d0, r0), (d1, r1)) = (imports_of(&fed, 0).await, imports_of(&fed, 1).await);
+        d0 + d1 == 20 && r0 + r1 == 20
+    })
+    .await
+    .unwrap();
+
+    // One agent of a stops: the other carries the region in both directions.
+    fed.stop_replica("a", 0).await;
+    wait_until("b has one connection to a", T, || async {
+        fed.stats("b")
+            .await
+            .connections
+            .get(&mqlink_topology::RegionName::new("a").unwrap())
+            == Some(&1)
+    })
+    .await
+    .unwrap();
+    let before = sent_by(&fed, 0).await; // now the survivor
+    for i in 100..150 {
+        publ_a
+            .publish(&format!("r/{i}"), b"x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let got = sub_b.take(50, T).await.unwrap();
+    assert!(
+        got.iter()
+            .all(|p| topic(p)[2..].parse::<u32>().unwrap() >= 100)
+    );
+    assert_eq!(sent_by(&fed, 0).await - before, 50);
+    for i in 20..30 {
+        publ_b
+            .publish(&format!("s/{i}"), b"y", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(sub_a.take(10, T).await.unwrap().len(), 10);
+    assert!(sub_b.take(10, T).await.is_ok());
+    assert!(
+        fed.stats("b")
+            .await
+            .stats
+            .drops
+            .get(&mqlink_proto::DropReason::NoPeer)
+            .is_none()
+    );
+    fed.stop().await;
+}
