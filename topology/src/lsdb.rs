@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::RegionGraph;
@@ -80,6 +81,9 @@ pub struct Lsdb {
     max_age: Duration,
     /// Bumped on every change that can alter the graph.
     version: u64,
+    /// No foreign entry ages out before this (a lower bound: entries only
+    /// get younger, so it is exact after each [`Lsdb::handle_timeout`]).
+    next_expiry: Option<Instant>,
 }
 
 impl Lsdb {
@@ -92,6 +96,7 @@ impl Lsdb {
             own_seq: 0,
             max_age,
             version: 0,
+            next_expiry: None,
         }
     }
 
@@ -185,6 +190,9 @@ impl Lsdb {
         }
         lsa.links.sort_by(|a, b| a.peer.cmp(&b.peer));
         lsa.links.dedup_by(|a, b| a.peer == b.peer);
+        if self.next_expiry.is_none() {
+            self.next_expiry = Some(now + self.max_age);
+        }
         // A refresh (same links, higher seq) is flooded on but changes no route.
         let changed = self
             .entries
@@ -218,6 +226,12 @@ impl Lsdb {
         for origin in &expired {
             self.entries.remove(origin);
         }
+        self.next_expiry = self
+            .entries
+            .iter()
+            .filter(|(key, _)| !self.is_me(key))
+            .map(|(_, e)| e.refreshed + max_age)
+            .min();
         if !expired.is_empty() {
             self.version += 1;
         }
@@ -228,13 +242,10 @@ impl Lsdb {
         *region == self.me && *node == self.node
     }
 
-    /// When the next foreign entry will age out, if any.
+    /// When the next foreign entry may age out, if any (O(1): it may be
+    /// early, never late; [`Lsdb::handle_timeout`] then looks again).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.entries
-            .iter()
-            .filter(|(key, _)| !self.is_me(key))
-            .map(|(_, e)| e.refreshed + self.max_age)
-            .min()
+        self.next_expiry
     }
 
     /// The region graph the LSAs describe. A link counts only when both ends
@@ -245,7 +256,7 @@ impl Lsdb {
     /// lowest cost any of them advertises.
     pub fn graph(&self) -> RegionGraph {
         // (from, to) -> cheapest up advertisement by any agent of `from`.
-        let mut sides: BTreeMap<(&RegionName, &RegionName), Cost> = BTreeMap::new();
+        let mut sides: FxHashMap<(&RegionName, &RegionName), Cost> = FxHashMap::default();
         for ((origin, _), entry) in &self.entries {
             for link in entry.lsa.links.iter().filter(|l| l.up) {
                 sides
