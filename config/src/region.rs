@@ -102,7 +102,8 @@ pub struct LinkConfig {
     pub region: RegionName,
     /// Where the entry's `region:` is.
     pub pos: Option<Pos>,
-    /// Where to reach the neighbour's agents (tried in order).
+    /// The neighbour's agents, one entry each (a region with replicas lists
+    /// them all); the dialling side keeps a connection to every entry.
     pub endpoints: Vec<Endpoint>,
     /// Configured cost; `None` means "measured round-trip time in ms".
     pub cost: Option<Cost>,
