@@ -71,10 +71,9 @@ impl Plot {
             p.body,
             r#"<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>"#
         );
-        for i in 0..=5 {
-            let f = f64::from(i) / 5.0;
-            let (x, y) = (x0 + f * (x1 - x0), y0 - f * (y0 - y1));
-            if x_ticks {
+        if x_ticks {
+            for v in ticks(p.x_max) {
+                let x = x0 + v / p.x_max * (x1 - x0);
                 let _ = write!(
                     p.body,
                     r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#888"/>"##,
@@ -84,9 +83,13 @@ impl Plot {
                     p.body,
                     r#"<text x="{x}" y="{}" font-size="12" font-family="sans-serif" text-anchor="middle">{}</text>"#,
                     y0 + 20.0,
-                    num(f * p.x_max)
+                    num(v)
                 );
             }
+        }
+        for i in 0..=5 {
+            let f = f64::from(i) / 5.0;
+            let y = y0 - f * (y0 - y1);
             let _ = write!(
                 p.body,
                 r##"<line x1="{}" y1="{y}" x2="{x0}" y2="{y}" stroke="#888"/>"##,
@@ -160,6 +163,25 @@ impl Plot {
             self.body
         )
     }
+}
+
+/// Round tick values from 0 to `max`: a step of 1, 2, 2.5, 3, 5 or 6
+/// times a power of ten, the one giving closest to five intervals (so
+/// simulated seconds tick at 60, 120, ...).
+fn ticks(max: f64) -> Vec<f64> {
+    let top = max.log10().floor();
+    let step = (-2..=0)
+        .flat_map(|k| {
+            let mag = 10f64.powf(top + f64::from(k));
+            [1.0, 2.0, 2.5, 3.0, 5.0, 6.0].map(|m| m * mag)
+        })
+        .filter(|s| *s > 0.0 && (3.0..=7.0).contains(&(max / s)))
+        .min_by(|a, b| (max / a - 5.0).abs().total_cmp(&(max / b - 5.0).abs()))
+        .unwrap_or(max / 5.0);
+    (0..=10)
+        .map(|i| f64::from(i) * step)
+        .take_while(|v| *v <= max * (1.0 + 1e-9))
+        .collect()
 }
 
 fn num(v: f64) -> String {
@@ -301,4 +323,19 @@ pub fn write(r: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         out.push(path);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(ticks(301.0), [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]);
+        assert_eq!(ticks(3610.0).last(), Some(&3600.0));
+        assert_eq!(ticks(3610.0)[1], 600.0);
+        assert_eq!(ticks(1.0), [0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        assert_eq!(ticks(100.0).len(), 6);
+    }
 }
