@@ -259,6 +259,8 @@ pub struct Agent {
     export_due: Option<Instant>,
     /// `digest_sum()` at an interests revision (it changes only with the tables).
     digest_sum_cache: Option<(u64, (u64, u64))>,
+    /// (LSDB version, interests revision) of the last departed-agent check.
+    departed_checked: Option<(u64, u64)>,
     /// Counters.
     stats: Stats,
 }
@@ -293,6 +295,7 @@ impl Agent {
             export_version: None,
             export_due: None,
             digest_sum_cache: None,
+            departed_checked: None,
             stats: Stats::default(),
             cfg,
         };
@@ -883,11 +886,50 @@ impl Agent {
             self.originate(now);
         }
         self.router.handle_timeout(now);
+        if self.forget_departed() {
+            self.note_interest(now);
+        }
         if self.next_digest.is_some_and(|t| now >= t) {
             self.next_digest = Some(now + self.cfg.digest_interval);
             let (tables, sum) = self.digest_sum();
             self.broadcast(None, &Frame::DigestSum { tables, sum });
         }
+    }
+
+    /// Drop the interest tables of agents that left a region whose other
+    /// agents live on: a replica taken out of service (its LSA aged out
+    /// while its siblings' did not) must not keep pulling its old interest
+    /// into the region forever. A region with no live agent at all keeps
+    /// every table: interest outlives links, so traffic for it can wait.
+    /// Decided from state (which LSAs are held), so a lagging peer that
+    /// sends such a table again only has it dropped again. Returns whether
+    /// anything was dropped.
+    fn forget_departed(&mut self) -> bool {
+        let state = (
+            self.router.lsdb().version(),
+            self.router.interests().revision(),
+        );
+        if self.departed_checked == Some(state) {
+            return false;
+        }
+        let lsdb = self.router.lsdb();
+        let live: BTreeSet<&RegionName> = lsdb.lsas().map(|l| &l.origin).collect();
+        let gone: Vec<(RegionName, NodeName)> = self
+            .router
+            .interests()
+            .tables()
+            .map(InterestTable::version)
+            .filter(|v| live.contains(&v.region) && lsdb.lsa(&v.region, &v.node).is_none())
+            .map(|v| (v.region.clone(), v.node.clone()))
+            .collect();
+        for (region, node) in &gone {
+            self.router.remove_interest(region, node);
+        }
+        self.departed_checked = Some((
+            self.router.lsdb().version(),
+            self.router.interests().revision(),
+        ));
+        !gone.is_empty()
     }
 
     /// (table, seq, digest) of every table held, our own included.

@@ -509,3 +509,35 @@ fn a_newer_connection_to_the_same_agent_replaces_the_older() {
     assert!(net.closed.is_empty(), "replacing is not a protocol error");
     assert_eq!(net.agent("a").stats().protocol_errors, 0);
 }
+
+#[test]
+fn a_departed_replica_is_forgotten_but_a_departed_region_is_not() {
+    let mut net = Net::new(&["a:1", "a:2", "b"], &[("a", "b", 1)]);
+    net.subscribe("a:1", "t/#");
+    net.subscribe("a:2", "t/#");
+    net.subscribe("a:2", "left-behind/#");
+    assert_eq!(
+        net.exports["b"],
+        BTreeSet::from([f("t/#"), f("left-behind/#")])
+    );
+    // a:2 is taken out of service; a:1 carries on.
+    net.disconnect("a:2", "b");
+    net.advance(Duration::from_secs(60));
+    assert!(
+        net.exports["b"].contains(&f("left-behind/#")),
+        "interest outlives a short outage"
+    );
+    net.advance(Duration::from_secs(140)); // a:2's LSA ages out (120 s)
+    assert_eq!(net.exports["b"], BTreeSet::from([f("t/#")]));
+    net.publish("b", "left-behind/x");
+    assert_eq!(net.count("a", "left-behind/x"), 0);
+    assert_eq!(
+        net.sent("b", "a"),
+        0,
+        "nothing is pulled for the departed replica"
+    );
+    // The whole region goes: its interest stays (its traffic can wait for it).
+    net.disconnect("a:1", "b");
+    net.advance(Duration::from_secs(300));
+    assert_eq!(net.exports["b"], BTreeSet::from([f("t/#")]));
+}
