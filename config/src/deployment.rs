@@ -12,6 +12,7 @@
 //! | the two sides of a link configure different costs | warning |
 //! | replicas of one region declare different links | warning |
 //! | replicas of one region without `broker.shared: true` | error |
+//! | the dialling side of a link lists fewer endpoints than the other region has agents | warning |
 //!
 //! Several files for the same region with different `node` names are
 //! replicas of that region, not duplicates. An explicitly empty export list
@@ -114,6 +115,31 @@ pub fn check_deployment(configs: &[RegionConfig]) -> Deployment {
                         first.node,
                         first.file.display(),
                         list(&a)
+                    ),
+                ));
+            }
+        }
+    }
+    // The dialling side (the first name of a pair) needs an endpoint per agent of the other.
+    for c in by_region.values().flatten() {
+        for link in c.links.iter().filter(|l| c.region < l.region) {
+            let Some(agents) = by_region.get(&link.region) else {
+                continue;
+            };
+            if link.endpoints.len() < agents.len() {
+                let mut nodes: Vec<String> = agents.iter().map(|a| a.node.to_string()).collect();
+                nodes.sort();
+                diags.push(Diagnostic::warning(
+                    &c.file,
+                    link.pos,
+                    format!(
+                        "link to `{}` lists {} endpoint(s) but region `{}` has {} agents ({}); list one endpoint per agent, or those left out get no connection from `{}`",
+                        link.region,
+                        link.endpoints.len(),
+                        link.region,
+                        agents.len(),
+                        nodes.join(", "),
+                        c.node
                     ),
                 ));
             }

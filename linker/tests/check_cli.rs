@@ -225,4 +225,19 @@ fn replicas_must_export_through_shared_subscriptions() {
     let (code, out) = check(&refs, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("deployment of 3 regions"), "{out}");
+    // ap-south dials eu-west (it sorts first) but lists one endpoint for two agents.
+    let ap = dir.join("ap-south.yaml");
+    let want = format!(
+        "{}:{}:13: warning: link to `eu-west` lists 1 endpoint(s) but region `eu-west` has 2 agents (eu-west-a, eu-west-b)",
+        ap.display(),
+        line_of(&ap, "region: eu-west")
+    );
+    assert!(out.contains(&want), "{out}\nwant: {want}");
+    edit(
+        &ap,
+        "endpoints: [linker.eu-west.example.net:7443]",
+        "endpoints: [eu-west-a.example.net:7443, eu-west-b.example.net:7443]",
+    );
+    let (code, out) = check(&refs, &["--deny-warnings"]);
+    assert_eq!(code, 0, "{out}");
 }
