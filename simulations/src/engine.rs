@@ -757,24 +757,9 @@ impl Sim {
         self.change(l, |s| s.links[l].unpartitioned = !cut);
     }
 
-    /// Apply `f`, then cut the connections over `l` it made unusable and
-    /// schedule those it made usable.
+    /// Apply `f` to link `l`'s state.
     fn change(&mut self, l: usize, f: impl FnOnce(&mut Self)) {
-        let before: Vec<(Pair, bool)> = self
-            .pairs(l)
-            .into_iter()
-            .map(|p| (p, self.pair_usable(l, p)))
-            .collect();
-        f(self);
-        for (pair, was) in before {
-            let is = self.pair_usable(l, pair);
-            if was && !is {
-                self.cut(l, pair);
-            } else if !was && is {
-                self.conn(l, pair).generation += 1;
-                self.schedule_connect(l, pair);
-            }
-        }
+        self.change_links(vec![l], f);
     }
 
     /// Apply `f` to agents of region `r`, refreshing every link touching it.
@@ -782,25 +767,25 @@ impl Sim {
         let touching: Vec<usize> = (0..self.links.len())
             .filter(|l| self.links[*l].a == r || self.links[*l].b == r)
             .collect();
-        let before: Vec<Vec<(Pair, bool)>> = touching
+        self.change_links(touching, f);
+    }
+
+    /// Apply `f`, then cut the connections over `links` it made unusable
+    /// and schedule those it made usable.
+    fn change_links(&mut self, links: Vec<usize>, f: impl FnOnce(&mut Self)) {
+        let before: Vec<(usize, Pair, bool)> = links
             .iter()
-            .map(|&l| {
-                self.pairs(l)
-                    .into_iter()
-                    .map(|p| (p, self.pair_usable(l, p)))
-                    .collect()
-            })
+            .flat_map(|&l| self.pairs(l).into_iter().map(move |p| (l, p)))
+            .map(|(l, p)| (l, p, self.pair_usable(l, p)))
             .collect();
         f(self);
-        for (l, pairs) in touching.into_iter().zip(before) {
-            for (pair, was) in pairs {
-                let is = self.pair_usable(l, pair);
-                if was && !is {
-                    self.cut(l, pair);
-                } else if !was && is {
-                    self.conn(l, pair).generation += 1;
-                    self.schedule_connect(l, pair);
-                }
+        for (l, pair, was) in before {
+            let is = self.pair_usable(l, pair);
+            if was && !is {
+                self.cut(l, pair);
+            } else if !was && is {
+                self.conn(l, pair).generation += 1;
+                self.schedule_connect(l, pair);
             }
         }
     }
