@@ -333,8 +333,9 @@ impl Agent {
             .map(|(id, _)| id)
     }
 
-    /// The connection that carries data to `region`: the oldest one past
-    /// hello (sticky while it lives, so one topic's order holds).
+    /// The connection that carries data to `region`: the lowest-numbered
+    /// one past hello (runtimes number connections as they open them, so
+    /// the oldest; sticky while it lives, so one topic's order holds).
     fn carrier(&mut self, region: &RegionName) -> Option<&mut Peer> {
         self.peers
             .range_mut(PeerId::range(region))
@@ -545,14 +546,16 @@ impl Agent {
             .filter(|(id, p)| *id != from && p.hello.as_ref().is_some_and(|o| o.node == node))
             .map(|(id, _)| id.clone())
             .collect();
+        let mut carried_over = Vec::new();
         for old in older {
             if let Some(p) = self.peers.remove(&old) {
-                self.drop_pending(p);
+                carried_over.extend(p.pending); // same agent: what was queued still goes
             }
             self.events.push_back(Event::Replaced { peer: old });
         }
         if let Some(p) = self.peers.get_mut(from) {
             p.hello = Some(h);
+            p.pending.extend(carried_over);
         }
         self.events.push_back(Event::PeerUp {
             peer: from.clone(),

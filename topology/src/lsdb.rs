@@ -214,6 +214,9 @@ impl Lsdb {
     /// Drop foreign entries not refreshed within `max_age`; returns their
     /// (region, node) keys.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(RegionName, NodeName)> {
+        if self.next_expiry.is_none_or(|t| now < t) {
+            return Vec::new(); // nothing can have aged out yet
+        }
         let max_age = self.max_age;
         let expired: Vec<(RegionName, NodeName)> = self
             .entries
