@@ -18,10 +18,8 @@ use tracing::{info, warn};
 pub enum Input {
     /// A connection to a neighbour is ready (TLS verified, control stream open).
     PeerConnected {
-        /// The neighbour.
-        region: RegionName,
-        /// Distinguishes this connection from earlier ones to the same region.
-        conn_id: u64,
+        /// The neighbour's region and this connection's number.
+        peer: PeerId,
         /// Where to send frames for this connection.
         out: PeerOut,
         /// The connection, to close it on a protocol violation.
@@ -29,26 +27,20 @@ pub enum Input {
     },
     /// The connection is gone.
     PeerGone {
-        /// The neighbour.
-        region: RegionName,
         /// Which connection.
-        conn_id: u64,
+        peer: PeerId,
     },
     /// A frame arrived.
     Frame {
-        /// From whom.
-        region: RegionName,
         /// On which connection.
-        conn_id: u64,
+        peer: PeerId,
         /// The frame.
         frame: Frame,
     },
     /// Bytes that are not a valid frame arrived: close that connection.
     PeerError {
-        /// From whom.
-        region: RegionName,
         /// On which connection.
-        conn_id: u64,
+        peer: PeerId,
         /// What was wrong.
         reason: String,
     },
@@ -162,47 +154,25 @@ fn handle(
     input: Input,
 ) {
     match input {
-        Input::PeerConnected {
-            region,
-            conn_id,
-            out,
-            conn,
-        } => {
-            info!(peer = %region, conn = conn_id, "link up");
-            let id = PeerId::new(region, conn_id);
-            peers.insert(id.clone(), PeerConn { out, conn });
-            agent.handle_connect(now, &id);
+        Input::PeerConnected { peer, out, conn } => {
+            info!(peer = %peer.region, conn = peer.conn, "link up");
+            peers.insert(peer.clone(), PeerConn { out, conn });
+            agent.handle_connect(now, &peer);
         }
-        Input::PeerGone { region, conn_id } => {
-            let id = PeerId::new(region, conn_id);
-            if peers.remove(&id).is_some() {
-                info!(peer = %id.region, conn = conn_id, "link down");
-                agent.handle_disconnect(now, &id);
+        Input::PeerGone { peer } => {
+            if peers.remove(&peer).is_some() {
+                info!(peer = %peer.region, conn = peer.conn, "link down");
+                agent.handle_disconnect(now, &peer);
             }
         }
-        Input::Frame {
-            region,
-            conn_id,
-            frame,
-        } => {
-            let id = PeerId::new(region, conn_id);
-            if peers.contains_key(&id) {
-                agent.handle_frame(now, &id, frame);
+        Input::Frame { peer, frame } => {
+            if peers.contains_key(&peer) {
+                agent.handle_frame(now, &peer, frame);
             }
         }
-        Input::PeerError {
-            region,
-            conn_id,
-            reason,
-        } => {
-            let id = PeerId::new(region, conn_id);
-            if let Some(p) = peers.remove(&id) {
-                report.peer_errors += 1;
-                metrics::counter!("mqlink_peer_errors_total", "peer" => id.region.to_string())
-                    .increment(1);
-                warn!(peer = %id.region, %reason, "closing link: malformed input");
-                p.conn.close(1u32.into(), reason.as_bytes());
-                agent.handle_disconnect(now, &id);
+        Input::PeerError { peer, reason } => {
+            if peers.contains_key(&peer) {
+                close_for_error(agent, peers, report, now, &peer, &reason, "malformed input");
             }
         }
         Input::Publish(message) => {
@@ -227,6 +197,25 @@ fn handle(
             let _ = reply.send(r);
         }
     }
+}
+
+/// Close a connection for bad input (`what`: which kind), counting it.
+fn close_for_error(
+    agent: &mut Agent,
+    peers: &mut Peers,
+    report: &mut StatsReport,
+    now: Instant,
+    peer: &PeerId,
+    reason: &str,
+    what: &str,
+) {
+    report.peer_errors += 1;
+    metrics::counter!("mqlink_peer_errors_total", "peer" => peer.region.to_string()).increment(1);
+    warn!(peer = %peer.region, %reason, "closing link: {what}");
+    if let Some(p) = peers.remove(peer) {
+        p.conn.close(1u32.into(), reason.as_bytes());
+    }
+    agent.handle_disconnect(now, peer);
 }
 
 async fn drain(
@@ -264,14 +253,15 @@ async fn drain(
                     let _ = broker.send(BrokerCmd::SetExport(set)).await;
                 }
                 Event::ClosePeer { peer, reason } => {
-                    report.peer_errors += 1;
-                    metrics::counter!("mqlink_peer_errors_total", "peer" => peer.region.to_string())
-                        .increment(1);
-                    warn!(peer = %peer.region, %reason, "closing link: protocol violation");
-                    if let Some(p) = peers.remove(&peer) {
-                        p.conn.close(1u32.into(), reason.as_bytes());
-                    }
-                    agent.handle_disconnect(now, &peer);
+                    close_for_error(
+                        agent,
+                        peers,
+                        report,
+                        now,
+                        &peer,
+                        &reason,
+                        "protocol violation",
+                    );
                 }
                 Event::Replaced { peer } => {
                     info!(peer = %peer.region, conn = peer.conn, "link replaced by a newer connection to the same agent");

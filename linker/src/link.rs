@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqlink_config::Endpoint;
-use mqlink_proto::{DataBatch, Frame, decode, encode};
+use mqlink_proto::{DataBatch, Frame, PeerId, decode, encode};
 use mqlink_topology::RegionName;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -167,7 +167,7 @@ async fn serve(
     (send, recv): (quinn::SendStream, quinn::RecvStream),
     core: mpsc::Sender<Input>,
 ) {
-    let conn_id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
+    let peer = PeerId::new(region.clone(), CONN_IDS.fetch_add(1, Ordering::Relaxed));
     info!(peer = %region, remote = %conn.remote_address(), "connected");
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
@@ -177,8 +177,7 @@ async fn serve(
     };
     if core
         .send(Input::PeerConnected {
-            region: region.clone(),
-            conn_id,
+            peer: peer.clone(),
             out,
             conn: conn.clone(),
         })
@@ -190,20 +189,15 @@ async fn serve(
     let tasks = [
         tokio::spawn(write_control(send, control_rx, region.clone())),
         tokio::spawn(write_data(conn.clone(), data_rx, region.clone())),
-        tokio::spawn(read_stream(recv, region.clone(), conn_id, core.clone())),
-        tokio::spawn(accept_data(
-            conn.clone(),
-            region.clone(),
-            conn_id,
-            core.clone(),
-        )),
+        tokio::spawn(read_stream(recv, peer.clone(), core.clone())),
+        tokio::spawn(accept_data(conn.clone(), peer.clone(), core.clone())),
     ];
     let reason = conn.closed().await;
     debug!(peer = %region, %reason, "connection closed");
     for t in tasks {
         t.abort();
     }
-    let _ = core.send(Input::PeerGone { region, conn_id }).await;
+    let _ = core.send(Input::PeerGone { peer }).await;
 }
 
 async fn write_control(
@@ -295,26 +289,16 @@ async fn write_data(
     }
 }
 
-async fn accept_data(
-    conn: quinn::Connection,
-    region: RegionName,
-    conn_id: u64,
-    core: mpsc::Sender<Input>,
-) {
+async fn accept_data(conn: quinn::Connection, peer: PeerId, core: mpsc::Sender<Input>) {
     while let Ok(recv) = conn.accept_uni().await {
-        tokio::spawn(read_stream(recv, region.clone(), conn_id, core.clone()));
+        tokio::spawn(read_stream(recv, peer.clone(), core.clone()));
     }
 }
 
 /// Read frames off a stream and hand them to the core; a decode error
 /// closes the connection (via the core, which counts it).
-async fn read_stream(
-    mut recv: quinn::RecvStream,
-    region: RegionName,
-    conn_id: u64,
-    core: mpsc::Sender<Input>,
-) {
-    let bytes_in = metrics::counter!("mqlink_bytes_in_total", "peer" => region.to_string());
+async fn read_stream(mut recv: quinn::RecvStream, peer: PeerId, core: mpsc::Sender<Input>) {
+    let bytes_in = metrics::counter!("mqlink_bytes_in_total", "peer" => peer.region.to_string());
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         match recv.read_chunk(256 * 1024, true).await {
@@ -329,8 +313,7 @@ async fn read_stream(
                 Ok(Some(frame)) => {
                     if core
                         .send(Input::Frame {
-                            region: region.clone(),
-                            conn_id,
+                            peer: peer.clone(),
                             frame,
                         })
                         .await
@@ -343,8 +326,7 @@ async fn read_stream(
                 Err(e) => {
                     let _ = core
                         .send(Input::PeerError {
-                            region: region.clone(),
-                            conn_id,
+                            peer: peer.clone(),
                             reason: e.to_string(),
                         })
                         .await;
