@@ -297,18 +297,22 @@ mod tests {
             up,
         }
     }
+    /// The LSA of region `origin`'s only agent (node named like the region).
+    fn lsa(origin: &str, seq: u64, links: Vec<LsaLink>) -> Lsa {
+        Lsa {
+            origin: r(origin),
+            node: NodeName::from(&r(origin)),
+            seq,
+            links,
+        }
+    }
 
     #[test]
     fn newer_wins_and_entries_age_out() {
         let t0 = Instant::now();
         let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true)], 0);
-        let b1 = Lsa {
-            origin: r("b"),
-            node: NodeName::from(&r("b")),
-            seq: 5,
-            links: vec![link("a", 20, true)],
-        };
+        let b1 = lsa("b", 5, vec![link("a", 20, true)]);
         assert_eq!(db.handle_lsa(t0, b1.clone()), LsaOutcome::Installed);
         assert_eq!(db.handle_lsa(t0, b1.clone()), LsaOutcome::Duplicate);
         assert_eq!(
@@ -339,12 +343,7 @@ mod tests {
         let t0 = Instant::now();
         let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 1, true)], 0);
-        let b1 = Lsa {
-            origin: r("b"),
-            node: NodeName::from(&r("b")),
-            seq: 1,
-            links: vec![link("a", 1, true)],
-        };
+        let b1 = lsa("b", 1, vec![link("a", 1, true)]);
         db.handle_lsa(t0, b1.clone());
         let v = db.version();
         assert_eq!(
@@ -376,24 +375,8 @@ mod tests {
         let t0 = Instant::now();
         let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         db.originate(t0, vec![link("b", 10, true), link("c", 10, true)], 0);
-        db.handle_lsa(
-            t0,
-            Lsa {
-                origin: r("b"),
-                node: NodeName::from(&r("b")),
-                seq: 1,
-                links: vec![link("a", 10, false)],
-            },
-        );
-        db.handle_lsa(
-            t0,
-            Lsa {
-                origin: r("c"),
-                node: NodeName::from(&r("c")),
-                seq: 1,
-                links: vec![],
-            },
-        );
+        db.handle_lsa(t0, lsa("b", 1, vec![link("a", 10, false)]));
+        db.handle_lsa(t0, lsa("c", 1, vec![]));
         assert_eq!(db.graph().edge_count(), 0);
     }
 
@@ -403,12 +386,7 @@ mod tests {
         let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
         let first = db.originate(t0, vec![], 0);
         assert_eq!(first.seq, 1);
-        let old = Lsa {
-            origin: r("a"),
-            node: NodeName::from(&r("a")),
-            seq: 41,
-            links: vec![],
-        };
+        let old = lsa("a", 41, vec![]);
         assert_eq!(db.handle_lsa(t0, old), LsaOutcome::OwnStale);
         assert_eq!(db.originate(t0, vec![], 0).seq, 42);
     }
@@ -434,15 +412,7 @@ mod tests {
             LsaOutcome::Installed,
             "not ours"
         );
-        db.handle_lsa(
-            t0,
-            Lsa {
-                origin: r("b"),
-                node: NodeName::from(&r("b")),
-                seq: 1,
-                links: vec![link("a", 10, true)],
-            },
-        );
+        db.handle_lsa(t0, lsa("b", 1, vec![link("a", 10, true)]));
         let g = db.graph();
         assert_eq!(g.len(), 2, "one node per region, not per agent");
         assert_eq!(g.cost(&r("a"), &r("b")), Some(20), "a2 keeps a's side up");
