@@ -108,9 +108,8 @@ pub async fn dial(
     core: mpsc::Sender<Input>,
 ) {
     let mut backoff = Duration::from_millis(200);
-    let endpoints = [target];
     loop {
-        match connect_once(&endpoint, &region, &endpoints).await {
+        match connect_once(&endpoint, &region, &target).await {
             Ok((conn, control)) => {
                 backoff = Duration::from_millis(200);
                 serve(conn, region.clone(), control, core.clone()).await;
@@ -125,25 +124,21 @@ pub async fn dial(
     }
 }
 
-async fn resolve(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for e in endpoints {
-        // Re-resolved at every attempt, so DNS changes are followed.
-        if let Ok(addrs) =
-            tokio::net::lookup_host((e.host.to_string().trim_matches(['[', ']']), e.port)).await
-        {
-            out.extend(addrs);
-        }
-    }
-    out
+/// The addresses of `e`, resolved afresh (called at every attempt, so DNS
+/// changes are followed).
+async fn resolve(e: &Endpoint) -> Vec<SocketAddr> {
+    tokio::net::lookup_host((e.host.to_string().trim_matches(['[', ']']), e.port))
+        .await
+        .map(Iterator::collect)
+        .unwrap_or_default()
 }
 
 async fn connect_once(
     endpoint: &quinn::Endpoint,
     region: &RegionName,
-    endpoints: &[Endpoint],
+    target: &Endpoint,
 ) -> anyhow::Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream))> {
-    let addrs = resolve(endpoints).await;
+    let addrs = resolve(target).await;
     let mut last = anyhow::anyhow!("no address for {region}");
     for addr in addrs {
         match endpoint.connect(addr, region.as_str()) {
