@@ -22,21 +22,42 @@
 //!   message expiry is reduced by the time spent in transit, and a message
 //!   that expired in transit is not published.
 //! - On every (re)connect the export subscriptions are made again.
+//!
+//! Custody (QoS >= 1), on one persistent session (client id
+//! `broker.client_id`: clean start off, session expiry `spool.max_age`,
+//! or 0 with replicas, see `run.rs`; manual acks). One session, so No Local
+//! keeps our own imports from coming back:
+//!
+//! - Export: a message is acknowledged (PUBACK / PUBREC) only when the
+//!   core releases it, in arrival order (MQTT requires it; rumqttc leaves
+//!   it to us), so a crashed or restarted agent gets every unacknowledged
+//!   message again, and a slow federation stops the acknowledgements: the
+//!   broker holds the messages and, past [`EXPORT_INFLIGHT`] (our Receive
+//!   Maximum), stops sending. A redelivery of a message the core still
+//!   holds (same packet id, DUP set, after a reconnect) is not handed to
+//!   the core twice.
+//! - Import: each publish's packet id is learnt from rumqttc's
+//!   `Outgoing::Publish` event (requests are processed in order; a
+//!   retransmission keeps its id) and its PUBACK (PUBCOMP for QoS 2) is
+//!   reported to the core, which releases custody upstream only then. If
+//!   the broker comes back without our session, whatever was in flight is
+//!   published again (a subscriber may then see a QoS 1 message twice).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mqlink_config::BrokerConfig;
-use mqlink_proto::{Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
+use mqlink_proto::{DropReason, Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
 use mqlink_topology::{RegionName, TopicFilter, TopicName};
+use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, RetainForwardRule};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::core::{BrokerCmd, Input};
+use crate::core::{ExportCmd, ImportCmd, Input};
 use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
 
 fn qos_in(q: QoS) -> Qos {
@@ -122,20 +143,26 @@ fn export_filter(share: Option<&str>, f: &TopicFilter) -> Filter {
     }
 }
 
-/// Connect to the local broker; returns the client and its event loop.
-pub fn connect(cfg: &BrokerConfig) -> anyhow::Result<(AsyncClient, EventLoop)> {
+/// Most QoS >= 1 messages the broker may have in flight to the export
+/// session (our MQTT Receive Maximum): what the agent holds unacknowledged
+/// from its broker is bounded by it.
+pub const EXPORT_INFLIGHT: u16 = 1000;
+
+/// Most imports published and not yet acknowledged by the broker.
+pub const IMPORT_INFLIGHT: usize = 1000;
+
+fn options(cfg: &BrokerConfig, client_id: String) -> anyhow::Result<MqttOptions> {
     if cfg.url.tls {
         anyhow::bail!(
             "mqtts:// brokers are not supported yet; use mqtt:// on a local or private network"
         );
     }
     let mut opts = MqttOptions::new(
-        cfg.client_id.clone(),
+        client_id,
         cfg.url.host.to_string().trim_matches(['[', ']']),
         cfg.url.port,
     );
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_clean_start(true);
     opts.set_max_packet_size(Some(256 * 1024 * 1024));
     if let Some(user) = &cfg.username {
         let password = match &cfg.password_file {
@@ -144,74 +171,300 @@ pub fn connect(cfg: &BrokerConfig) -> anyhow::Result<(AsyncClient, EventLoop)> {
         };
         opts.set_credentials(user.clone(), password);
     }
-    Ok(AsyncClient::new(opts, 4096))
+    Ok(opts)
 }
 
-/// Drive the MQTT event loop: hand export messages to the core; resubscribe
-/// after each connect; with `follower`, turn the broker's log lines into
-/// interest changes. Runs until the core goes away.
-pub async fn run_events(
+/// The broker session: persistent for `session_expiry`, manual acks.
+pub fn connect(
+    cfg: &BrokerConfig,
+    session_expiry: Duration,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mut opts = options(cfg, cfg.client_id.clone())?;
+    opts.set_clean_start(false);
+    opts.set_manual_acks(true);
+    opts.set_receive_maximum(Some(EXPORT_INFLIGHT));
+    opts.set_session_expiry_interval(Some(
+        u32::try_from(session_expiry.as_secs()).unwrap_or(u32::MAX),
+    ));
+    Ok(AsyncClient::new(
+        opts,
+        4 * EXPORT_INFLIGHT as usize + IMPORT_INFLIGHT,
+    ))
+}
+
+/// Broker messages handed to the core and not yet acknowledged, in
+/// arrival order: acknowledged from the front as the core releases them.
+#[derive(Debug, Default)]
+pub struct AckQueue {
+    /// (token, the publish to acknowledge, released yet).
+    queue: std::collections::VecDeque<(u64, Publish, bool)>,
+    /// Next token.
+    next: u64,
+}
+
+impl AckQueue {
+    /// Number a new message; returns its token.
+    pub fn push(&mut self, p: Publish) -> u64 {
+        self.next += 1;
+        self.queue.push_back((self.next, p, false));
+        self.next
+    }
+
+    /// The token of an outstanding message the broker sent again with the
+    /// same packet id (after a reconnect); its stored copy is replaced so
+    /// the acknowledgement goes out on the current connection.
+    pub fn redelivery(&mut self, p: &Publish) -> Option<u64> {
+        if !p.dup {
+            return None;
+        }
+        let e = self
+            .queue
+            .iter_mut()
+            .find(|(_, q, _)| q.pkid == p.pkid && q.topic == p.topic)?;
+        e.1 = p.clone();
+        Some(e.0)
+    }
+
+    /// The core released `token`.
+    pub fn release(&mut self, token: u64) {
+        if let Some(e) = self.queue.iter_mut().find(|(t, _, _)| *t == token) {
+            e.2 = true;
+        }
+    }
+
+    /// The publishes that may be acknowledged now, in order.
+    pub fn ready(&mut self) -> Vec<Publish> {
+        let mut out = Vec::new();
+        while self.queue.front().is_some_and(|(_, _, done)| *done) {
+            if let Some((_, p, _)) = self.queue.pop_front() {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Outstanding messages.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Custody numbers of imports between rumqttc and the broker.
+#[derive(Debug, Default)]
+struct Imports {
+    /// QoS >= 1 publishes handed to rumqttc, in order, until it assigns
+    /// their packet ids (`Outgoing::Publish`).
+    queued: std::collections::VecDeque<u64>,
+    /// Packet id -> custody number, until the broker acknowledges.
+    inflight: std::collections::HashMap<u16, u64>,
+    /// Notifications for the core, waiting for room in its channel.
+    notify: std::collections::VecDeque<Input>,
+}
+
+impl Imports {
+    fn room(&self) -> bool {
+        self.queued.len() + self.inflight.len() < IMPORT_INFLIGHT
+            && self.notify.len() < IMPORT_INFLIGHT
+    }
+
+    /// The broker acknowledged packet `pkid` (PUBACK, or PUBCOMP for QoS 2).
+    fn acked(&mut self, pkid: u16) {
+        if let Some(c) = self.inflight.remove(&pkid) {
+            self.notify.push_back(Input::Delivered(c));
+        }
+    }
+
+    /// A new session forgot everything in flight: publish it again.
+    fn lost(&mut self) {
+        let lost: Vec<u64> = self
+            .queued
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, c)| c))
+            .collect();
+        self.notify
+            .extend(lost.into_iter().map(Input::DeliveryLost));
+    }
+}
+
+/// Drive the broker session: hand export messages to the core (QoS >= 1
+/// with a token) and acknowledge them as the core releases them; follow
+/// the core's export set; publish imports and report the broker's
+/// acknowledgements; resubscribe after each connect; with `follower`,
+/// turn the broker's log lines into interest changes. Never blocks on the
+/// core while holding imports back: notifications wait in a queue bounded
+/// by the in-flight limit. Runs until the core goes away.
+pub async fn run_session(
     mut events: EventLoop,
     client: AsyncClient,
+    mut export_cmds: mpsc::UnboundedReceiver<ExportCmd>,
+    mut import_cmds: mpsc::Receiver<ImportCmd>,
     export: ExportState,
     mut follower: Option<LogFollower>,
     core: mpsc::Sender<Input>,
 ) {
+    let mut acks = AckQueue::default();
+    let mut unsent: Vec<Publish> = Vec::new();
+    let mut imports = Imports::default();
+    let mut connected = false;
     loop {
-        match events.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(b"$SYS/broker/log/") => {
-                let Some(follower) = follower.as_mut() else {
-                    continue;
-                };
-                let (Ok(topic), Ok(line)) = (
-                    std::str::from_utf8(&p.topic),
-                    std::str::from_utf8(&p.payload),
-                ) else {
-                    continue;
-                };
-                for change in follower.handle_line(topic, line) {
-                    let input = match change {
-                        Change::Subscribe(f) => Input::Subscribe(f),
-                        Change::Unsubscribe(f) => Input::Unsubscribe(f),
+        // Acknowledgements the request channel could not take last time.
+        unsent.retain(|p| client.try_ack(p).is_err());
+        let room = connected && imports.room();
+        tokio::select! {
+            permit = core.reserve(), if !imports.notify.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(n) = imports.notify.pop_front() {
+                        permit.send(n);
+                    }
+                }
+                Err(_) => return,
+            },
+            cmd = import_cmds.recv(), if room => match cmd {
+                Some(ImportCmd::Deliver { env, custody }) => {
+                    let outcome = publish_import(&client, &env);
+                    let tracked = env.message.qos != Qos::AtMostOnce;
+                    match (outcome, custody) {
+                        (Publish_::Sent, Some(c)) if tracked => imports.queued.push_back(c),
+                        (Publish_::Sent, Some(c)) => imports.notify.push_back(Input::Delivered(c)),
+                        (Publish_::Sent, None) => {}
+                        (Publish_::Expired, c) => imports
+                            .notify
+                            .push_back(Input::Dropped(DropReason::ExpiredInTransit, c)),
+                        (Publish_::Failed, Some(c)) => imports.notify.push_back(Input::DeliveryLost(c)),
+                        (Publish_::Failed, None) => {}
+                    }
+                }
+                None => return,
+            },
+            cmd = export_cmds.recv() => match cmd {
+                Some(ExportCmd::Release(token)) => {
+                    acks.release(token);
+                    for p in acks.ready() {
+                        if client.try_ack(&p).is_err() {
+                            unsent.push(p);
+                        }
+                    }
+                }
+                Some(ExportCmd::SetExport(new)) => set_export(&client, &export, new),
+                None => return,
+            },
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(b"$SYS/broker/log/") => {
+                    let Some(follower) = follower.as_mut() else {
+                        continue;
                     };
-                    if core.send(input).await.is_err() {
+                    let (Ok(topic), Ok(line)) = (
+                        std::str::from_utf8(&p.topic),
+                        std::str::from_utf8(&p.payload),
+                    ) else {
+                        continue;
+                    };
+                    for change in follower.handle_line(topic, line) {
+                        let input = match change {
+                            Change::Subscribe(f) => Input::Subscribe(f),
+                            Change::Unsubscribe(f) => Input::Unsubscribe(f),
+                        };
+                        if core.send(input).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.qos != QoS::AtMostOnce && acks.redelivery(&p).is_some() {
+                        continue; // the core has it already
+                    }
+                    let Some(m) = message_of(&p) else {
+                        if core.send(Input::Dropped(DropReason::BadTopic, None)).await.is_err() {
+                            return;
+                        }
+                        if p.qos != QoS::AtMostOnce && client.try_ack(&p).is_err() {
+                            unsent.push(p);
+                        }
+                        continue;
+                    };
+                    let token = (p.qos != QoS::AtMostOnce).then(|| acks.push(p));
+                    if core.send(Input::Publish(m, token)).await.is_err() {
                         return;
                     }
                 }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => match message_of(&p) {
-                Some(m) => {
-                    if core.send(Input::Publish(m)).await.is_err() {
-                        return;
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    // A retransmission keeps its packet id (already mapped);
+                    // a first transmission takes the next queued import.
+                    if !imports.inflight.contains_key(&pkid)
+                        && let Some(c) = imports.queued.pop_front()
+                    {
+                        imports.inflight.insert(pkid, c);
                     }
                 }
-                None => {
-                    metrics::counter!("mqlink_drops_total", "reason" => "bad_topic_from_broker")
-                        .increment(1)
+                Ok(Event::Incoming(Packet::PubAck(ack))) => imports.acked(ack.pkid),
+                Ok(Event::Incoming(Packet::PubComp(comp))) => imports.acked(comp.pkid),
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                    debug!(session_present = connack.session_present, "connected to the local broker");
+                    connected = true;
+                    if !connack.session_present {
+                        // rumqttc dropped what it had pending: publish again.
+                        imports.lost();
+                    }
+                    if follower.is_some() {
+                        let logs = LOG_TOPICS.iter().map(|t| Filter::new(*t, QoS::AtMostOnce));
+                        let _ = client.try_subscribe_many(logs);
+                    }
+                    let filters = export.current();
+                    if !filters.is_empty() {
+                        let share = export.share();
+                        if let Err(e) = client
+                            .try_subscribe_many(filters.iter().map(|f| export_filter(share, f)))
+                        {
+                            warn!(error = %e, "export subscriptions not sent");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if core.is_closed() {
+                        return;
+                    }
+                    connected = false;
+                    warn!(error = %e, "local broker connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                debug!("connected to the local broker");
-                if follower.is_some() {
-                    let logs = LOG_TOPICS.iter().map(|t| Filter::new(*t, QoS::AtMostOnce));
-                    let _ = client.subscribe_many(logs).await;
-                }
-                let filters = export.current();
-                if !filters.is_empty() {
-                    let share = export.share();
-                    let _ = client
-                        .subscribe_many(filters.iter().map(|f| export_filter(share, f)))
-                        .await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if core.is_closed() {
-                    return;
-                }
-                warn!(error = %e, "local broker connection failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        }
+    }
+}
+
+/// How handing an import to rumqttc went.
+enum Publish_ {
+    /// Queued for the broker.
+    Sent,
+    /// Expired in transit: not published.
+    Expired,
+    /// The request channel refused it.
+    Failed,
+}
+
+fn publish_import(client: &AsyncClient, env: &Envelope) -> Publish_ {
+    let Some(props) = import_properties(env) else {
+        return Publish_::Expired;
+    };
+    let m = &env.message;
+    let payload: Bytes = m.payload.clone();
+    match client.try_publish_with_properties(
+        m.topic.to_string(),
+        qos_out(m.qos),
+        m.retain,
+        payload,
+        props,
+    ) {
+        Ok(()) => Publish_::Sent,
+        Err(e) => {
+            warn!(error = %e, "publishing an import failed");
+            Publish_::Failed
         }
     }
 }
@@ -250,49 +503,22 @@ impl ExportState {
     }
 }
 
-/// Carry out the core's commands on the broker.
-pub async fn run_commands(
-    client: AsyncClient,
-    export: ExportState,
-    mut cmds: mpsc::Receiver<BrokerCmd>,
-) {
-    while let Some(cmd) = cmds.recv().await {
-        match cmd {
-            BrokerCmd::Deliver(env) => {
-                let Some(props) = import_properties(&env) else {
-                    metrics::counter!("mqlink_drops_total", "reason" => "expired_in_transit")
-                        .increment(1);
-                    continue;
-                };
-                let m = &env.message;
-                let payload: Bytes = m.payload.clone();
-                if let Err(e) = client
-                    .publish_with_properties(
-                        m.topic.to_string(),
-                        qos_out(m.qos),
-                        m.retain,
-                        payload,
-                        props,
-                    )
-                    .await
-                {
-                    warn!(error = %e, "publishing an import failed");
-                }
-            }
-            BrokerCmd::SetExport(new) => {
-                let old = export.replace(new.clone());
-                let share = export.share();
-                let added: Vec<Filter> = new
-                    .difference(&old)
-                    .map(|f| export_filter(share, f))
-                    .collect();
-                if !added.is_empty() {
-                    let _ = client.subscribe_many(added).await;
-                }
-                for gone in old.difference(&new) {
-                    let _ = client.unsubscribe(export_path(share, gone)).await;
-                }
-            }
+/// Subscribe to what is new in `new`, unsubscribe from what left.
+fn set_export(client: &AsyncClient, export: &ExportState, new: BTreeSet<TopicFilter>) {
+    let old = export.replace(new.clone());
+    let share = export.share();
+    let added: Vec<Filter> = new
+        .difference(&old)
+        .map(|f| export_filter(share, f))
+        .collect();
+    if !added.is_empty()
+        && let Err(e) = client.try_subscribe_many(added)
+    {
+        warn!(error = %e, "export subscription not sent");
+    }
+    for gone in old.difference(&new) {
+        if let Err(e) = client.try_unsubscribe(export_path(share, gone)) {
+            warn!(error = %e, "export unsubscription not sent");
         }
     }
 }

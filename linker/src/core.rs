@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use mqlink_proto::{Agent, Envelope, Event, Frame, Message, PeerId, Stats};
+use mqlink_proto::{Agent, DropReason, Envelope, Event, Frame, Message, PeerId, Stats};
 use mqlink_topology::{RegionName, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -44,8 +44,17 @@ pub enum Input {
         /// What was wrong.
         reason: String,
     },
-    /// The local broker delivered a message on an export subscription.
-    Publish(Message),
+    /// The local broker delivered a message on an export subscription;
+    /// QoS >= 1 carries the export task's token for its acknowledgement.
+    Publish(Message, Option<u64>),
+    /// The local broker acknowledged the import with this custody number.
+    Delivered(u64),
+    /// The import with this custody number was lost with the broker
+    /// connection: publish it again.
+    DeliveryLost(u64),
+    /// The broker tasks dropped a message (counted by the core); with a
+    /// custody number, that delivery is over.
+    Dropped(DropReason, Option<u64>),
     /// A local client subscribed (dynamic interest).
     Subscribe(TopicFilter),
     /// A local subscription went away.
@@ -67,8 +76,6 @@ pub struct StatsReport {
     pub export: BTreeSet<TopicFilter>,
     /// What every known region wants (union over its agents' tables).
     pub interest: BTreeMap<RegionName, BTreeSet<TopicFilter>>,
-    /// Data frames dropped because a peer's queue was full.
-    pub queue_full_drops: u64,
     /// Connections closed for bad input.
     pub peer_errors: u64,
     /// Shortest-path trees computed so far.
@@ -80,18 +87,46 @@ pub struct StatsReport {
 pub struct PeerOut {
     /// Control frames (small, never dropped).
     pub control: mpsc::UnboundedSender<Frame>,
-    /// Data batches (bounded: a slow peer loses QoS 0 data, counted, rather
-    /// than growing memory without bound).
-    pub data: mpsc::Sender<Frame>,
+    /// Data batches. Unbounded as a channel, bounded by the protocol: the
+    /// core sends a connection at most its window of unacknowledged
+    /// envelopes (`AgentConfig::window`), and a writer that cannot write
+    /// holds up the acks that would open the window.
+    pub data: mpsc::UnboundedSender<Frame>,
 }
 
-/// What the core asks the broker task to do.
+/// What the core asks the export session to do. Unbounded as a channel,
+/// bounded by construction: releases never outnumber the messages the
+/// broker has in flight to us (its Receive Maximum), and export changes
+/// are debounced. (A bounded channel here could deadlock: the export task
+/// waits on the core's inputs while the core waits on this channel.)
 #[derive(Debug)]
-pub enum BrokerCmd {
-    /// Publish an imported message locally.
-    Deliver(Box<Envelope>),
+pub enum ExportCmd {
+    /// Acknowledge the broker message with this token.
+    Release(u64),
     /// Subscribe to exactly this set of filters.
     SetExport(BTreeSet<TopicFilter>),
+}
+
+/// What the core asks the import session to do.
+#[derive(Debug)]
+pub enum ImportCmd {
+    /// Publish an imported message locally; report the broker's ack for
+    /// `custody`.
+    Deliver {
+        /// The message.
+        env: Box<Envelope>,
+        /// The custody number (QoS >= 1).
+        custody: Option<u64>,
+    },
+}
+
+/// The core's channels to the broker tasks.
+#[derive(Debug, Clone)]
+pub struct BrokerTx {
+    /// To the export session.
+    pub export: mpsc::UnboundedSender<ExportCmd>,
+    /// To the import session (bounded: a slow broker slows the core).
+    pub import: mpsc::Sender<ImportCmd>,
 }
 
 struct PeerConn {
@@ -105,11 +140,7 @@ struct PeerConn {
 type Peers = BTreeMap<PeerId, PeerConn>;
 
 /// Run the core until `inputs` closes.
-pub async fn run(
-    mut agent: Agent,
-    mut inputs: mpsc::Receiver<Input>,
-    broker: mpsc::Sender<BrokerCmd>,
-) {
+pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: BrokerTx) {
     let mut peers = Peers::new();
     let mut report = StatsReport::default();
     loop {
@@ -175,14 +206,17 @@ fn handle(
                 close_for_error(agent, peers, report, now, &peer, &reason, "malformed input");
             }
         }
-        Input::Publish(message) => {
-            agent.handle_publish(now, message);
+        Input::Publish(message, token) => {
+            agent.handle_publish(now, message, token);
         }
+        Input::Delivered(custody) => agent.handle_delivered(now, custody),
+        Input::DeliveryLost(custody) => agent.handle_delivery_lost(now, custody),
+        Input::Dropped(reason, custody) => agent.handle_dropped(now, reason, custody),
         Input::Subscribe(filter) => agent.handle_subscribe(now, filter),
         Input::Unsubscribe(filter) => agent.handle_unsubscribe(now, &filter),
         Input::Stats(reply) => {
             let mut r = report.clone();
-            r.stats = agent.stats().clone();
+            r.stats = agent.stats();
             r.peers_up = agent.peers_up();
             for id in peers.keys() {
                 *r.connections.entry(id.region.clone()).or_insert(0) += 1;
@@ -222,7 +256,7 @@ async fn drain(
     agent: &mut Agent,
     peers: &mut Peers,
     report: &mut StatsReport,
-    broker: &mpsc::Sender<BrokerCmd>,
+    broker: &BrokerTx,
     now: Instant,
 ) {
     loop {
@@ -232,12 +266,11 @@ async fn drain(
             let Some(peer) = peers.get(&id) else {
                 continue;
             };
+            // A closed channel means the connection is going: the core
+            // hears of it (PeerGone) and takes its unacknowledged
+            // envelopes back.
             if matches!(frame, Frame::Data(_)) {
-                if peer.out.data.try_send(frame).is_err() {
-                    report.queue_full_drops += 1;
-                    metrics::counter!("mqlink_drops_total", "reason" => "peer_queue_full")
-                        .increment(1);
-                }
+                let _ = peer.out.data.send(frame);
             } else {
                 let _ = peer.out.control.send(frame);
             }
@@ -245,12 +278,18 @@ async fn drain(
         while let Some(event) = agent.poll_event() {
             progressed = true;
             match event {
-                Event::Deliver(env) => {
-                    let _ = broker.send(BrokerCmd::Deliver(env)).await;
+                Event::Deliver { env, custody } => {
+                    let _ = broker
+                        .import
+                        .send(ImportCmd::Deliver { env, custody })
+                        .await;
+                }
+                Event::Release(token) => {
+                    let _ = broker.export.send(ExportCmd::Release(token));
                 }
                 Event::ExportChanged(set) => {
                     report.export = set.clone();
-                    let _ = broker.send(BrokerCmd::SetExport(set)).await;
+                    let _ = broker.export.send(ExportCmd::SetExport(set));
                 }
                 Event::ClosePeer { peer, reason } => {
                     close_for_error(

@@ -23,14 +23,13 @@
 //!   for a dial-per-attempt loop and keeps the dependency tree smaller. Swap
 //!   it in if TTL-driven re-resolution of live links is needed.
 
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mqlink_config::Endpoint;
-use mqlink_proto::{DataBatch, Frame, PeerId, decode, encode};
+use mqlink_proto::{Frame, PeerId, decode, encode, shard_of};
 use mqlink_topology::RegionName;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -38,12 +37,8 @@ use tracing::{debug, info, warn};
 use crate::core::{Input, PeerOut};
 use crate::tls::peer_regions;
 
-/// Number of data streams per connection.
-pub const DATA_SHARDS: usize = 4;
-/// Payloads above this many bytes travel on their own stream.
-pub const LARGE_PAYLOAD: usize = 64 * 1024;
-/// Data batches queued per connection before new ones are dropped (QoS 0).
-const DATA_QUEUE: usize = 256;
+pub use mqlink_proto::DATA_SHARDS;
+use mqlink_proto::frame::LARGE_PAYLOAD;
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -165,7 +160,7 @@ async fn serve(
     let peer = PeerId::new(region.clone(), CONN_IDS.fetch_add(1, Ordering::Relaxed));
     info!(peer = %region, remote = %conn.remote_address(), "connected");
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let (data_tx, data_rx) = mpsc::unbounded_channel();
     let out = PeerOut {
         control: control_tx,
         data: data_tx,
@@ -215,72 +210,51 @@ async fn write_control(
     }
 }
 
-fn shard(topic: &str) -> usize {
-    let mut h = rustc_hash::FxHasher::default();
-    topic.hash(&mut h);
-    (h.finish() as usize) % DATA_SHARDS
-}
-
 async fn write_data(
     conn: quinn::Connection,
-    mut frames: mpsc::Receiver<Frame>,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
     region: RegionName,
 ) {
     let bytes_out = metrics::counter!("mqlink_bytes_out_total", "peer" => region.to_string());
     let mut streams: Vec<Option<quinn::SendStream>> = (0..DATA_SHARDS).map(|_| None).collect();
-    let mut bufs: Vec<BytesMut> = (0..DATA_SHARDS).map(|_| BytesMut::new()).collect();
+    let mut buf = BytesMut::new();
     while let Some(frame) = frames.recv().await {
         let Frame::Data(batch) = frame else { continue };
-        let mut per_shard: Vec<Vec<_>> = (0..DATA_SHARDS).map(|_| Vec::new()).collect();
-        for env in batch.envelopes {
-            if env.message.payload.len() > LARGE_PAYLOAD {
-                let conn = conn.clone();
-                let single = Frame::Data(DataBatch {
-                    batch_seq: batch.batch_seq,
-                    envelopes: vec![env],
-                });
-                tokio::spawn(async move {
-                    let mut buf = BytesMut::new();
-                    encode(single, &mut buf);
-                    if let Ok(mut s) = conn.open_uni().await {
-                        let _ = s.write_all(&buf).await;
-                        let _ = s.finish();
-                    }
-                });
-            } else {
-                per_shard[shard(env.message.topic.as_str())].push(env);
-            }
-        }
-        for (i, envelopes) in per_shard.into_iter().enumerate() {
-            if envelopes.is_empty() {
-                continue;
-            }
-            encode(
-                Frame::Data(DataBatch {
-                    batch_seq: batch.batch_seq,
-                    envelopes,
-                }),
-                &mut bufs[i],
-            );
-        }
-        for i in 0..DATA_SHARDS {
-            if bufs[i].is_empty() {
-                continue;
-            }
-            if streams[i].is_none() {
-                match conn.open_uni().await {
-                    Ok(s) => streams[i] = Some(s),
-                    Err(_) => return,
+        // The core batches per stream and puts a large payload in a batch
+        // of its own, which goes on a stream of its own.
+        let Some(first) = batch.envelopes.first() else {
+            continue;
+        };
+        let large = first.message.payload.len() > LARGE_PAYLOAD;
+        let i = shard_of(&first.message.topic);
+        encode(Frame::Data(batch), &mut buf);
+        if large {
+            let conn = conn.clone();
+            let bytes = buf.split().freeze();
+            let bytes_out = bytes_out.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = conn.open_uni().await
+                    && s.write_all(&bytes).await.is_ok()
+                {
+                    bytes_out.increment(bytes.len() as u64);
+                    let _ = s.finish();
                 }
-            }
-            if let Some(s) = streams[i].as_mut()
-                && s.write_all(&bufs[i]).await.is_err()
-            {
-                return;
-            }
-            bytes_out.increment(bufs[i].len() as u64);
-            bufs[i].clear();
+            });
+            continue;
         }
+        if streams[i].is_none() {
+            match conn.open_uni().await {
+                Ok(s) => streams[i] = Some(s),
+                Err(_) => return,
+            }
+        }
+        if let Some(s) = streams[i].as_mut()
+            && s.write_all(&buf).await.is_err()
+        {
+            return;
+        }
+        bytes_out.increment(buf.len() as u64);
+        buf.clear();
     }
 }
 

@@ -9,6 +9,10 @@
 //! | `mqlink_bytes_in_total` | peer | wire bytes read from the link's streams |
 //! | `mqlink_drops_total` | reason | messages dropped, by reason (every drop is counted) |
 //! | `mqlink_delivered_total` | | imports published to the local broker |
+//! | `mqlink_dedupe_unknown_total` | | delivered although older than the dedupe window could tell |
+//! | `mqlink_custody_messages` | | QoS >= 1 messages held (not yet acknowledged upstream) |
+//! | `mqlink_custody_parked_messages` | | of those, waiting for a path to some region |
+//! | `mqlink_custody_bytes` | | payload bytes held |
 //! | `mqlink_peers_up` | | neighbours with a completed hello |
 //! | `mqlink_interest_filters` | region | filters each region wants |
 //! | `mqlink_route_recomputations_total` | | shortest-path trees computed |
@@ -54,9 +58,13 @@ pub async fn sample(core: mpsc::Sender<Input>) {
             metrics::counter!("mqlink_messages_in_total", "peer" => peer.to_string()).absolute(*n);
         }
         for (reason, n) in &r.stats.drops {
-            metrics::counter!("mqlink_drops_total", "reason" => format!("{reason:?}")).absolute(*n);
+            metrics::counter!("mqlink_drops_total", "reason" => reason.label()).absolute(*n);
         }
         metrics::counter!("mqlink_delivered_total").absolute(r.stats.delivered);
+        metrics::counter!("mqlink_dedupe_unknown_total").absolute(r.stats.dedupe_unknown);
+        metrics::gauge!("mqlink_custody_messages").set(r.stats.held as f64);
+        metrics::gauge!("mqlink_custody_parked_messages").set(r.stats.parked as f64);
+        metrics::gauge!("mqlink_custody_bytes").set(r.stats.held_bytes as f64);
         metrics::counter!("mqlink_resyncs_total").absolute(r.stats.resyncs);
         metrics::counter!("mqlink_route_recomputations_total").absolute(r.tree_builds);
         metrics::gauge!("mqlink_peers_up").set(r.peers_up.len() as f64);

@@ -97,21 +97,38 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     }
 
     let (input_tx, input_rx) = mpsc::channel(8192);
-    let (broker_tx, broker_rx) = mpsc::channel(8192);
-    let (client, events) = broker::connect(&cfg.broker)?;
+    let (export_tx, export_rx) = mpsc::unbounded_channel();
+    let (import_tx, import_rx) = mpsc::channel(broker::IMPORT_INFLIGHT);
+    // Replicas share their export subscriptions: a session that outlived
+    // its agent would keep taking its share of new messages (Mosquitto
+    // queues for offline members of a shared group), so their sessions end
+    // with the connection and the broker moves the share at once. The
+    // price (README): what the dying replica had in flight is not handed
+    // to its siblings (MQTT 5 §4.8.2 forbids it).
+    let session = if cfg.broker.shared {
+        Duration::ZERO
+    } else {
+        cfg.spool.max_age
+    };
+    let (client, events) = broker::connect(&cfg.broker, session)?;
     let export = broker::ExportState::new(&cfg.region, cfg.broker.shared);
     let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
+    let broker_tx = core::BrokerTx {
+        export: export_tx,
+        import: import_tx,
+    };
     let mut tasks = vec![
         tokio::spawn(core::run(agent, input_rx, broker_tx)),
-        tokio::spawn(broker::run_events(
+        tokio::spawn(broker::run_session(
             events,
-            client.clone(),
-            export.clone(),
+            client,
+            export_rx,
+            import_rx,
+            export,
             follower,
             input_tx.clone(),
         )),
-        tokio::spawn(broker::run_commands(client, export, broker_rx)),
     ];
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));
     let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();

@@ -1,12 +1,22 @@
 //! Duplicate suppression: a bounded sliding window of sequence numbers per
 //! message source (origin region, origin node, epoch). Replays after a
-//! reroute and copies that slip past the other backstops are dropped here.
+//! reroute and copies that slip past the other backstops are caught here.
+//!
+//! The window never calls a message a duplicate unless it has seen that
+//! exact (source, epoch, seq) before. Messages of one source arrive out of
+//! order (several data streams, replays after a failure), so a sequence
+//! number far below the newest one is not evidence of a repeat: anything
+//! the window can no longer tell about is [`Seen::Unknown`], and the
+//! caller delivers it (counted, so an operator sees how often the window
+//! was too small). The two newest epochs of every source keep a window, so
+//! a restarted agent's replays of its previous incarnation's messages are
+//! still recognised.
 
 use mqlink_topology::{NodeName, RegionName};
 use rustc_hash::FxHashMap;
 
-/// Sequence numbers remembered per source, as a bitmap.
-const WINDOW: u64 = 8192;
+/// Sequence numbers remembered per source and epoch, as a bitmap (8 KiB).
+pub const WINDOW: u64 = 65_536;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 /// What the window says about a sequence number.
@@ -14,15 +24,16 @@ const WORDS: usize = (WINDOW / 64) as usize;
 pub enum Seen {
     /// First time: deliver.
     New,
-    /// Seen before: drop.
+    /// Seen before: do not deliver again.
     Duplicate,
-    /// Older than the window can tell: dropped as a probable duplicate.
-    TooOld,
+    /// Older than the window can tell (or from an epoch it no longer
+    /// tracks): deliver, it may be new.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
 struct Window {
-    /// The epoch this window is for (a new epoch resets it).
+    /// The epoch this window is for.
     epoch: u64,
     /// Highest sequence number seen.
     top: u64,
@@ -46,15 +57,20 @@ impl Window {
 
     fn check(&mut self, seq: u64) -> Seen {
         if seq > self.top {
-            // Clear the bits of the numbers that leave the window.
-            let clear_from = self.top + 1;
-            let clear_to = seq.min(clear_from + WINDOW - 1);
+            // Clear the bits of the numbers that leave the window (every
+            // bit when the jump is a whole window or more). Saturating: a
+            // peer may send any u64.
             if seq - self.top >= WINDOW {
                 self.bits.iter_mut().for_each(|w| *w = 0);
             } else {
-                for s in clear_from..=clear_to {
+                let mut s = self.top.saturating_add(1);
+                while s <= seq {
                     let (w, b) = Self::bit(s);
                     self.bits[w] &= !b;
+                    s = match s.checked_add(1) {
+                        Some(n) => n,
+                        None => break,
+                    };
                 }
             }
             self.top = seq;
@@ -63,7 +79,7 @@ impl Window {
             return Seen::New;
         }
         if self.top - seq >= WINDOW {
-            return Seen::TooOld;
+            return Seen::Unknown;
         }
         let (w, b) = Self::bit(seq);
         if self.bits[w] & b != 0 {
@@ -75,26 +91,61 @@ impl Window {
     }
 }
 
-/// One window per (origin region, origin node).
+/// The windows of one source: its newest epoch and the one before.
+#[derive(Debug, Clone)]
+struct Source {
+    current: Window,
+    previous: Option<Window>,
+}
+
+/// One window per (origin region, origin node) and epoch (the two newest).
 #[derive(Debug, Default)]
 pub struct Dedupe {
-    /// Windows by source; only the newest epoch is kept.
-    windows: FxHashMap<(RegionName, NodeName), Window>,
+    /// Windows by source.
+    sources: FxHashMap<(RegionName, NodeName), Source>,
 }
 
 impl Dedupe {
     /// Record `(origin, node, epoch, seq)` and say whether it is new.
     pub fn check(&mut self, origin: &RegionName, node: &NodeName, epoch: u64, seq: u64) -> Seen {
-        let window = self
-            .windows
+        let source = self
+            .sources
             .entry((origin.clone(), node.clone()))
-            .or_insert_with(|| Window::new(epoch));
-        if epoch > window.epoch {
-            *window = Window::new(epoch);
-        } else if epoch < window.epoch {
-            return Seen::TooOld; // a previous incarnation's message
+            .or_insert_with(|| Source {
+                current: Window::new(epoch),
+                previous: None,
+            });
+        if epoch > source.current.epoch {
+            let old = std::mem::replace(&mut source.current, Window::new(epoch));
+            source.previous = Some(old);
         }
-        window.check(seq)
+        if epoch == source.current.epoch {
+            return source.current.check(seq);
+        }
+        match source.previous.as_mut() {
+            Some(w) if w.epoch == epoch => w.check(seq),
+            Some(w) if w.epoch < epoch => {
+                // Between the two tracked epochs: start tracking it instead.
+                *w = Window::new(epoch);
+                w.check(seq)
+            }
+            _ => Seen::Unknown,
+        }
+    }
+
+    /// Forget every source of `origin` (a region that left the federation).
+    pub fn forget_region(&mut self, origin: &RegionName) {
+        self.sources.retain(|(r, _), _| r != origin);
+    }
+
+    /// Sources tracked (for memory accounting and tests).
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Whether no source is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
     }
 }
 
@@ -103,23 +154,71 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    fn src() -> (RegionName, NodeName) {
+        (RegionName::new("eu").unwrap(), NodeName::new("a").unwrap())
+    }
+
     #[test]
     fn window_tracks_duplicates_reordering_and_epochs() {
-        let (r, n) = (RegionName::new("eu").unwrap(), NodeName::new("a").unwrap());
+        let (r, n) = src();
         let mut d = Dedupe::default();
         assert_eq!(d.check(&r, &n, 1, 5), Seen::New);
         assert_eq!(d.check(&r, &n, 1, 3), Seen::New, "out of order but new");
         assert_eq!(d.check(&r, &n, 1, 5), Seen::Duplicate);
         assert_eq!(d.check(&r, &n, 1, 3), Seen::Duplicate);
         assert_eq!(d.check(&r, &n, 1, 5 + WINDOW), Seen::New);
-        assert_eq!(d.check(&r, &n, 1, 5), Seen::TooOld);
+        assert_eq!(d.check(&r, &n, 1, 5), Seen::Unknown, "beyond the window");
         assert_eq!(d.check(&r, &n, 1, 6 + WINDOW), Seen::New);
         assert_eq!(
             d.check(&r, &n, 1, 7),
             Seen::New,
             "bit reused after the window moved on"
         );
-        assert_eq!(d.check(&r, &n, 2, 1), Seen::New, "new epoch resets");
-        assert_eq!(d.check(&r, &n, 1, 99_999), Seen::TooOld, "old epoch");
+        assert_eq!(d.check(&r, &n, 2, 1), Seen::New, "new epoch");
+        assert_eq!(
+            d.check(&r, &n, 1, 7),
+            Seen::Duplicate,
+            "the previous epoch is still tracked"
+        );
+        assert_eq!(d.check(&r, &n, 1, 8), Seen::New);
+        assert_eq!(d.check(&r, &n, 3, 1), Seen::New);
+        assert_eq!(d.check(&r, &n, 1, 9), Seen::Unknown, "two epochs back");
+    }
+
+    #[test]
+    fn reordering_within_the_window_is_never_a_duplicate() {
+        // Four streams drifting apart by thousands of messages: every
+        // number arrives once and is new.
+        let (r, n) = src();
+        let mut d = Dedupe::default();
+        let per_shard = 10_000u64;
+        let mut order: Vec<u64> = Vec::new();
+        // Shard k runs k * 3000 messages behind shard 0; its last ones
+        // arrive after everything else.
+        for i in 0..per_shard + 3 * 3000 {
+            for shard in 0..4u64 {
+                if let Some(s) = i.checked_sub(shard * 3000).filter(|s| *s < per_shard) {
+                    order.push(s * 4 + shard + 1);
+                }
+            }
+        }
+        assert_eq!(order.len() as u64, per_shard * 4);
+        for s in &order {
+            assert_eq!(d.check(&r, &n, 1, *s), Seen::New, "seq {s}");
+        }
+        for s in order.iter().rev().take(1000) {
+            assert_eq!(d.check(&r, &n, 1, *s), Seen::Duplicate, "seq {s}");
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_near_the_top_of_u64_do_not_overflow() {
+        let (r, n) = src();
+        let mut d = Dedupe::default();
+        assert_eq!(d.check(&r, &n, 1, u64::MAX - 3), Seen::New);
+        assert_eq!(d.check(&r, &n, 1, u64::MAX), Seen::New);
+        assert_eq!(d.check(&r, &n, 1, u64::MAX), Seen::Duplicate);
+        assert_eq!(d.check(&r, &n, 1, u64::MAX - 1), Seen::New);
+        assert_eq!(d.check(&r, &n, u64::MAX, u64::MAX), Seen::New);
     }
 }

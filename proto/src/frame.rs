@@ -14,7 +14,27 @@ use prost::Message as _;
 use crate::wire as pb;
 
 /// Protocol version spoken by this build (2: LSAs are per agent, for replicas).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Data streams per connection: envelopes are batched per stream by a
+/// hash of their topic ([`shard_of`]), so one topic keeps its order while a
+/// stalled topic does not hold up the others.
+pub const DATA_SHARDS: usize = 4;
+
+/// The data stream (0..[`DATA_SHARDS`]) that carries `topic`.
+pub fn shard_of(topic: &TopicName) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    topic.as_str().hash(&mut h);
+    (h.finish() as usize) % DATA_SHARDS
+}
+
+/// Payloads above this many bytes travel in a batch (and on a stream) of
+/// their own, so they never delay small ones.
+pub const LARGE_PAYLOAD: usize = 64 * 1024;
+
+/// Most ranges one [`Frame::Ack`] may carry.
+pub const MAX_ACK_RANGES: usize = 1 << 16;
 
 /// Largest frame accepted from a peer (length prefix excluded). Data batches
 /// are cut well below this; a larger frame is a protocol violation.
@@ -56,6 +76,10 @@ pub enum FrameError {
     /// QoS other than 0, 1 or 2.
     #[error("invalid QoS {0}")]
     Qos(u32),
+    /// An ack whose ranges are not (first, last) pairs with first <= last,
+    /// or too many of them.
+    #[error("malformed ack ranges ({0} values)")]
+    AckRanges(usize),
 }
 
 /// MQTT quality of service.
@@ -142,15 +166,20 @@ pub struct Envelope {
     pub visited: Vec<RegionName>,
     /// Milliseconds spent in the federation so far.
     pub transit_ms: u64,
+    /// QoS >= 1: the regions this copy must reach (its sender's custody
+    /// obligation, handed on). Empty for QoS 0, which is routed by interest
+    /// at every hop.
+    pub dests: Vec<RegionName>,
     /// The message.
     pub message: Message,
 }
 
-/// Envelopes sent together, numbered per link for custody acks.
+/// Envelopes sent together, numbered per link for acks: the i-th
+/// envelope has link sequence number `first_seq + i`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataBatch {
-    /// Sequence number of the batch on this link.
-    pub batch_seq: u64,
+    /// Link sequence number of the first envelope.
+    pub first_seq: u64,
     /// The envelopes.
     pub envelopes: Vec<Envelope>,
 }
@@ -219,10 +248,11 @@ pub enum Frame {
         /// The table.
         table: TableId,
     },
-    /// Custody acknowledgement of data batches.
+    /// Acknowledgement of envelopes by link sequence number: QoS 0 once
+    /// processed, QoS >= 1 once the receiver took custody.
     Ack {
-        /// Highest batch sequence number taken care of.
-        up_to: u64,
+        /// Inclusive (first, last) ranges of link sequence numbers.
+        ranges: Vec<(u64, u64)>,
     },
     /// Data.
     Data(DataBatch),
@@ -298,6 +328,11 @@ impl TryFrom<pb::Envelope> for Envelope {
                 .map(|v| region("visited", v))
                 .collect::<Result<_, _>>()?,
             transit_ms: e.transit_ms,
+            dests: e
+                .dests
+                .into_iter()
+                .map(|v| region("dests", v))
+                .collect::<Result<_, _>>()?,
             message: Message {
                 topic: topic("topic", e.topic)?,
                 payload: e.payload,
@@ -349,6 +384,7 @@ impl From<Envelope> for pb::Envelope {
             correlation_data: p.correlation_data,
             message_expiry_secs: p.message_expiry_secs,
             transit_ms: e.transit_ms,
+            dests: e.dests.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -437,9 +473,20 @@ impl TryFrom<pb::Frame> for Frame {
                     })
                     .collect::<Result<_, FrameError>>()?,
             ),
-            Kind::Ack(a) => Frame::Ack { up_to: a.up_to },
+            Kind::Ack(a) => {
+                let n = a.ranges.len();
+                if n % 2 != 0 || n / 2 > MAX_ACK_RANGES {
+                    return Err(FrameError::AckRanges(n));
+                }
+                let ranges: Vec<(u64, u64)> =
+                    a.ranges.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+                if ranges.iter().any(|(a, b)| a > b) {
+                    return Err(FrameError::AckRanges(n));
+                }
+                Frame::Ack { ranges }
+            }
             Kind::Data(d) => Frame::Data(DataBatch {
-                batch_seq: d.batch_seq,
+                first_seq: d.batch_seq,
                 envelopes: d
                     .envelopes
                     .into_iter()
@@ -521,9 +568,12 @@ impl From<Frame> for pb::Frame {
                     })
                     .collect(),
             }),
-            Frame::Ack { up_to } => Kind::Ack(pb::Ack { up_to }),
+            Frame::Ack { ranges } => Kind::Ack(pb::Ack {
+                up_to: 0,
+                ranges: ranges.into_iter().flat_map(|(a, b)| [a, b]).collect(),
+            }),
             Frame::Data(d) => Kind::Data(pb::DataBatch {
-                batch_seq: d.batch_seq,
+                batch_seq: d.first_seq,
                 envelopes: d.envelopes.into_iter().map(Into::into).collect(),
             }),
         };
@@ -588,6 +638,7 @@ mod tests {
             hops: 1,
             visited: vec![r("eu"), r("us")],
             transit_ms: 15,
+            dests: vec![r("ap")],
             message: Message {
                 topic: TopicName::new("factory/1/temp").unwrap(),
                 payload: Bytes::from_static(b"21.5"),
@@ -659,9 +710,11 @@ mod tests {
             },
             Frame::DigestSum { tables: 3, sum: 77 },
             Frame::DigestBatch(vec![(table, 5, Digest { count: 2, sum: 7 })]),
-            Frame::Ack { up_to: 12 },
+            Frame::Ack {
+                ranges: vec![(1, 4), (9, 9)],
+            },
             Frame::Data(DataBatch {
-                batch_seq: 12,
+                first_seq: 12,
                 envelopes: vec![envelope(), envelope()],
             }),
         ];

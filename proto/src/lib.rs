@@ -15,7 +15,8 @@
 //!   forwarding along the routing core's trees, drop counters. Peers are
 //!   connections ([`PeerId`]): a region with replicas is several agents,
 //!   each reached over its own connection.
-//! - [`dedupe`]: the per-origin duplicate window.
+//! - [`dedupe`]: the per-origin duplicate window (never calls an unseen
+//!   message a duplicate).
 //!
 //! Tests: unit tests per file; `tests/agents.rs` runs several agents in
 //! memory on simulated time (frames go through the real wire encoding).
@@ -35,6 +36,6 @@ pub use agent::{
     Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, PeerId, Stats,
 };
 pub use frame::{
-    DataBatch, Envelope, Frame, FrameError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
-    Properties, Qos, TableId, decode, encode, encoded_len,
+    DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES, MAX_FRAME_LEN,
+    Message, PROTOCOL_VERSION, Properties, Qos, TableId, decode, encode, encoded_len, shard_of,
 };

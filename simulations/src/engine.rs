@@ -591,7 +591,7 @@ impl Sim {
         let Some(agent) = node.agent.as_mut() else {
             return;
         };
-        if agent.handle_publish(now, msg) {
+        if agent.handle_publish(now, msg, None) {
             node.published += 1;
             // Epochs are unique within a region, so (origin, epoch, seq) names one message.
             let key = (origin, node.epoch, node.published);
@@ -643,17 +643,30 @@ impl Sim {
     fn after(&mut self, i: usize, n: usize) {
         let mut out = Vec::new();
         let mut delivered = Vec::new();
+        let now = self.instant();
         {
             let region = &mut self.regions[i].nodes[n];
             let Some(agent) = region.agent.as_mut() else {
                 return;
             };
-            while let Some(t) = agent.poll_transmit() {
-                out.push(t);
-            }
-            while let Some(ev) = agent.poll_event() {
-                if let Event::Deliver(env) = ev {
-                    delivered.push(env);
+            // The simulated broker acknowledges a delivery at once, which
+            // lets the agent release its custody and acknowledge upstream.
+            loop {
+                while let Some(t) = agent.poll_transmit() {
+                    out.push(t);
+                }
+                let mut acks = Vec::new();
+                while let Some(ev) = agent.poll_event() {
+                    if let Event::Deliver { env, custody } = ev {
+                        delivered.push(env);
+                        acks.extend(custody);
+                    }
+                }
+                if acks.is_empty() {
+                    break;
+                }
+                for c in acks {
+                    agent.handle_delivered(now, c);
                 }
             }
             let version = agent.router().lsdb().version();

@@ -267,6 +267,50 @@ impl Router {
         decision
     }
 
+    /// Every region that wants `topic` (this one included), in name order.
+    pub fn wanting(&mut self, topic: &TopicName) -> Vec<RegionName> {
+        let mut set = RegionSet::new();
+        self.interests.wanting_into(topic, &mut set);
+        let mut out: Vec<RegionName> = set.iter().map(|id| self.ids.name(id).clone()).collect();
+        out.sort();
+        out
+    }
+
+    /// The neighbour a message from `origin` takes from here towards
+    /// `dest`: the child of this region on the path to `dest` in
+    /// `origin`'s tree; or, when `dest` is not below this region in that
+    /// tree (the tree changed after the message left its origin), the
+    /// first hop of this region's own shortest path to `dest`. `None` when
+    /// `dest` is unreachable or the hop would revisit a region in
+    /// `visited` (the backstop against loops while views differ).
+    pub fn next_hop(
+        &mut self,
+        origin: &RegionName,
+        dest: &RegionName,
+        visited: &[RegionName],
+    ) -> Option<RegionName> {
+        self.refresh_graph();
+        let origin_id = self.ids.intern(origin);
+        let dest_id = self.ids.intern(dest);
+        let me = self.me_id;
+        let (me_pos, dest_pos) = (self.position(me)?, self.position(dest_id)?);
+        let mut hop = None;
+        for root in [origin_id, me] {
+            if self.position(root).is_none() || self.ensure_tree(root).is_none() {
+                continue;
+            }
+            if let Some(child) = self
+                .trees
+                .get(&root)
+                .and_then(|t| t.child_towards(me_pos, dest_pos))
+            {
+                hop = Some(self.ids.name(self.pos_ids[child]).clone());
+                break;
+            }
+        }
+        hop.filter(|h| !visited.contains(h) && h != origin)
+    }
+
     fn route(&mut self, origin: RegionId, topic: &TopicName) -> Route {
         self.refresh_graph();
         let version = (self.lsdb.version(), self.interests.version());

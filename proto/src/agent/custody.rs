@@ -1,0 +1,468 @@
+//! QoS >= 1 custody: the messages this agent holds until every region it
+//! must reach is covered, and whom to acknowledge when they are.
+//!
+//! A held message has one or more upstreams (the broker message it came
+//! from, or the envelope(s) a neighbour sent it in: a replay that arrives
+//! while the first copy is still held joins it), an optional local
+//! delivery awaiting the broker's ack, copies in flight to neighbours
+//! (each covering some destination regions, acknowledged by that
+//! neighbour) and destinations still waiting for a path. When nothing is
+//! outstanding the upstreams are released. A copy whose connection closes
+//! before its ack puts its destinations back to waiting; waiting messages
+//! are dispatched again whenever the graph, the interest or the set of
+//! connections changes (a reroute, a peer's return).
+
+use rustc_hash::FxHashMap;
+
+use super::*;
+
+/// Who handed us a message and waits for our acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Upstream {
+    /// The local broker: the runtime's token for that message.
+    Broker(u64),
+    /// A neighbour: the link sequence number on that connection.
+    Peer(PeerId, u64),
+}
+
+/// One copy on its way to a neighbour.
+#[derive(Debug)]
+pub(super) struct SendRec {
+    /// Number of this copy within its entry.
+    pub(super) no: u64,
+    /// The regions it covers (handed on as the envelope's `dests`).
+    pub(super) dests: Vec<RegionName>,
+}
+
+/// A message in custody.
+#[derive(Debug)]
+pub(super) struct Held {
+    /// The envelope as it leaves here (our region in `visited`; `hops` as
+    /// it arrived: each copy adds one).
+    pub(super) env: Envelope,
+    /// Whom to acknowledge when done.
+    upstream: Vec<Upstream>,
+    /// Awaiting the local broker's acknowledgement.
+    local: bool,
+    /// Copies not yet acknowledged.
+    pub(super) sends: Vec<SendRec>,
+    /// Next copy number.
+    next_send: u64,
+    /// Regions it must still reach, with no copy on the way.
+    waiting: Vec<RegionName>,
+    /// The destinations are not known yet (published before the peers'
+    /// summaries arrived): decided when the warm-up ends.
+    unresolved: bool,
+    /// When custody began.
+    since: Instant,
+}
+
+/// Every message in custody.
+#[derive(Debug, Default)]
+pub(super) struct Custody {
+    /// Entries by number (numbers grow with arrival, so they give the
+    /// order to send again in).
+    pub(super) held: FxHashMap<u64, Held>,
+    /// Entry of each message source key, so a replay joins its original.
+    by_key: FxHashMap<(RegionName, NodeName, u64, u64), u64>,
+    /// Next entry number.
+    next_id: u64,
+    /// Entries with waiting destinations, in arrival order.
+    parked: BTreeSet<u64>,
+    /// (LSDB version, interests version, connection generation) at the
+    /// last dispatch of the parked entries.
+    retried: Option<(u64, u64, u64)>,
+    /// Bumped whenever a connection comes up or goes away.
+    pub(super) generation: u64,
+    /// Payload bytes held.
+    bytes: u64,
+}
+
+fn key(env: &Envelope) -> (RegionName, NodeName, u64, u64) {
+    (
+        env.origin.clone(),
+        env.origin_node.clone(),
+        env.epoch,
+        env.seq,
+    )
+}
+
+impl Agent {
+    /// Take custody of `env` (already stamped with our region in
+    /// `visited`): deliver it locally if `local`, send it towards `dests`.
+    pub(super) fn take_custody(
+        &mut self,
+        now: Instant,
+        env: Envelope,
+        upstream: Option<Upstream>,
+        local: bool,
+        dests: Vec<RegionName>,
+        unresolved: bool,
+    ) {
+        let id = self.custody.next_id;
+        self.custody.next_id += 1;
+        self.custody.bytes += env.message.payload.len() as u64;
+        if local {
+            self.stats.delivered += 1;
+            self.events.push_back(Event::Deliver {
+                env: Box::new(env.clone()),
+                custody: Some(id),
+            });
+        }
+        self.custody.by_key.insert(key(&env), id);
+        self.custody.held.insert(
+            id,
+            Held {
+                env,
+                upstream: upstream.into_iter().collect(),
+                local,
+                sends: Vec::new(),
+                next_send: 1,
+                waiting: dests,
+                unresolved,
+                since: now,
+            },
+        );
+        self.dispatch(id);
+        self.finish_if_done(id);
+    }
+
+    /// A replay of a message we still hold: it joins the entry (one more
+    /// upstream to acknowledge), and destinations it names that the entry
+    /// does not cover yet are added. Returns false if the message is not
+    /// held.
+    pub(super) fn join_custody(&mut self, env: &Envelope, upstream: Upstream) -> bool {
+        let Some(&id) = self.custody.by_key.get(&key(env)) else {
+            return false;
+        };
+        let me = self.cfg.region.clone();
+        let Some(h) = self.custody.held.get_mut(&id) else {
+            return false;
+        };
+        h.upstream.push(upstream);
+        for d in &env.dests {
+            let covered =
+                *d == me || h.waiting.contains(d) || h.sends.iter().any(|s| s.dests.contains(d));
+            if !covered {
+                h.waiting.push(d.clone());
+            }
+        }
+        self.dispatch(id);
+        true
+    }
+
+    /// Send the entry's waiting destinations to the next hops that are
+    /// connected; what has no path stays waiting (parked).
+    fn dispatch(&mut self, id: u64) {
+        let Some(mut h) = self.custody.held.remove(&id) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut h.waiting);
+        let mut groups: Vec<(PeerId, Vec<RegionName>)> = Vec::new();
+        let mut hop_limited = false;
+        for dest in waiting {
+            if dest == self.cfg.region {
+                continue;
+            }
+            if h.env.hops >= self.cfg.hop_limit {
+                hop_limited = true;
+                continue;
+            }
+            let Some(hop) = self.router.next_hop(&h.env.origin, &dest, &h.env.visited) else {
+                h.waiting.push(dest);
+                continue;
+            };
+            if !self.exports(&hop, &h.env.message.topic) {
+                self.drop(DropReason::ExportPolicy);
+                continue;
+            }
+            let Some(peer) = self.carrier_id(&hop) else {
+                h.waiting.push(dest);
+                continue;
+            };
+            match groups.iter_mut().find(|(p, _)| *p == peer) {
+                Some((_, ds)) => ds.push(dest),
+                None => groups.push((peer, vec![dest])),
+            }
+        }
+        if hop_limited {
+            self.drop(DropReason::HopLimit);
+        }
+        let shard = shard_of(&h.env.message.topic);
+        for (peer, dests) in groups {
+            let no = h.next_send;
+            h.next_send += 1;
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.pending[shard].push_back(Out::Held { id, send: no });
+            }
+            h.sends.push(SendRec { no, dests });
+        }
+        if h.waiting.is_empty() && !h.unresolved {
+            self.custody.parked.remove(&id);
+        } else {
+            self.custody.parked.insert(id);
+        }
+        self.custody.held.insert(id, h);
+    }
+
+    /// Release the entry's upstreams if nothing is outstanding.
+    fn finish_if_done(&mut self, id: u64) {
+        let done = self.custody.held.get(&id).is_some_and(|h| {
+            !h.local && h.sends.is_empty() && h.waiting.is_empty() && !h.unresolved
+        });
+        if done {
+            self.discard(id);
+        }
+    }
+
+    /// Remove entry `id` and acknowledge its upstreams.
+    fn discard(&mut self, id: u64) {
+        let Some(h) = self.custody.held.remove(&id) else {
+            return;
+        };
+        self.custody.by_key.remove(&key(&h.env));
+        self.custody.parked.remove(&id);
+        self.custody.bytes = self
+            .custody
+            .bytes
+            .saturating_sub(h.env.message.payload.len() as u64);
+        for up in h.upstream {
+            self.release(up);
+        }
+    }
+
+    /// Tell an upstream we are done with its message.
+    pub(super) fn release(&mut self, up: Upstream) {
+        self.stats.released += 1;
+        match up {
+            Upstream::Broker(token) => self.events.push_back(Event::Release(token)),
+            Upstream::Peer(peer, seq) => {
+                // A connection that is gone gets nothing: its agent sends
+                // the message again (on a new connection or another path)
+                // and the replay is acknowledged then.
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.acks.push(seq);
+                }
+            }
+        }
+    }
+
+    /// The local broker acknowledged the delivery numbered `custody`.
+    pub fn handle_delivered(&mut self, _now: Instant, custody: u64) {
+        if let Some(h) = self.custody.held.get_mut(&custody) {
+            h.local = false;
+        }
+        self.finish_if_done(custody);
+    }
+
+    /// The runtime dropped a message for `reason` (counted here, so every
+    /// drop is in [`Stats`]); with `custody`, that delivery is over.
+    pub fn handle_dropped(&mut self, now: Instant, reason: DropReason, custody: Option<u64>) {
+        self.drop(reason);
+        if let Some(c) = custody {
+            self.handle_delivered(now, c);
+        }
+    }
+
+    /// The local broker connection was lost with deliveries unacknowledged:
+    /// publish them again (the runtime's new session has forgotten them).
+    pub fn handle_delivery_lost(&mut self, _now: Instant, custody: u64) {
+        if let Some(h) = self.custody.held.get(&custody)
+            && h.local
+        {
+            self.events.push_back(Event::Deliver {
+                env: Box::new(h.env.clone()),
+                custody: Some(custody),
+            });
+        }
+    }
+
+    /// `from` acknowledged link sequence numbers `ranges`.
+    pub(super) fn on_ack(&mut self, from: &PeerId, ranges: &[(u64, u64)]) {
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        let mut done: Vec<(u64, u64)> = Vec::new();
+        for &(first, last) in ranges {
+            let seqs: Vec<u64> = peer.unacked.range(first..=last).map(|(s, _)| *s).collect();
+            for s in seqs {
+                if let Some(Some(entry)) = peer.unacked.remove(&s) {
+                    done.push(entry);
+                }
+            }
+        }
+        for (id, no) in done {
+            if let Some(h) = self.custody.held.get_mut(&id) {
+                h.sends.retain(|s| s.no != no);
+            }
+            self.finish_if_done(id);
+        }
+    }
+
+    /// Connection `peer` is gone (closed, or replaced by `successor`):
+    /// its queued QoS 0 envelopes move to the successor or are dropped;
+    /// every custody copy on it, queued or unacknowledged, goes back to
+    /// waiting and is dispatched again.
+    pub(super) fn connection_lost(&mut self, peer: Peer, successor: Option<&PeerId>) {
+        self.custody.generation += 1;
+        let mut requeue: Vec<(u64, u64)> = Vec::new();
+        let mut orphans: Vec<Out> = Vec::new();
+        for queue in peer.pending {
+            for out in queue {
+                match out {
+                    Out::Held { id, send } => requeue.push((id, send)),
+                    q0 => orphans.push(q0),
+                }
+            }
+        }
+        let mut closed = 0u64;
+        for entry in peer.unacked.into_values() {
+            match entry {
+                Some(e) => requeue.push(e),
+                None => closed += 1,
+            }
+        }
+        self.count(DropReason::LinkClosed, closed);
+        match successor.and_then(|s| self.peers.get_mut(s)) {
+            Some(next) => {
+                for out in orphans {
+                    if let Out::Qos0(env) = &out {
+                        let shard = shard_of(&env.message.topic);
+                        next.pending_qos0 += 1;
+                        next.pending[shard].push_back(out);
+                    }
+                }
+            }
+            None => self.count(DropReason::NoPeer, orphans.len() as u64),
+        }
+        for (id, no) in requeue {
+            if let Some(h) = self.custody.held.get_mut(&id)
+                && let Some(i) = h.sends.iter().position(|s| s.no == no)
+            {
+                let s = h.sends.remove(i);
+                h.waiting.extend(s.dests);
+                self.custody.parked.insert(id);
+            }
+        }
+    }
+
+    /// Dispatch the parked entries again if the graph, the interest or
+    /// the connections changed since the last time; resolve the
+    /// destinations of messages published during the warm-up once it is
+    /// over; drop (counted) what waited longer than `max_age`.
+    pub(super) fn retry_parked(&mut self, now: Instant) {
+        if self.custody.parked.is_empty() {
+            return;
+        }
+        self.expire(now);
+        let state = (
+            self.router.lsdb().version(),
+            self.router.interests().version(),
+            self.custody.generation,
+        );
+        let warm = now >= self.warm_until;
+        if self.custody.retried == Some(state) && !(warm && self.unresolved_pending(now)) {
+            return;
+        }
+        self.custody.retried = Some(state);
+        let ids: Vec<u64> = self.custody.parked.iter().copied().collect();
+        for id in ids {
+            let Some(h) = self.custody.held.get(&id) else {
+                continue;
+            };
+            let topic = h.env.message.topic.clone();
+            let was_unresolved = h.unresolved;
+            let wanting = self.router.wanting(&topic);
+            let Some(h) = self.custody.held.get_mut(&id) else {
+                continue;
+            };
+            if was_unresolved {
+                if !warm {
+                    // Still warming up: send to whoever is known to want it now.
+                    for w in &wanting {
+                        if *w != self.cfg.region && !h.waiting.contains(w) {
+                            let sent = h.sends.iter().any(|s| s.dests.contains(w));
+                            if !sent {
+                                h.waiting.push(w.clone());
+                            }
+                        }
+                    }
+                } else {
+                    h.unresolved = false;
+                }
+            }
+            // A region that no longer wants the topic is no longer owed it.
+            h.waiting.retain(|d| wanting.contains(d));
+            self.dispatch(id);
+            self.finish_if_done(id);
+        }
+    }
+
+    /// Whether some entry still waits for the warm-up to end.
+    fn unresolved_pending(&self, now: Instant) -> bool {
+        now >= self.warm_until
+            && self
+                .custody
+                .parked
+                .iter()
+                .any(|id| self.custody.held.get(id).is_some_and(|h| h.unresolved))
+    }
+
+    /// Drop parked entries older than `max_age` (counted as expired; their
+    /// upstreams are released, so the loss is this counter's).
+    fn expire(&mut self, now: Instant) {
+        let max_age = self.cfg.max_age;
+        let old: Vec<u64> = self
+            .custody
+            .parked
+            .iter()
+            .take_while(|id| {
+                self.custody
+                    .held
+                    .get(id)
+                    .is_some_and(|h| now.saturating_duration_since(h.since) >= max_age)
+            })
+            .copied()
+            .collect();
+        for id in old {
+            self.drop(DropReason::Expired);
+            if let Some(h) = self.custody.held.get_mut(&id) {
+                h.waiting.clear();
+                h.unresolved = false;
+            }
+            self.custody.parked.remove(&id);
+            self.finish_if_done(id);
+        }
+    }
+
+    /// The envelope for copy `send` of entry `id`, as it goes on the wire.
+    pub(super) fn custody_copy(&self, id: u64, send: u64) -> Option<Envelope> {
+        let h = self.custody.held.get(&id)?;
+        let s = h.sends.iter().find(|s| s.no == send)?;
+        let mut env = h.env.clone();
+        env.hops += 1;
+        env.dests = s.dests.clone();
+        Some(env)
+    }
+
+    /// When parked entries need a look without any input: the end of the
+    /// warm-up, and once a second for `max_age`.
+    pub(super) fn custody_timeout(&self) -> Option<Instant> {
+        if self.custody.parked.is_empty() {
+            return None;
+        }
+        let tick = self.last_now + Duration::from_secs(1);
+        Some(if self.warm_until > self.last_now {
+            tick.min(self.warm_until)
+        } else {
+            tick
+        })
+    }
+
+    /// Custody figures for [`Stats`].
+    pub(super) fn custody_stats(&self, stats: &mut Stats) {
+        stats.held = self.custody.held.len() as u64;
+        stats.parked = self.custody.parked.len() as u64;
+        stats.held_bytes = self.custody.bytes;
+    }
+}

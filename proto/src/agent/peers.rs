@@ -1,0 +1,199 @@
+//! Connections: connect, disconnect, hello, and the dispatch of every
+//! frame a peer sends.
+
+use super::*;
+
+impl Agent {
+    /// The runtime connected to (or accepted) an agent of `peer.region`,
+    /// whose identity it verified from the peer's certificate.
+    pub fn handle_connect(&mut self, _now: Instant, peer: &PeerId) {
+        let region = &peer.region;
+        if self.policy(region).is_none() {
+            self.close(
+                peer,
+                format!("region `{region}` is not a configured neighbour"),
+            );
+            return;
+        }
+        self.peers.insert(peer.clone(), Peer::new());
+        let hello = Hello {
+            region: self.cfg.region.clone(),
+            node: self.cfg.node.clone(),
+            epoch: self.cfg.epoch,
+            version: PROTOCOL_VERSION,
+        };
+        self.outbox.push_back((peer.clone(), Frame::Hello(hello)));
+    }
+
+    /// The connection `peer` is gone.
+    pub fn handle_disconnect(&mut self, now: Instant, peer: &PeerId) {
+        self.last_now = now;
+        if let Some(peer) = self.peers.remove(peer) {
+            let was_up = peer.hello.is_some();
+            self.connection_lost(peer, None);
+            if was_up {
+                self.originate(now);
+            }
+        }
+        self.retry_parked(now);
+    }
+
+    /// A frame arrived on connection `from`.
+    pub fn handle_frame(&mut self, now: Instant, from: &PeerId, frame: Frame) {
+        self.last_now = now;
+        self.frame(now, from, frame);
+        self.note_interest(now);
+        self.retry_parked(now);
+    }
+
+    pub(super) fn frame(&mut self, now: Instant, from: &PeerId, frame: Frame) {
+        let Some(peer) = self.peers.get(from) else {
+            return;
+        };
+        match (&peer.hello, frame) {
+            (None, Frame::Hello(h)) => self.on_hello(now, from, h),
+            (None, _) => self.close(from, "frame before hello".to_owned()),
+            (Some(_), Frame::Hello(_)) => self.close(from, "second hello".to_owned()),
+            (Some(_), Frame::Lsa(lsa)) => match self.router.handle_lsa(now, lsa.clone()) {
+                LsaOutcome::Installed => self.broadcast(Some(from), &Frame::Lsa(lsa)),
+                LsaOutcome::Older => {
+                    if let Some(ours) = self.router.lsdb().lsa(&lsa.origin, &lsa.node).cloned() {
+                        self.outbox.push_back((from.clone(), Frame::Lsa(ours)));
+                    }
+                }
+                LsaOutcome::OwnStale => self.originate(now),
+                LsaOutcome::Duplicate => {}
+            },
+            (Some(_), Frame::SummaryStart { table, seq, count }) => {
+                let open = self.peers.get(from).map_or(0, |p| p.incoming.len());
+                if count > MAX_TABLE_FILTERS || open >= MAX_OPEN_SNAPSHOTS {
+                    return self.close(
+                        from,
+                        format!("summary of {count} filters with {open} snapshots open exceeds the limits ({MAX_TABLE_FILTERS} filters, {MAX_OPEN_SNAPSHOTS} open)"),
+                    );
+                }
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.incoming.insert(
+                        table,
+                        Incoming {
+                            seq,
+                            count,
+                            filters: Vec::new(),
+                        },
+                    );
+                }
+            }
+            (Some(_), Frame::SummaryEntries { table, filters }) => {
+                let Some(inc) = self
+                    .peers
+                    .get_mut(from)
+                    .and_then(|p| p.incoming.get_mut(&table))
+                else {
+                    return self.close(
+                        from,
+                        format!("summary entries for {table:?} without a start"),
+                    );
+                };
+                inc.filters.extend(filters);
+                if inc.filters.len() as u64 > inc.count {
+                    self.close(
+                        from,
+                        format!("summary for {table:?} holds more filters than announced"),
+                    );
+                }
+            }
+            (Some(_), Frame::SummaryEnd { table, digest }) => {
+                self.on_snapshot_end(from, table, digest)
+            }
+            (
+                Some(_),
+                Frame::SummaryDelta {
+                    table,
+                    seq,
+                    add,
+                    remove,
+                },
+            ) => self.on_delta(from, table, seq, add, remove),
+            (Some(_), Frame::Digest { table, seq, digest }) => {
+                self.on_digest(from, table, seq, digest)
+            }
+            (Some(_), Frame::ResyncRequest { table }) => self.send_snapshot_of(from, &table),
+            (Some(_), Frame::DigestSum { tables, sum }) => {
+                if (tables, sum) != self.digest_sum() {
+                    // Something differs: show the peer every table's digest;
+                    // it asks for (or sends) the snapshots that fix it.
+                    let batch = Frame::DigestBatch(self.table_digests());
+                    self.outbox.push_back((from.clone(), batch));
+                }
+            }
+            (Some(_), Frame::DigestBatch(entries)) => {
+                for (table, seq, digest) in entries {
+                    self.on_digest(from, table, seq, digest);
+                }
+            }
+            (Some(_), Frame::Ack { ranges }) => self.on_ack(from, &ranges),
+            (Some(_), Frame::Data(batch)) => self.on_data(from, batch),
+        }
+    }
+
+    pub(super) fn on_hello(&mut self, now: Instant, from: &PeerId, h: Hello) {
+        if h.region != from.region {
+            return self.close(
+                from,
+                format!(
+                    "hello claims region `{}` but the certificate says `{}`",
+                    h.region, from.region
+                ),
+            );
+        }
+        if h.version != PROTOCOL_VERSION {
+            return self.close(
+                from,
+                format!(
+                    "protocol version {} not supported (we speak {PROTOCOL_VERSION})",
+                    h.version
+                ),
+            );
+        }
+        let node = h.node.clone();
+        // One connection per agent: a newer one (a restart, or a reconnect
+        // before the old connection timed out) replaces the older.
+        let older: Vec<PeerId> = self
+            .peers
+            .range(PeerId::range(&from.region))
+            .filter(|(id, p)| *id != from && p.hello.as_ref().is_some_and(|o| o.node == node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(p) = self.peers.get_mut(from) {
+            p.hello = Some(h);
+        }
+        self.custody.generation += 1;
+        for old in older {
+            if let Some(p) = self.peers.remove(&old) {
+                // Same agent: what was queued still goes, on the new
+                // connection; custody copies are sent again there.
+                self.connection_lost(p, Some(from));
+            }
+            self.events.push_back(Event::Replaced { peer: old });
+        }
+        self.events.push_back(Event::PeerUp {
+            peer: from.clone(),
+            node,
+        });
+        // Bring the newcomer up to date: every LSA, every table.
+        let lsas: Vec<Frame> = self.router.lsdb().lsas().cloned().map(Frame::Lsa).collect();
+        for f in lsas {
+            self.outbox.push_back((from.clone(), f));
+        }
+        let tables: Vec<TableId> = self
+            .router
+            .interests()
+            .tables()
+            .map(|t| table_id(t.version()))
+            .collect();
+        for t in tables {
+            self.send_snapshot_of(from, &t);
+        }
+        self.originate(now);
+    }
+}
