@@ -94,7 +94,8 @@ impl LocalBroker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n"
+                 log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n\
+                 max_inflight_messages 1000\nmax_queued_messages 100000\n"
             ),
         )?;
         let log = std::fs::File::create(dir.join(format!("{name}-mosquitto.log")))?;

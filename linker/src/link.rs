@@ -42,6 +42,22 @@ use mqlink_proto::frame::LARGE_PAYLOAD;
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// First wait between dial attempts.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between dial attempts.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// `d` less up to a quarter of it, so agents that lost the same peer do not
+/// retry in lockstep. Not security-relevant: the clock's nanoseconds are
+/// random enough.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let quarter = d / 4;
+    d - quarter.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
 /// Whether `me` dials `peer` (the first name in sort order dials).
 pub fn dials(me: &RegionName, peer: &RegionName) -> bool {
     me < peer
@@ -94,19 +110,25 @@ pub async fn accept(
 }
 
 /// Keep a connection to the agent of `region` at `target` open: resolve
-/// it, connect, serve, and on failure retry with exponential backoff (0.2 s
-/// to 10 s).
+/// it, connect, serve, and on failure retry with exponential backoff from
+/// 0.1 s to [`DIAL_BACKOFF_MAX`], each wait jittered by up to a quarter.
+///
+/// The cap is short on purpose: a restarted neighbour must be reconnected
+/// within about a second of being reachable (held QoS >= 1 traffic waits
+/// for it), and a failed attempt costs one QUIC Initial. It used to be
+/// 10 s, which is why a destination restarted after a few seconds of
+/// outage stayed unreachable for up to ten more.
 pub async fn dial(
     endpoint: quinn::Endpoint,
     region: RegionName,
     target: Endpoint,
     core: mpsc::Sender<Input>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = DIAL_BACKOFF_MIN;
     loop {
         match connect_once(&endpoint, &region, &target).await {
             Ok((conn, control)) => {
-                backoff = Duration::from_millis(200);
+                backoff = DIAL_BACKOFF_MIN;
                 serve(conn, region.clone(), control, core.clone()).await;
             }
             Err(e) => debug!(peer = %region, error = %e, "dial failed"),
@@ -114,8 +136,8 @@ pub async fn dial(
         if core.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
     }
 }
 

@@ -4,6 +4,9 @@
 //! process), and an MQTT 5 test client. Waits are on conditions with deadlines, never
 //! fixed sleeps.
 //!
+//! [`procs`] runs agents as processes instead (`mqlink run`), for the
+//! tests that kill one with SIGKILL.
+//!
 //! The tests themselves are in `tests/tests/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failure should panic
@@ -21,6 +24,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
+
+pub mod procs;
 
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch(name: &str) -> PathBuf {

@@ -1,0 +1,187 @@
+//! A federation of agent *processes* (`mqlink run`, the binary an operator
+//! runs), for the tests that kill an agent with SIGKILL and start it
+//! again: fixed ports picked free at start, one YAML per agent written as
+//! an operator would, real Mosquitto brokers. Processes are stopped by
+//! their PID (`Child::kill`), never by name.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use mqlink::brokers::LocalBroker;
+use mqlink_topology::RegionName;
+
+use crate::{Client, scratch};
+
+/// One region of a process federation.
+pub struct ProcRegion {
+    /// Its broker.
+    pub broker: LocalBroker,
+    /// Its agent's config file.
+    pub config: PathBuf,
+    /// The agent process, while it runs.
+    pub agent: Option<AgentProc>,
+    /// How many times the agent was started (names its log files).
+    starts: u32,
+}
+
+/// Regions with a broker and an agent process each.
+pub struct ProcFederation {
+    /// Scratch directory: certificates, configs, logs, spools.
+    pub dir: PathBuf,
+    /// Regions by name.
+    pub regions: BTreeMap<String, ProcRegion>,
+}
+
+fn free_udp() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_tcp() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The `mqlink` binary next to the test binary (`target/<profile>/mqlink`;
+/// cargo builds it with the workspace's tests).
+pub fn mqlink_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no parent directory")?;
+    let bin = dir.join("mqlink");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build -p mqlink`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl ProcFederation {
+    /// Start `regions` linked by `links` (a, b, cost); `interest` gives
+    /// each region's static interest (the agents follow nothing else, so
+    /// a restarted agent knows it at once).
+    pub fn start(
+        name: &str,
+        regions: &[&str],
+        links: &[(&str, &str, u32)],
+        interest: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = scratch(name);
+        let certs = dir.join("certs");
+        mqlink::certs::init(&certs)?;
+        let mut quic = BTreeMap::new();
+        for r in regions {
+            mqlink::certs::issue(&RegionName::new(r)?, &certs)?;
+            quic.insert(*r, free_udp()?);
+        }
+        let mut out = BTreeMap::new();
+        for r in regions {
+            let broker = LocalBroker::mosquitto(&dir, r)?;
+            let statics: Vec<String> = interest
+                .iter()
+                .filter(|(x, _)| x == r)
+                .map(|(_, f)| format!("\"{f}\""))
+                .collect();
+            let mut yaml = format!(
+                "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
+                 listen: {{ quic: \"127.0.0.1:{}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{}\" }}\n\
+                 tls: {{ cert: certs/{r}.pem, key: certs/{r}.key, ca: certs/ca.pem }}\n\
+                 interest: {{ dynamic: none, static: [{}] }}\n\
+                 spool: {{ dir: spool-{r} }}\nlinks:\n",
+                broker.port(),
+                quic[r],
+                free_tcp()?,
+                statics.join(", ")
+            );
+            for (a, b, cost) in links.iter().filter(|(a, b, _)| a == r || b == r) {
+                let peer = if a == r { b } else { a };
+                yaml.push_str(&format!(
+                    "  - region: {peer}\n    endpoints: [\"127.0.0.1:{}\"]\n    cost: {cost}\n",
+                    quic[peer]
+                ));
+            }
+            let config = dir.join(format!("{r}.yaml"));
+            std::fs::write(&config, yaml)?;
+            out.insert(
+                (*r).to_owned(),
+                ProcRegion {
+                    broker,
+                    config,
+                    agent: None,
+                    starts: 0,
+                },
+            );
+        }
+        let mut fed = ProcFederation { dir, regions: out };
+        for r in regions {
+            fed.start_agent(r)?;
+        }
+        Ok(fed)
+    }
+
+    /// Start (or start again) `region`'s agent process.
+    pub fn start_agent(&mut self, region: &str) -> anyhow::Result<()> {
+        let bin = mqlink_bin()?;
+        let dir = self.dir.clone();
+        let r = self.regions.get_mut(region).context("no such region")?;
+        r.starts += 1;
+        let log = std::fs::File::create(dir.join(format!("{region}-agent-{}.log", r.starts)))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&r.config)
+            .current_dir(&dir)
+            .env("RUST_LOG", "info,quinn=warn,rumqttc=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting mqlink run")?;
+        r.agent = Some(AgentProc(child));
+        Ok(())
+    }
+
+    /// SIGKILL `region`'s agent (by its PID) and reap it.
+    pub fn kill_agent(&mut self, region: &str) {
+        // Dropping the guard kills and reaps the process.
+        drop(self.regions.get_mut(region).and_then(|r| r.agent.take()));
+    }
+
+    /// A test client on `region`'s broker.
+    pub async fn client(&self, region: &str, id: &str) -> anyhow::Result<Client> {
+        Client::connect(self.regions[region].broker.port(), id).await
+    }
+
+    /// Stop every agent, then every broker.
+    pub async fn stop(mut self) {
+        let names: Vec<String> = self.regions.keys().cloned().collect();
+        for n in &names {
+            self.kill_agent(n);
+        }
+        for (_, r) in self.regions {
+            r.broker.stop().await;
+        }
+    }
+}
+
+/// An agent process, killed (SIGKILL, by PID) and reaped when dropped, so
+/// a failing test leaves no agent behind.
+pub struct AgentProc(Child);
+
+impl AgentProc {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
