@@ -13,6 +13,8 @@ use mqlink_topology::{RegionName, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::spool::SpoolCmd;
+
 /// Inputs to the core task.
 #[derive(Debug)]
 pub enum Input {
@@ -59,6 +61,25 @@ pub enum Input {
     Subscribe(TopicFilter),
     /// A local subscription went away.
     Unsubscribe(TopicFilter),
+    /// The spool wrote (or, full, refused) custody entry `custody`.
+    Spooled {
+        /// The core's custody number.
+        custody: u64,
+        /// Durable now.
+        ok: bool,
+    },
+    /// A message back from the spool.
+    Unspooled {
+        /// Its spool record.
+        key: u64,
+        /// The message.
+        env: Box<Envelope>,
+    },
+    /// The spool answered a replay request.
+    ReplayDone {
+        /// It had nothing more.
+        exhausted: bool,
+    },
     /// Report the counters.
     Stats(oneshot::Sender<StatsReport>),
 }
@@ -127,6 +148,9 @@ pub struct BrokerTx {
     pub export: mpsc::UnboundedSender<ExportCmd>,
     /// To the import session (bounded: a slow broker slows the core).
     pub import: mpsc::Sender<ImportCmd>,
+    /// To the spool thread (unbounded by construction, see
+    /// [`crate::spool::run`]).
+    pub spool: mpsc::UnboundedSender<crate::spool::SpoolCmd>,
 }
 
 struct PeerConn {
@@ -212,6 +236,9 @@ fn handle(
         Input::Delivered(custody) => agent.handle_delivered(now, custody),
         Input::DeliveryLost(custody) => agent.handle_delivery_lost(now, custody),
         Input::Dropped(reason, custody) => agent.handle_dropped(now, reason, custody),
+        Input::Spooled { custody, ok } => agent.handle_spooled(now, custody, ok),
+        Input::Unspooled { key, env } => agent.handle_unspooled(now, key, *env),
+        Input::ReplayDone { exhausted } => agent.handle_replay_done(now, exhausted),
         Input::Subscribe(filter) => agent.handle_subscribe(now, filter),
         Input::Unsubscribe(filter) => agent.handle_unsubscribe(now, &filter),
         Input::Stats(reply) => {
@@ -283,6 +310,15 @@ async fn drain(
                         .import
                         .send(ImportCmd::Deliver { env, custody })
                         .await;
+                }
+                Event::Spool { custody, env } => {
+                    let _ = broker.spool.send(SpoolCmd::Put { custody, env });
+                }
+                Event::SpoolAck(key) => {
+                    let _ = broker.spool.send(SpoolCmd::Ack(key));
+                }
+                Event::SpoolReplay(max) => {
+                    let _ = broker.spool.send(SpoolCmd::Replay(max));
                 }
                 Event::Release(token) => {
                     let _ = broker.export.send(ExportCmd::Release(token));

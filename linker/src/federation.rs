@@ -221,7 +221,7 @@ fn region_yaml(
         "region: {name}\nnode: {name}-{k}\nbroker: {{ url: \"mqtt://127.0.0.1:{}\", shared: {shared} }}\n\
          listen: {{ quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:0\" }}\n\
          tls: {{ cert: certs/{name}.pem, key: certs/{name}.key, ca: certs/ca.pem }}\n\
-         interest: {{ dynamic: {dynamic}, static: [{}] }}\nlinks:\n",
+         interest: {{ dynamic: {dynamic}, static: [{}] }}\nspool: {{ dir: spool-{name}-{k} }}\nlinks:\n",
         broker.port(),
         interest.join(", ")
     );

@@ -16,6 +16,7 @@
 //! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
+//! - [`spool`]: the durable on-disk spool (segment log, group commit).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`brokers`]: local brokers for the demo and tests (embedded `mqtt5`, or a
 //!   Mosquitto process).
@@ -35,4 +36,5 @@ pub mod link;
 pub mod metrics;
 pub mod mosquitto;
 pub mod run;
+pub mod spool;
 pub mod tls;

@@ -87,11 +87,23 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
             import: l.import.clone(),
         })
         .collect();
+    let (spool, recovered) = crate::spool::Spool::open(&cfg.spool.dir, cfg.spool.max_bytes.0)?;
+    if recovered.records + recovered.corrupt + recovered.truncated > 0 {
+        info!(
+            messages = recovered.records,
+            corrupt = recovered.corrupt,
+            torn_bytes = recovered.truncated,
+            dir = %cfg.spool.dir.display(),
+            "spool recovered"
+        );
+    }
+    metrics::counter!("mqlink_spool_corrupt_records_total").increment(recovered.corrupt);
     let now = std::time::Instant::now();
-    let mut agent = Agent::new(
-        now,
-        AgentConfig::new(cfg.region.clone(), cfg.node.clone(), epoch, links),
-    );
+    let mut agent_cfg = AgentConfig::new(cfg.region.clone(), cfg.node.clone(), epoch, links);
+    agent_cfg.spool = true;
+    agent_cfg.max_age = cfg.spool.max_age;
+    let mut agent = Agent::new(now, agent_cfg);
+    agent.handle_spool_recovered(recovered.records);
     for f in &cfg.interest.static_filters {
         agent.handle_subscribe(now, f.clone());
     }
@@ -114,9 +126,17 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     let export = broker::ExportState::new(&cfg.region, cfg.broker.shared);
     let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
+    let (spool_tx, spool_rx) = mpsc::unbounded_channel();
+    let spool_core = input_tx.clone();
+    let max_age = cfg.spool.max_age;
+    std::thread::Builder::new()
+        .name("mqlink-spool".into())
+        .spawn(move || crate::spool::run(spool, max_age, spool_rx, spool_core))
+        .context("starting the spool thread")?;
     let broker_tx = core::BrokerTx {
         export: export_tx,
         import: import_tx,
+        spool: spool_tx,
     };
     let mut tasks = vec![
         tokio::spawn(core::run(agent, input_rx, broker_tx)),

@@ -581,6 +581,16 @@ impl From<Frame> for pb::Frame {
     }
 }
 
+/// One envelope in the wire encoding, for storage (the spool).
+pub fn encode_envelope(env: Envelope) -> Vec<u8> {
+    pb::Envelope::from(env).encode_to_vec()
+}
+
+/// An envelope stored with [`encode_envelope`]; bad bytes are an error.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, FrameError> {
+    Envelope::try_from(pb::Envelope::decode(bytes)?)
+}
+
 /// Size of `frame` on the wire, length prefix included (for the simulator's
 /// byte accounting).
 pub fn encoded_len(frame: &Frame) -> usize {

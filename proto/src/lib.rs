@@ -37,5 +37,6 @@ pub use agent::{
 };
 pub use frame::{
     DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES, MAX_FRAME_LEN,
-    Message, PROTOCOL_VERSION, Properties, Qos, TableId, decode, encode, encoded_len, shard_of,
+    Message, PROTOCOL_VERSION, Properties, Qos, TableId, decode, decode_envelope, encode,
+    encode_envelope, encoded_len, shard_of,
 };

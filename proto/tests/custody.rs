@@ -155,3 +155,28 @@ fn a_full_window_holds_messages_back_instead_of_dropping_them() {
     assert_eq!(net.released["a"].len(), 10_000);
     assert!(net.agent("a").stats().drops.is_empty());
 }
+
+#[test]
+fn messages_with_no_path_go_to_the_spool_and_come_back() {
+    let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.subscribe("b", "t/#");
+    net.agent("a").enable_spool();
+    net.disconnect("a", "b");
+    for _ in 0..50 {
+        net.publish_qos1("a", "t/1");
+    }
+    assert_eq!(net.agent("a").stats().parked, 50);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.spools["a"].len(), 50, "durable in the spool");
+    assert_eq!(
+        net.released["a"],
+        tokens(1..=50),
+        "the broker is released once the spool has them"
+    );
+    assert_eq!(net.agent("a").stats().held, 0, "and memory is free");
+    net.connect("a", "b");
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.payloads("b"), (1..=50).collect::<Vec<_>>());
+    assert!(net.spools["a"].is_empty(), "every record acknowledged");
+    assert_eq!(net.agent("a").stats().held, 0);
+}

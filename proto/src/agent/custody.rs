@@ -23,6 +23,8 @@ pub(super) enum Upstream {
     Broker(u64),
     /// A neighbour: the link sequence number on that connection.
     Peer(PeerId, u64),
+    /// The spool: the record's key.
+    Spool(u64),
 }
 
 /// One copy on its way to a neighbour.
@@ -55,6 +57,9 @@ pub(super) struct Held {
     unresolved: bool,
     /// When custody began.
     since: Instant,
+    /// The destinations being written to the spool (awaiting
+    /// `handle_spooled`).
+    spooling: Option<Vec<RegionName>>,
 }
 
 /// Every message in custody.
@@ -76,9 +81,15 @@ pub(super) struct Custody {
     pub(super) generation: u64,
     /// Payload bytes held.
     bytes: u64,
+    /// Records in the spool not yet handed back to us.
+    pub(super) spool_unread: u64,
+    /// Entries taken back from the spool and still held.
+    replayed: usize,
+    /// A replay request is out (awaiting `handle_replay_done`).
+    replay_out: bool,
 }
 
-fn key(env: &Envelope) -> (RegionName, NodeName, u64, u64) {
+fn key_of(env: &Envelope) -> (RegionName, NodeName, u64, u64) {
     (
         env.origin.clone(),
         env.origin_node.clone(),
@@ -109,7 +120,7 @@ impl Agent {
                 custody: Some(id),
             });
         }
-        self.custody.by_key.insert(key(&env), id);
+        self.custody.by_key.insert(key_of(&env), id);
         self.custody.held.insert(
             id,
             Held {
@@ -121,6 +132,7 @@ impl Agent {
                 waiting: dests,
                 unresolved,
                 since: now,
+                spooling: None,
             },
         );
         self.dispatch(id);
@@ -132,7 +144,7 @@ impl Agent {
     /// does not cover yet are added. Returns false if the message is not
     /// held.
     pub(super) fn join_custody(&mut self, env: &Envelope, upstream: Upstream) -> bool {
-        let Some(&id) = self.custody.by_key.get(&key(env)) else {
+        let Some(&id) = self.custody.by_key.get(&key_of(env)) else {
             return false;
         };
         let me = self.cfg.region.clone();
@@ -220,7 +232,7 @@ impl Agent {
         let Some(h) = self.custody.held.remove(&id) else {
             return;
         };
-        self.custody.by_key.remove(&key(&h.env));
+        self.custody.by_key.remove(&key_of(&h.env));
         self.custody.parked.remove(&id);
         self.custody.bytes = self
             .custody
@@ -236,6 +248,10 @@ impl Agent {
         self.stats.released += 1;
         match up {
             Upstream::Broker(token) => self.events.push_back(Event::Release(token)),
+            Upstream::Spool(key) => {
+                self.custody.replayed = self.custody.replayed.saturating_sub(1);
+                self.events.push_back(Event::SpoolAck(key));
+            }
             Upstream::Peer(peer, seq) => {
                 // A connection that is gone gets nothing: its agent sends
                 // the message again (on a new connection or another path)
@@ -445,10 +461,112 @@ impl Agent {
         Some(env)
     }
 
+    /// Hand the parked entries to the spool (once each): what no path can
+    /// take now is made durable, and its upstream released, instead of
+    /// being held in memory. Entries that came from the spool stay here.
+    pub(super) fn spool_parked(&mut self) {
+        if !self.cfg.spool {
+            return;
+        }
+        let ids: Vec<u64> = self.custody.parked.iter().copied().collect();
+        for id in ids {
+            let Some(h) = self.custody.held.get_mut(&id) else {
+                continue;
+            };
+            let from_spool = h.upstream.iter().any(|u| matches!(u, Upstream::Spool(_)));
+            if from_spool || h.spooling.is_some() || h.unresolved || h.waiting.is_empty() {
+                continue;
+            }
+            let mut env = h.env.clone();
+            env.dests = h.waiting.clone();
+            h.spooling = Some(h.waiting.clone());
+            self.events.push_back(Event::Spool {
+                custody: id,
+                env: Box::new(env),
+            });
+        }
+    }
+
+    /// The spool wrote entry `custody`'s message durably (`ok`), or
+    /// refused it (full: it stays here, and its upstream waits).
+    pub fn handle_spooled(&mut self, _now: Instant, custody: u64, ok: bool) {
+        let Some(h) = self.custody.held.get_mut(&custody) else {
+            return;
+        };
+        let Some(dests) = h.spooling.take() else {
+            return;
+        };
+        if !ok {
+            return;
+        }
+        // The spool owes these now. Any of them dispatched meanwhile (a
+        // path appeared) arrive twice; the destination's dedupe drops one.
+        h.waiting.retain(|d| !dests.contains(d));
+        self.custody.spool_unread += 1;
+        if h.waiting.is_empty() {
+            self.custody.parked.remove(&custody);
+        }
+        self.finish_if_done(custody);
+    }
+
+    /// The runtime has a spool (normally set in [`AgentConfig::spool`]).
+    pub fn enable_spool(&mut self) {
+        self.cfg.spool = true;
+    }
+
+    /// The spool held `records` messages at start (recovered from disk).
+    pub fn handle_spool_recovered(&mut self, records: u64) {
+        self.custody.spool_unread = records;
+    }
+
+    /// A message back from the spool (record `key`): sent on towards its
+    /// destinations; [`Event::SpoolAck`] once they have it.
+    pub fn handle_unspooled(&mut self, now: Instant, key: u64, mut env: Envelope) {
+        self.last_now = now;
+        self.custody.spool_unread = self.custody.spool_unread.saturating_sub(1);
+        self.custody.replayed += 1;
+        let me = self.cfg.region.clone();
+        if !env.visited.contains(&me) {
+            env.visited.push(me.clone());
+        }
+        let dests: Vec<RegionName> = env.dests.iter().filter(|d| **d != me).cloned().collect();
+        if self.custody.by_key.contains_key(&key_of(&env)) {
+            // Still held from before it was spooled: the spool copy is
+            // done (the held one carries on).
+            self.release(Upstream::Spool(key));
+            return;
+        }
+        self.take_custody(now, env, Some(Upstream::Spool(key)), false, dests, false);
+    }
+
+    /// The spool answered the last [`Event::SpoolReplay`]; `exhausted`
+    /// when it had nothing more to give.
+    pub fn handle_replay_done(&mut self, _now: Instant, exhausted: bool) {
+        self.custody.replay_out = false;
+        if exhausted {
+            self.custody.spool_unread = 0;
+        }
+        self.request_replay();
+    }
+
+    /// Ask the spool for more when it holds messages, there is room, and
+    /// a path may have appeared.
+    pub(super) fn request_replay(&mut self) {
+        if !self.cfg.spool || self.custody.replay_out || self.custody.spool_unread == 0 {
+            return;
+        }
+        let room = self.cfg.spool_replay.saturating_sub(self.custody.replayed);
+        if room == 0 || self.peers_up().is_empty() {
+            return;
+        }
+        self.custody.replay_out = true;
+        self.events.push_back(Event::SpoolReplay(room));
+    }
+
     /// When parked entries need a look without any input: the end of the
     /// warm-up, and once a second for `max_age`.
     pub(super) fn custody_timeout(&self) -> Option<Instant> {
-        if self.custody.parked.is_empty() {
+        if self.custody.parked.is_empty() && self.custody.spool_unread == 0 {
             return None;
         }
         let tick = self.last_now + Duration::from_secs(1);
@@ -464,5 +582,6 @@ impl Agent {
         stats.held = self.custody.held.len() as u64;
         stats.parked = self.custody.parked.len() as u64;
         stats.held_bytes = self.custody.bytes;
+        stats.spool_unread = self.custody.spool_unread;
     }
 }

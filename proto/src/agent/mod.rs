@@ -159,6 +159,12 @@ pub struct AgentConfig {
     /// Held QoS >= 1 messages older than this are dropped, counted as
     /// [`DropReason::Expired`] (the spool's `max_age`).
     pub max_age: Duration,
+    /// Whether the runtime has a spool: messages waiting for a path are
+    /// then handed to it ([`Event::Spool`]) and their upstream released
+    /// once they are durable, instead of being held in memory.
+    pub spool: bool,
+    /// Most messages taken back from the spool and not yet passed on.
+    pub spool_replay: usize,
 }
 
 impl AgentConfig {
@@ -180,6 +186,8 @@ impl AgentConfig {
             qos0_queue: 8192,
             warmup: Duration::from_secs(5),
             max_age: Duration::from_secs(24 * 3600),
+            spool: false,
+            spool_replay: 4096,
         }
     }
 }
@@ -281,6 +289,8 @@ pub struct Stats {
     pub parked: u64,
     /// Payload bytes in custody now.
     pub held_bytes: u64,
+    /// Messages in the spool not yet taken back.
+    pub spool_unread: u64,
     /// Custody released upstream (broker or previous agent acknowledged).
     pub released: u64,
 }
@@ -324,6 +334,19 @@ pub enum Event {
     Release(u64),
     /// The set of filters to subscribe to on the local broker (to export) changed.
     ExportChanged(BTreeSet<TopicFilter>),
+    /// Write this message (waiting for a path to its `dests`) to the
+    /// spool durably, then report [`Agent::handle_spooled`].
+    Spool {
+        /// The custody entry.
+        custody: u64,
+        /// The message, `dests` = the regions the spool now owes it to.
+        env: Box<Envelope>,
+    },
+    /// The spooled message `key` has been passed on: mark it done.
+    SpoolAck(u64),
+    /// Hand back up to this many spooled messages, oldest first
+    /// ([`Agent::handle_unspooled`], then [`Agent::handle_replay_done`]).
+    SpoolReplay(usize),
 }
 
 /// A snapshot being received.
@@ -420,6 +443,8 @@ pub struct Agent {
     departed_checked: Option<(u64, u64)>,
     /// QoS >= 1 messages in our custody.
     custody: custody::Custody,
+    /// When parked entries are next handed to the spool.
+    next_spool_tick: Option<Instant>,
     /// The time of the latest input (for custody entries begun deep in the
     /// data path).
     last_now: Instant,
@@ -464,6 +489,7 @@ impl Agent {
             custody: custody::Custody::default(),
             warm_until: now + cfg.warmup,
             last_now: now,
+            next_spool_tick: None,
             stats: Stats::default(),
             cfg,
         };
@@ -569,6 +595,11 @@ impl Agent {
             self.broadcast(None, &Frame::DigestSum { tables, sum });
         }
         self.retry_parked(now);
+        if self.next_spool_tick.is_none_or(|t| now >= t) {
+            self.next_spool_tick = Some(now + Duration::from_secs(1));
+            self.spool_parked();
+        }
+        self.request_replay();
     }
 
     /// When [`Self::handle_timeout`] should next be called.

@@ -36,6 +36,7 @@ impl Agent {
             }
         }
         self.retry_parked(now);
+        self.request_replay();
     }
 
     /// A frame arrived on connection `from`.
@@ -44,6 +45,7 @@ impl Agent {
         self.frame(now, from, frame);
         self.note_interest(now);
         self.retry_parked(now);
+        self.request_replay();
     }
 
     pub(super) fn frame(&mut self, now: Instant, from: &PeerId, frame: Frame) {

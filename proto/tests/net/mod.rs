@@ -64,6 +64,10 @@ pub struct Net {
     pub next_token: u64,
     /// The region links, to start an agent again.
     pub links: Vec<(String, String, u64)>,
+    /// A model spool per agent: (key, message, handed back yet).
+    pub spools: BTreeMap<String, Vec<(u64, Envelope, bool)>>,
+    /// Next spool key.
+    pub next_key: u64,
 }
 
 /// The config of agent `name` among `links`, with `epoch`.
@@ -110,6 +114,8 @@ impl Net {
             unacked: BTreeMap::new(),
             next_token: 1,
             links: links.clone(),
+            spools: BTreeMap::new(),
+            next_key: 1,
         };
         for (a, b, _) in &links {
             let ends: Vec<(String, String)> = agents
@@ -213,6 +219,36 @@ impl Net {
                                     self.agent(from).handle_delivered(now, c);
                                 }
                             }
+                        }
+                        Event::Spool { custody, env } => {
+                            let key = self.next_key;
+                            self.next_key += 1;
+                            self.spools
+                                .entry(from.clone())
+                                .or_default()
+                                .push((key, *env, false));
+                            let now = self.now;
+                            self.agent(from).handle_spooled(now, custody, true);
+                        }
+                        Event::SpoolAck(key) => {
+                            if let Some(v) = self.spools.get_mut(from) {
+                                v.retain(|(k, _, _)| *k != key);
+                            }
+                        }
+                        Event::SpoolReplay(max) => {
+                            let now = self.now;
+                            let mut back = Vec::new();
+                            for (k, e, given) in self.spools.entry(from.clone()).or_default() {
+                                if !*given && back.len() < max {
+                                    *given = true;
+                                    back.push((*k, e.clone()));
+                                }
+                            }
+                            let exhausted = back.len() < max;
+                            for (k, e) in back {
+                                self.agent(from).handle_unspooled(now, k, e);
+                            }
+                            self.agent(from).handle_replay_done(now, exhausted);
                         }
                         Event::Release(token) => {
                             self.released.entry(from.clone()).or_default().insert(token);
