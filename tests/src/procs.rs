@@ -25,6 +25,8 @@ pub struct ProcRegion {
     pub agent: Option<AgentProc>,
     /// How many times the agent was started (names its log files).
     starts: u32,
+    /// Its Prometheus port.
+    pub metrics_port: u16,
 }
 
 /// Regions with a broker and an agent process each.
@@ -33,6 +35,80 @@ pub struct ProcFederation {
     pub dir: PathBuf,
     /// Regions by name.
     pub regions: BTreeMap<String, ProcRegion>,
+    /// The relays between linked agents, by link (`"a-b"`).
+    pub relays: BTreeMap<String, Relay>,
+}
+
+/// Options of a process federation.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Put a [`Relay`] on every link, so a test can cut it.
+    pub relays: bool,
+    /// `spool.max_bytes` of every agent (default: the config's).
+    pub spool_max_bytes: Option<u64>,
+}
+
+/// A UDP relay between two agents (the dialling one talks to the relay,
+/// the relay to the other's QUIC port): `cut` drops every datagram both
+/// ways while both agents live, `restore` lets them through again.
+pub struct Relay {
+    /// The port the dialling agent sends to.
+    pub port: u16,
+    /// Datagrams pass while this is false.
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The relay task.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// A relay to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        back.connect(("127.0.0.1", target)).await?;
+        let port = front.local_addr()?.port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client: Option<std::net::SocketAddr> = None;
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if !flag.load(Ordering::Relaxed) {
+                            let _ = back.send(&a[..n]).await;
+                        }
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { continue };
+                        if let Some(c) = client && !flag.load(Ordering::Relaxed) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Relay { port, cut, task })
+    }
+
+    /// Drop everything from now on.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Let datagrams through again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn free_udp() -> anyhow::Result<u16> {
@@ -71,6 +147,17 @@ impl ProcFederation {
         links: &[(&str, &str, u32)],
         interest: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(name, regions, links, interest, &Options::default())
+    }
+
+    /// [`Self::start`] with options. Relays need a tokio runtime.
+    pub fn start_with(
+        name: &str,
+        regions: &[&str],
+        links: &[(&str, &str, u32)],
+        interest: &[(&str, &str)],
+        opts: &Options,
+    ) -> anyhow::Result<Self> {
         let dir = scratch(name);
         let certs = dir.join("certs");
         mqlink::certs::init(&certs)?;
@@ -79,6 +166,25 @@ impl ProcFederation {
             mqlink::certs::issue(&RegionName::new(r)?, &certs)?;
             quic.insert(*r, free_udp()?);
         }
+        let mut relays = BTreeMap::new();
+        if opts.relays {
+            for (a, b, _) in links {
+                // The first name dials: its endpoint is the relay.
+                let (dialled, key) = if a < b {
+                    (b, format!("{a}-{b}"))
+                } else {
+                    (a, format!("{b}-{a}"))
+                };
+                let relay = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(Relay::start(quic[dialled]))
+                })?;
+                relays.insert(key, relay);
+            }
+        }
+        let spool = match opts.spool_max_bytes {
+            Some(n) => format!("{{ dir: spool-{{r}}, max_bytes: {n} }}"),
+            None => "{ dir: spool-{r} }".to_owned(),
+        };
         let mut out = BTreeMap::new();
         for r in regions {
             let broker = LocalBroker::mosquitto(&dir, r)?;
@@ -87,22 +193,32 @@ impl ProcFederation {
                 .filter(|(x, _)| x == r)
                 .map(|(_, f)| format!("\"{f}\""))
                 .collect();
+            let metrics_port = free_tcp()?;
             let mut yaml = format!(
                 "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
                  listen: {{ quic: \"127.0.0.1:{}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{}\" }}\n\
                  tls: {{ cert: certs/{r}.pem, key: certs/{r}.key, ca: certs/ca.pem }}\n\
                  interest: {{ dynamic: none, static: [{}] }}\n\
-                 spool: {{ dir: spool-{r} }}\nlinks:\n",
+                 spool: {}\nlinks:\n",
                 broker.port(),
                 quic[r],
-                free_tcp()?,
-                statics.join(", ")
+                metrics_port,
+                statics.join(", "),
+                spool.replace("{r}", r)
             );
             for (a, b, cost) in links.iter().filter(|(a, b, _)| a == r || b == r) {
                 let peer = if a == r { b } else { a };
+                let key = if r < peer {
+                    format!("{r}-{peer}")
+                } else {
+                    format!("{peer}-{r}")
+                };
+                let port = match relays.get(&key) {
+                    Some(relay) if r < peer => relay.port,
+                    _ => quic[peer],
+                };
                 yaml.push_str(&format!(
-                    "  - region: {peer}\n    endpoints: [\"127.0.0.1:{}\"]\n    cost: {cost}\n",
-                    quic[peer]
+                    "  - region: {peer}\n    endpoints: [\"127.0.0.1:{port}\"]\n    cost: {cost}\n"
                 ));
             }
             let config = dir.join(format!("{r}.yaml"));
@@ -114,10 +230,15 @@ impl ProcFederation {
                     config,
                     agent: None,
                     starts: 0,
+                    metrics_port,
                 },
             );
         }
-        let mut fed = ProcFederation { dir, regions: out };
+        let mut fed = ProcFederation {
+            dir,
+            regions: out,
+            relays,
+        };
         for r in regions {
             fed.start_agent(r)?;
         }
@@ -149,6 +270,26 @@ impl ProcFederation {
     pub fn kill_agent(&mut self, region: &str) {
         // Dropping the guard kills and reaps the process.
         drop(self.regions.get_mut(region).and_then(|r| r.agent.take()));
+    }
+
+    /// The value of metric `name` (first sample, any labels) on
+    /// `region`'s agent, if it answers and has it.
+    pub async fn metric(&self, region: &str, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let port = self.regions.get(region)?.metrics_port;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// A test client on `region`'s broker.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqlink_e2e::procs::ProcFederation;
+use mqlink_e2e::procs::{Options, ProcFederation};
 use mqlink_e2e::{Client, topic};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -237,5 +237,91 @@ async fn full_load_qos1_arrives_exactly_once() {
     assert_eq!(missing, 0);
     assert_eq!(duplicates, 0);
     fed.kill_agent("a");
+    fed.stop().await;
+}
+
+/// The link is cut (a relay between the agents drops every datagram)
+/// for 6 s while both agents live and the publisher goes on: the spool
+/// (kept small, so it fills) takes what it can, the agent's custody and
+/// then the origin broker hold the rest, and once the link is back every
+/// message arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_link_cut_fills_the_spool_and_loses_nothing() {
+    let opts = Options {
+        relays: true,
+        spool_max_bytes: Some(64 * 1024),
+    };
+    let fed = ProcFederation::start_with(
+        "link-cut",
+        &["a", "b"],
+        &[("a", "b", 10)],
+        &[("b", "t/#"), ("b", "probe/#")],
+        &opts,
+    )
+    .unwrap();
+    let mut sub = fed.client("b", "sub-b").await.unwrap();
+    sub.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    sub.subscribe("probe/#", QoS::AtLeastOnce).await.unwrap();
+    let publ = fed.client("a", "pub-a").await.unwrap();
+    wait_ready(&publ, &mut sub).await;
+    let client = publ.inner.clone();
+    let publisher = tokio::spawn(async move {
+        let start = Instant::now();
+        for i in 0..N {
+            let due = start + Duration::from_micros(i * 1_000_000 / RATE);
+            tokio::time::sleep_until(due.into()).await;
+            client
+                .publish(
+                    format!("t/{}", i % 10),
+                    QoS::AtLeastOnce,
+                    false,
+                    Bytes::from(i.to_string()),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let relay = &fed.relays["a-b"];
+    let mut got: BTreeMap<u64, u32> = BTreeMap::new();
+    let start = Instant::now();
+    let (mut cut, mut restored) = (false, false);
+    let mut spool_peak = 0.0f64;
+    let mut last_probe = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    while Instant::now() < deadline && (got.len() as u64) < N {
+        let t = start.elapsed();
+        if !cut && t >= Duration::from_secs(1) {
+            relay.cut();
+            cut = true;
+        }
+        if cut && !restored && t >= Duration::from_secs(7) {
+            relay.restore();
+            restored = true;
+        }
+        if cut && !restored && last_probe.elapsed() > Duration::from_millis(250) {
+            last_probe = Instant::now();
+            if let Some(v) = fed.metric("a", "mqlink_spool_messages").await {
+                spool_peak = spool_peak.max(v);
+            }
+        }
+        if let Some(p) = sub.next(Duration::from_millis(50)).await
+            && topic(&p).starts_with("t/")
+        {
+            let n: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            *got.entry(n).or_insert(0) += 1;
+        }
+    }
+    publisher.await.unwrap();
+    while let Some(p) = sub.next(Duration::from_millis(500)).await {
+        if topic(&p).starts_with("t/") {
+            let n: u64 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            *got.entry(n).or_insert(0) += 1;
+        }
+    }
+    let (missing, duplicates) = report(&fed, &got);
+    eprintln!("spool peak during the cut: {spool_peak} messages");
+    assert!(spool_peak > 0.0, "the spool took messages during the cut");
+    assert_eq!(missing, 0, "every message arrives");
+    assert_eq!(duplicates, 0);
     fed.stop().await;
 }

@@ -103,10 +103,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 pub fn parse(bytes: &[u8]) -> Parsed<'_> {
     let mut p = Parsed::default();
     let mut at = 0usize;
-    loop {
-        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else {
-            break;
-        };
+    while let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) {
         let len = len as usize;
         if !(9..=MAX_RECORD).contains(&len) {
             break; // unframeable: treated as torn from here

@@ -65,6 +65,9 @@ struct Loc {
     size: u32,
 }
 
+/// A message read back: its key, its time in the spool, the envelope.
+pub type Replayed = (u64, Duration, Envelope);
+
 /// What was found at start.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Recovered {
@@ -259,7 +262,7 @@ impl Spool {
     /// Up to `max` live messages from the replay position, oldest first,
     /// with the time each spent in the spool. Records that cannot be read
     /// back are acknowledged (dropped) and counted in the second value.
-    pub fn replay(&mut self, max: usize) -> anyhow::Result<(Vec<(u64, Duration, Envelope)>, u64)> {
+    pub fn replay(&mut self, max: usize) -> anyhow::Result<(Vec<Replayed>, u64)> {
         let keys: Vec<(u64, Loc)> = self
             .live
             .range(self.cursor..)
