@@ -44,6 +44,17 @@ async fn run_with_kill(
     sub: &mut Client,
     victim: &str,
 ) -> BTreeMap<u64, u32> {
+    run_with_kill_at(fed, publ, sub, victim, QoS::AtLeastOnce).await
+}
+
+/// [`run_with_kill`] at `qos`.
+async fn run_with_kill_at(
+    fed: &mut ProcFederation,
+    publ: &Client,
+    sub: &mut Client,
+    victim: &str,
+    qos: QoS,
+) -> BTreeMap<u64, u32> {
     let client = publ.inner.clone();
     let publisher = tokio::spawn(async move {
         let start = Instant::now();
@@ -53,7 +64,7 @@ async fn run_with_kill(
             client
                 .publish(
                     format!("t/{}", i % 10),
-                    QoS::AtLeastOnce,
+                    qos,
                     false,
                     Bytes::from(i.to_string()),
                 )
@@ -129,6 +140,30 @@ async fn killing_the_transit_agent_loses_and_duplicates_nothing() {
         duplicates, 0,
         "the destination's dedupe catches every replay"
     );
+    fed.stop().await;
+}
+
+/// QoS 2 end to end through the same fault: a QoS 2 subscriber in c gets
+/// every message published at QoS 2 in a exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_arrives_exactly_once_through_a_transit_agent_restart() {
+    let mut fed = ProcFederation::start(
+        "qos2-transit",
+        &["a", "b", "c"],
+        &[("a", "b", 10), ("b", "c", 10), ("a", "c", 100)],
+        &[("c", "t/#"), ("c", "probe/#")],
+    )
+    .unwrap();
+    let mut sub = fed.client("c", "sub-c").await.unwrap();
+    sub.subscribe("t/#", QoS::ExactlyOnce).await.unwrap();
+    sub.subscribe("probe/#", QoS::AtLeastOnce).await.unwrap();
+    let publ = fed.client("a", "pub-a").await.unwrap();
+    wait_ready(&publ, &mut sub).await;
+    let got = run_with_kill_at(&mut fed, &publ, &mut sub, "b", QoS::ExactlyOnce).await;
+    let (missing, duplicates) = report(&fed, &got);
+    assert_eq!(missing, 0, "every message arrives");
+    assert_eq!(duplicates, 0, "exactly once");
+    assert!(got.len() as u64 == N, "and nothing else arrived");
     fed.stop().await;
 }
 
