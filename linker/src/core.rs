@@ -167,6 +167,7 @@ type Peers = BTreeMap<PeerId, PeerConn>;
 pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: BrokerTx) {
     let mut peers = Peers::new();
     let mut report = StatsReport::default();
+    let mut losses = LossLog::new(Instant::now());
     loop {
         let deadline = agent.poll_timeout().map(tokio::time::Instant::from_std);
         let first = tokio::select! {
@@ -191,6 +192,59 @@ pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: Br
             agent.handle_timeout(now);
         }
         drain(&mut agent, &mut peers, &mut report, &broker, now).await;
+        losses.check(&agent, now);
+    }
+}
+
+/// Reasons that lose a message someone wanted (the others are by design:
+/// duplicates, policy, imports coming back).
+const LOSSES: [DropReason; 6] = [
+    DropReason::NoPeer,
+    DropReason::PeerQueueFull,
+    DropReason::LinkClosed,
+    DropReason::Expired,
+    DropReason::ExpiredInTransit,
+    DropReason::HopLimit,
+];
+
+/// Every loss shows in the log as well as in the counters, at most once
+/// every [`LossLog::EVERY`], with the counts since the last line.
+struct LossLog {
+    last: Instant,
+    seen: BTreeMap<DropReason, u64>,
+}
+
+impl LossLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn check(&mut self, agent: &Agent, now: Instant) {
+        if now.duration_since(self.last) < Self::EVERY {
+            return;
+        }
+        self.last = now;
+        let drops = agent.stats().drops;
+        let mut new = Vec::new();
+        for r in LOSSES {
+            let n = drops.get(&r).copied().unwrap_or(0);
+            let before = self.seen.insert(r, n).unwrap_or(0);
+            if n > before {
+                new.push(format!("{}={}", r.label(), n - before));
+            }
+        }
+        if !new.is_empty() {
+            warn!(
+                dropped = %new.join(" "),
+                "messages dropped in the last {}s (mqlink_drops_total has every reason)",
+                Self::EVERY.as_secs()
+            );
+        }
     }
 }
 
@@ -271,7 +325,13 @@ fn close_for_error(
     what: &str,
 ) {
     report.peer_errors += 1;
-    metrics::counter!("mqlink_peer_errors_total", "peer" => peer.region.to_string()).increment(1);
+    let kind = if what == "malformed input" {
+        "malformed_frame"
+    } else {
+        "protocol_violation"
+    };
+    metrics::counter!("mqlink_peer_errors_total", "peer" => peer.region.to_string(), "reason" => kind)
+        .increment(1);
     warn!(peer = %peer.region, %reason, "closing link: {what}");
     if let Some(p) = peers.remove(peer) {
         p.conn.close(1u32.into(), reason.as_bytes());

@@ -241,7 +241,15 @@ async fn write_data(
     let mut streams: Vec<Option<quinn::SendStream>> = (0..DATA_SHARDS).map(|_| None).collect();
     let mut buf = BytesMut::new();
     while let Some(frame) = frames.recv().await {
-        let Frame::Data(batch) = frame else { continue };
+        let Frame::Data(mut batch) = frame else {
+            continue;
+        };
+        // Time in transit grows by the link's one-way delay, estimated as
+        // half of QUIC's smoothed RTT (the core adds the time spent in it).
+        let half_rtt = u64::try_from(conn.rtt().as_millis() / 2).unwrap_or(u64::MAX);
+        for env in &mut batch.envelopes {
+            env.transit_ms = env.transit_ms.saturating_add(half_rtt);
+        }
         // The core batches per stream and puts a large payload in a batch
         // of its own, which goes on a stream of its own.
         let Some(first) = batch.envelopes.first() else {

@@ -152,12 +152,22 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async {
         mqlink::metrics::install(cfg.listen.metrics)?;
-        let agent = mqlink::run::start(&cfg).await?;
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        let mut agent = mqlink::run::start(&cfg).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let failed = tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                false
+            }
+            _ = term.recv() => false,
+            () = agent.failed() => true,
+        };
         tracing::info!("shutting down");
         agent.shutdown().await;
+        if failed {
+            anyhow::bail!("the agent's core stopped; exiting so the supervisor restarts it");
+        }
         Ok(())
     })
 }

@@ -17,7 +17,10 @@
 //! | `mqlink_interest_filters` | region | filters each region wants |
 //! | `mqlink_route_recomputations_total` | | shortest-path trees computed |
 //! | `mqlink_resyncs_total` | | summary snapshots requested after drift |
-//! | `mqlink_peer_errors_total` | peer | links closed for malformed input or protocol violations |
+//! | `mqlink_peer_errors_total` | peer, reason (`malformed_frame`, `protocol_violation`) | links closed for bad input |
+//! | `mqlink_spool_messages` | | messages in the on-disk spool |
+//! | `mqlink_spool_bytes` | | live bytes in the spool |
+//! | `mqlink_spool_corrupt_records_total` | | spool records skipped for a bad checksum |
 //! | `mqlink_handshake_failures_total` | | refused TLS handshakes and identities |
 //!
 //! The protocol core keeps plain counters ([`mqlink_proto::Stats`]); a

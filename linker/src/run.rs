@@ -33,6 +33,9 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     /// Every task of the agent.
     tasks: Vec<JoinHandle<()>>,
+    /// Fires (or its sender drops) when the core task ends: the agent
+    /// routes nothing any more.
+    core_done: Option<oneshot::Receiver<()>>,
 }
 
 impl Running {
@@ -41,6 +44,19 @@ impl Running {
         let (tx, rx) = oneshot::channel();
         self.inputs.send(Input::Stats(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Wait until the core task ends on its own (it must not: it owns
+    /// every decision). `mqlink run` exits non-zero when this returns, so
+    /// a supervisor (systemd) restarts it; custody upstream makes that
+    /// safe.
+    pub async fn failed(&mut self) {
+        match self.core_done.take() {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Stop every task and close the links.
@@ -138,8 +154,12 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         import: import_tx,
         spool: spool_tx,
     };
+    let (core_tx, core_done) = oneshot::channel();
     let mut tasks = vec![
-        tokio::spawn(core::run(agent, input_rx, broker_tx)),
+        tokio::spawn(async move {
+            core::run(agent, input_rx, broker_tx).await;
+            let _ = core_tx.send(());
+        }),
         tokio::spawn(broker::run_session(
             events,
             client,
@@ -179,5 +199,6 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         inputs: input_tx,
         endpoint,
         tasks,
+        core_done: Some(core_done),
     })
 }

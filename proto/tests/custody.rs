@@ -180,3 +180,20 @@ fn messages_with_no_path_go_to_the_spool_and_come_back() {
     assert!(net.spools["a"].is_empty(), "every record acknowledged");
     assert_eq!(net.agent("a").stats().held, 0);
 }
+
+#[test]
+fn time_in_transit_grows_with_the_time_held() {
+    let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.subscribe("b", "t/#");
+    net.disconnect("a", "b");
+    net.publish_qos1("a", "t/1");
+    net.advance(Duration::from_secs(3));
+    net.connect("a", "b");
+    net.advance(Duration::from_millis(100));
+    let env = net.delivered["b"].last().unwrap().clone();
+    assert!(
+        (3000..4000).contains(&env.transit_ms),
+        "held 3 s at a: transit {} ms",
+        env.transit_ms
+    );
+}

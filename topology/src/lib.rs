@@ -36,7 +36,7 @@ pub use interest::{
     Applied, Delta, DeltaOp, Digest, InterestError, InterestTable, InterestVersion, Snapshot,
 };
 pub use interests::{DeltaError, Interests};
-pub use lsdb::{Lsa, LsaLink, LsaOutcome, Lsdb};
+pub use lsdb::{Lsa, LsaLink, LsaOutcome, Lsdb, MAX_LSA_SEQ};
 pub use matcher::Matcher;
 pub use region::{Cost, NameError, NodeName, RegionId, RegionIds, RegionName, RegionSet};
 pub use route::{DEFAULT_HOP_LIMIT, Decision, Router};

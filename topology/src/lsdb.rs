@@ -56,7 +56,19 @@ pub enum LsaOutcome {
     /// An LSA claiming to be ours with a higher seq (from before a restart):
     /// ignored; originate a fresh one, which will be numbered above it.
     OwnStale,
+    /// A sequence number above [`MAX_LSA_SEQ`]: refused (the sender is
+    /// broken or hostile: accepting it would let it exhaust the space).
+    Refused,
 }
+
+/// Highest LSA sequence number accepted (OSPF's rule, RFC 2328 §12.1.6: a
+/// maximum well inside the space). Agents number from their start time in
+/// milliseconds, about 2^41 today, so real LSAs never come near it; an LSA
+/// above it is refused, and our own numbering saturates there.
+pub const MAX_LSA_SEQ: u64 = 1 << 62;
+
+/// Furthest above our own sequence number an LSA claiming to be ours may be.
+const OWN_SEQ_JUMP: u64 = 1 << 32;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -140,7 +152,11 @@ impl Lsdb {
     pub fn originate(&mut self, now: Instant, mut links: Vec<LsaLink>, seq_floor: u64) -> Lsa {
         links.sort_by(|a, b| a.peer.cmp(&b.peer));
         links.dedup_by(|a, b| a.peer == b.peer);
-        self.own_seq = self.own_seq.max(seq_floor) + 1;
+        self.own_seq = self
+            .own_seq
+            .max(seq_floor.min(MAX_LSA_SEQ))
+            .saturating_add(1)
+            .min(MAX_LSA_SEQ);
         let lsa = Lsa {
             origin: self.me.clone(),
             node: self.node.clone(),
@@ -167,7 +183,16 @@ impl Lsdb {
 
     /// Take in an LSA received from a neighbour.
     pub fn handle_lsa(&mut self, now: Instant, mut lsa: Lsa) -> LsaOutcome {
+        if lsa.seq > MAX_LSA_SEQ {
+            return LsaOutcome::Refused;
+        }
         if lsa.origin == self.me && lsa.node == self.node {
+            // A previous incarnation numbered from an earlier start time,
+            // so it is never far above us: a huge jump is bogus, and taking
+            // it would freeze our numbering at the maximum.
+            if lsa.seq > self.own_seq.saturating_add(OWN_SEQ_JUMP) {
+                return LsaOutcome::Refused;
+            }
             if lsa.seq > self.own_seq {
                 self.own_seq = lsa.seq;
                 return LsaOutcome::OwnStale;
@@ -305,6 +330,38 @@ mod tests {
             seq,
             links,
         }
+    }
+
+    #[test]
+    fn sequence_numbers_a_peer_sends_cannot_overflow_ours() {
+        let t0 = Instant::now();
+        let mut db = Lsdb::new(r("a"), NodeName::from(&r("a")), Duration::from_secs(60));
+        db.originate(t0, vec![], 5);
+        // A broken peer claims our LSA at the very top of the space.
+        assert_eq!(
+            db.handle_lsa(t0, lsa("a", u64::MAX, vec![])),
+            LsaOutcome::Refused
+        );
+        assert_eq!(
+            db.handle_lsa(t0, lsa("b", u64::MAX, vec![])),
+            LsaOutcome::Refused
+        );
+        assert!(db.lsa(&r("b"), &NodeName::from(&r("b"))).is_none());
+        assert_eq!(
+            db.handle_lsa(t0, lsa("a", MAX_LSA_SEQ, vec![])),
+            LsaOutcome::Refused,
+            "a jump to the maximum would freeze our numbering"
+        );
+        assert_eq!(
+            db.handle_lsa(t0, lsa("a", 1000, vec![])),
+            LsaOutcome::OwnStale
+        );
+        assert_eq!(db.originate(t0, vec![], 0).seq, 1001);
+        // At the maximum itself, ours saturates instead of wrapping.
+        let own = db.originate(t0, vec![], u64::MAX);
+        assert_eq!(own.seq, MAX_LSA_SEQ);
+        let again = db.originate(t0, vec![], 0);
+        assert_eq!(again.seq, MAX_LSA_SEQ);
     }
 
     #[test]

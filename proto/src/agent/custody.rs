@@ -458,6 +458,12 @@ impl Agent {
         let mut env = h.env.clone();
         env.hops += 1;
         env.dests = s.dests.clone();
+        // Time in the federation grows by the time spent here (the link's
+        // share is added by the runtime, which knows the path's RTT).
+        let here = self.last_now.saturating_duration_since(h.since).as_millis();
+        env.transit_ms = env
+            .transit_ms
+            .saturating_add(u64::try_from(here).unwrap_or(u64::MAX));
         Some(env)
     }
 

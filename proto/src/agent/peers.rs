@@ -65,6 +65,13 @@ impl Agent {
                 }
                 LsaOutcome::OwnStale => self.originate(now),
                 LsaOutcome::Duplicate => {}
+                LsaOutcome::Refused => self.close(
+                    from,
+                    format!(
+                        "LSA of {} numbered {} is above the maximum sequence number",
+                        lsa.origin, lsa.seq
+                    ),
+                ),
             },
             (Some(_), Frame::SummaryStart { table, seq, count }) => {
                 let open = self.peers.get(from).map_or(0, |p| p.incoming.len());
