@@ -8,6 +8,11 @@
 //! shows each cross-region delivery; every five seconds, what each link
 //! carried; at the end, a summary: deliveries against expectations,
 //! duplicates, and the topics no link carried because nobody wanted them.
+//! A timed run (`--for`) cuts links while the agents live (a UDP relay on
+//! every link drops the datagrams): one at a third of the run, which
+//! reroutes round the ring, then (three regions or more) the first region's
+//! other link at half, which cuts it off so QoS 1 traffic waits in the
+//! spools; both come back at two thirds and the spools drain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -80,6 +85,7 @@ fn ring(names: &[RegionName]) -> Vec<LinkSpec> {
             b: names[j].clone(),
             cost: Some(cost),
             a_extra: String::new(),
+            relay: true,
         });
     }
     links
@@ -239,12 +245,16 @@ async fn narrate(
         "[{:>5.1}s] every agent knows what every region wants; publishing starts",
         started.elapsed().as_secs_f64()
     );
+    let plan = opts.duration.map(|d| FaultPlan::new(names, d));
     match opts.duration {
         Some(d) => println!(
             "          running for {}; Ctrl-C stops earlier",
             mqlink_config::units::format_duration(d)
         ),
-        None => println!("          running until Ctrl-C"),
+        None => println!("          running until Ctrl-C (no link cut: give --for to see one)"),
+    }
+    if let Some(plan) = &plan {
+        plan.announce();
     }
 
     let mut publishers = Vec::new();
@@ -265,10 +275,20 @@ async fn narrate(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut round = 0u64;
+    let publishing = Instant::now();
+    let mut step = 0usize;
+    let mut links_up: BTreeMap<(RegionName, RegionName), bool> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 round += 1;
+                if let Some(plan) = &plan {
+                    step = plan.apply(fed, publishing.elapsed(), step, started);
+                    watch_links(fed, &mut links_up, started).await;
+                    if plan.faulty(publishing.elapsed()) || step == plan.steps.len() && round % 5 != 0 {
+                        print_spool(fed, names, started).await;
+                    }
+                }
                 for (i, (r, c)) in publishers.iter().enumerate() {
                     let temp = format!("n={round} {:.1}C", 18.0 + ((round as f64 + i as f64 * 3.0).sin() * 4.0));
                     let mut msgs = vec![
@@ -315,6 +335,128 @@ async fn narrate(
         task.abort();
     }
     Ok(report)
+}
+
+/// The link faults of a timed demo: at a third of the run the first link
+/// is cut (traffic reroutes round the ring); with three or more regions,
+/// at half the first region's other link is cut too (it is cut off: what
+/// it owes and is owed waits in the spools); at two thirds both come back
+/// (the spools drain). The cut is a relay that drops every datagram while
+/// both agents keep running.
+struct FaultPlan {
+    /// (when, cut or restore, the link).
+    steps: Vec<(Duration, bool, RegionName, RegionName)>,
+}
+
+impl FaultPlan {
+    fn new(names: &[RegionName], d: Duration) -> Self {
+        let first = (names[0].clone(), names[1].clone());
+        let mut steps = vec![(d / 3, true, first.0.clone(), first.1.clone())];
+        if names.len() >= 3 {
+            let other = (names[names.len() - 1].clone(), names[0].clone());
+            steps.push((d / 2, true, other.0.clone(), other.1.clone()));
+            steps.push((d * 2 / 3, false, other.0, other.1));
+        }
+        steps.push((d * 2 / 3, false, first.0, first.1));
+        Self { steps }
+    }
+
+    fn announce(&self) {
+        for (at, cut, a, b) in &self.steps {
+            println!(
+                "          at {:>4.1}s the link {a} <-> {b} is {}",
+                at.as_secs_f64(),
+                if *cut {
+                    "cut (both agents keep running)"
+                } else {
+                    "restored"
+                }
+            );
+        }
+        println!("          messages are QoS 1: watch them wait and arrive once, none lost");
+    }
+
+    /// Whether a fault is in force at `t`.
+    fn faulty(&self, t: Duration) -> bool {
+        self.steps.first().is_some_and(|s| t >= s.0)
+            && self
+                .steps
+                .last()
+                .is_some_and(|s| t < s.0 + Duration::from_secs(4))
+    }
+
+    /// Carry out the steps due by `t` from `step` on; returns the next step.
+    fn apply(
+        &self,
+        fed: &LocalFederation,
+        t: Duration,
+        mut step: usize,
+        started: Instant,
+    ) -> usize {
+        while let Some((at, cut, a, b)) = self.steps.get(step) {
+            if t < *at {
+                break;
+            }
+            if let Some(relay) = fed.relay(a, b) {
+                if *cut {
+                    relay.cut();
+                } else {
+                    relay.restore();
+                }
+                println!(
+                    "[{:>5.1}s] ** link {a} <-> {b} {}",
+                    started.elapsed().as_secs_f64(),
+                    if *cut {
+                        "CUT: its datagrams are dropped from now on"
+                    } else {
+                        "RESTORED"
+                    }
+                );
+            }
+            step += 1;
+        }
+        step
+    }
+}
+
+/// Print each link's state when the agents' view of it changes.
+async fn watch_links(
+    fed: &LocalFederation,
+    seen: &mut BTreeMap<(RegionName, RegionName), bool>,
+    started: Instant,
+) {
+    for l in &fed.links {
+        let up = fed.stats(&l.a).await.peers_up.contains(&l.b);
+        let key = (l.a.clone(), l.b.clone());
+        if seen.insert(key, up).is_some_and(|was| was != up) {
+            println!(
+                "[{:>5.1}s] ** the agents see {} <-> {} {}",
+                started.elapsed().as_secs_f64(),
+                l.a,
+                l.b,
+                if up {
+                    "up again: routes return to it, spools drain"
+                } else {
+                    "down (keep-alives stopped): routes recomputed around it"
+                }
+            );
+        }
+    }
+}
+
+/// Messages waiting for a path, per region: in the spool on disk, and in
+/// custody in memory.
+async fn print_spool(fed: &LocalFederation, names: &[RegionName], started: Instant) {
+    let mut parts = Vec::new();
+    for r in names {
+        let s = fed.stats(r).await.stats;
+        parts.push(format!("{r} {} spooled/{} held", s.spool_unread, s.held));
+    }
+    println!(
+        "[{:>5.1}s] -- waiting for a path: {}",
+        started.elapsed().as_secs_f64(),
+        parts.join(", ")
+    );
 }
 
 async fn sleep_until(end: Option<tokio::time::Instant>) {
@@ -378,6 +520,17 @@ async fn summary(
             .deliveries
             .insert(r.clone(), (distinct.len(), expected, duplicates));
     }
+    let (mut all, mut wanted, mut dups) = (0usize, 0usize, 0usize);
+    for (d, e, x) in report.deliveries.values() {
+        all += d;
+        wanted += e;
+        dups += x;
+    }
+    let _ = writeln!(
+        out,
+        "  QoS 1, through the link cuts: {all} of {wanted} delivered, {} lost, {dups} duplicates",
+        wanted.saturating_sub(all)
+    );
     let _ = writeln!(out, "  links (envelopes carried each way):");
     for l in &fed.links {
         let ab = fed

@@ -14,6 +14,7 @@ use mqlink_topology::RegionName;
 
 use crate::brokers::LocalBroker;
 use crate::core::StatsReport;
+use crate::relay::Relay;
 use crate::run::Running;
 
 /// Which broker each region runs.
@@ -60,6 +61,9 @@ pub struct LinkSpec {
     pub cost: Option<u32>,
     /// Extra YAML lines for `a`'s side of the link (e.g. `export: [...]`).
     pub a_extra: String,
+    /// Put a [`Relay`] between the agents, so the link can be cut while
+    /// both live ([`LocalFederation::relay`]).
+    pub relay: bool,
 }
 
 impl LinkSpec {
@@ -70,6 +74,7 @@ impl LinkSpec {
             b: RegionName::new(b)?,
             cost,
             a_extra: String::new(),
+            relay: false,
         })
     }
 }
@@ -85,6 +90,8 @@ pub struct LocalFederation {
     pub agents: BTreeMap<RegionName, Vec<Running>>,
     /// The links.
     pub links: Vec<LinkSpec>,
+    /// Relays of the links that asked for one, by (dialling region, dialled region).
+    pub relays: BTreeMap<(RegionName, RegionName), Relay>,
 }
 
 impl LocalFederation {
@@ -113,11 +120,26 @@ impl LocalFederation {
         let mut order: Vec<&RegionSpec> = regions.iter().collect();
         order.sort_by(|x, y| y.name.cmp(&x.name));
         let mut agents: BTreeMap<RegionName, Vec<Running>> = BTreeMap::new();
+        let mut relays: BTreeMap<(RegionName, RegionName), Relay> = BTreeMap::new();
         for r in order {
+            // Relays for the links this region dials (the dialled side is
+            // already up): one relay in front of the peer's first agent.
+            for l in links
+                .iter()
+                .filter(|l| l.relay && (l.a == r.name || l.b == r.name))
+            {
+                let peer = if l.a == r.name { &l.b } else { &l.a };
+                if crate::link::dials(&r.name, peer)
+                    && let Some(target) = agents.get(peer).and_then(|v| v.first())
+                {
+                    let relay = Relay::start(target.quic_addr).await?;
+                    relays.insert((r.name.clone(), peer.clone()), relay);
+                }
+            }
             let mut replicas = Vec::new();
             for k in 1..=r.replicas.max(1) {
                 let path = dir.join(format!("{}-{k}.yaml", r.name));
-                let yaml = region_yaml(r, k, links, &brokers[&r.name], &agents);
+                let yaml = region_yaml(r, k, links, &brokers[&r.name], &agents, &relays);
                 std::fs::write(&path, yaml)?;
                 let cfg = mqlink_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
                 replicas.push(
@@ -133,7 +155,15 @@ impl LocalFederation {
             brokers,
             agents,
             links: links.to_vec(),
+            relays,
         })
+    }
+
+    /// The relay on the link between `a` and `b`, if it has one.
+    pub fn relay(&self, a: &RegionName, b: &RegionName) -> Option<&Relay> {
+        self.relays
+            .get(&(a.clone(), b.clone()))
+            .or_else(|| self.relays.get(&(b.clone(), a.clone())))
     }
 
     /// Counters of `region`'s first agent.
@@ -204,6 +234,7 @@ fn region_yaml(
     links: &[LinkSpec],
     broker: &LocalBroker,
     started: &BTreeMap<RegionName, Vec<Running>>,
+    relays: &BTreeMap<(RegionName, RegionName), Relay>,
 ) -> String {
     let name = &r.name;
     let dynamic = if broker.has_subscription_log() {
@@ -230,13 +261,15 @@ fn region_yaml(
         // Peers that sort after us are already up and we dial them; the
         // others dial us, so the address we write for them is never used.
         // One endpoint per agent of the peer region.
-        let addrs: Vec<String> = match started.get(peer) {
-            Some(agents) => agents
-                .iter()
-                .map(|a| format!("\"{}\"", a.quic_addr))
-                .collect(),
-            None => vec![format!("\"{}\"", SocketAddr::from(([127, 0, 0, 1], 9)))],
-        };
+        let addrs: Vec<String> =
+            match (relays.get(&(name.clone(), peer.clone())), started.get(peer)) {
+                (Some(relay), _) => vec![format!("\"127.0.0.1:{}\"", relay.port)],
+                (None, Some(agents)) => agents
+                    .iter()
+                    .map(|a| format!("\"{}\"", a.quic_addr))
+                    .collect(),
+                (None, None) => vec![format!("\"{}\"", SocketAddr::from(([127, 0, 0, 1], 9)))],
+            };
         yaml.push_str(&format!(
             "  - region: {peer}\n    endpoints: [{}]\n",
             addrs.join(", ")

@@ -22,6 +22,7 @@
 //!   Mosquitto process).
 //! - [`federation`]: a whole federation on this machine (brokers, agents, PKI).
 //! - [`demo`]: `mqlink demo`, narrated.
+//! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
 pub mod broker;
@@ -35,6 +36,7 @@ pub mod federation;
 pub mod link;
 pub mod metrics;
 pub mod mosquitto;
+pub mod relay;
 pub mod run;
 pub mod spool;
 pub mod tls;

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use mqlink::brokers::LocalBroker;
+pub use mqlink::relay::Relay;
 use mqlink_topology::RegionName;
 
 use crate::{Client, scratch};
@@ -46,69 +47,6 @@ pub struct Options {
     pub relays: bool,
     /// `spool.max_bytes` of every agent (default: the config's).
     pub spool_max_bytes: Option<u64>,
-}
-
-/// A UDP relay between two agents (the dialling one talks to the relay,
-/// the relay to the other's QUIC port): `cut` drops every datagram both
-/// ways while both agents live, `restore` lets them through again.
-pub struct Relay {
-    /// The port the dialling agent sends to.
-    pub port: u16,
-    /// Datagrams pass while this is false.
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The relay task.
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    /// A relay to `127.0.0.1:target`.
-    pub async fn start(target: u16) -> anyhow::Result<Self> {
-        use std::sync::atomic::Ordering;
-        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        back.connect(("127.0.0.1", target)).await?;
-        let port = front.local_addr()?.port();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = cut.clone();
-        let task = tokio::spawn(async move {
-            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
-            let mut client: Option<std::net::SocketAddr> = None;
-            loop {
-                tokio::select! {
-                    r = front.recv_from(&mut a) => {
-                        let Ok((n, from)) = r else { return };
-                        client = Some(from);
-                        if !flag.load(Ordering::Relaxed) {
-                            let _ = back.send(&a[..n]).await;
-                        }
-                    }
-                    r = back.recv(&mut b) => {
-                        let Ok(n) = r else { continue };
-                        if let Some(c) = client && !flag.load(Ordering::Relaxed) {
-                            let _ = front.send_to(&b[..n], c).await;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Relay { port, cut, task })
-    }
-
-    /// Drop everything from now on.
-    pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Let datagrams through again.
-    pub fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn free_udp() -> anyhow::Result<u16> {
@@ -176,7 +114,9 @@ impl ProcFederation {
                     (a, format!("{b}-{a}"))
                 };
                 let relay = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(Relay::start(quic[dialled]))
+                    tokio::runtime::Handle::current().block_on(Relay::start(
+                        std::net::SocketAddr::from(([127, 0, 0, 1], quic[dialled])),
+                    ))
                 })?;
                 relays.insert(key, relay);
             }

@@ -575,7 +575,9 @@ impl Agent {
         if self.custody.parked.is_empty() && self.custody.spool_unread == 0 {
             return None;
         }
-        let tick = self.last_now + Duration::from_secs(1);
+        // An absolute schedule: a deadline relative to the latest input
+        // would slide forever on a busy agent.
+        let tick = self.next_spool_tick.unwrap_or(self.last_now);
         Some(if self.warm_until > self.last_now {
             tick.min(self.warm_until)
         } else {
