@@ -285,7 +285,7 @@ async fn narrate(
                 if let Some(plan) = &plan {
                     step = plan.apply(fed, publishing.elapsed(), step, started);
                     watch_links(fed, &mut links_up, started).await;
-                    if plan.faulty(publishing.elapsed()) || step == plan.steps.len() && round % 5 != 0 {
+                    if plan.faulty(publishing.elapsed()) {
                         print_spool(fed, names, started).await;
                     }
                 }
