@@ -643,6 +643,7 @@ impl Sim {
     fn after(&mut self, i: usize, n: usize) {
         let mut out = Vec::new();
         let mut delivered = Vec::new();
+        let mut closes = Vec::new();
         let now = self.instant();
         {
             let region = &mut self.regions[i].nodes[n];
@@ -657,9 +658,27 @@ impl Sim {
                 }
                 let mut acks = Vec::new();
                 while let Some(ev) = agent.poll_event() {
-                    if let Event::Deliver { env, custody } = ev {
-                        delivered.push(env);
-                        acks.extend(custody);
+                    // Every event the runtime acts on, as it does: the
+                    // broker acknowledges deliveries at once (no broker
+                    // here sends to the agent with custody: there is no
+                    // Release to act on), and a connection the agent
+                    // closes is closed.
+                    match ev {
+                        Event::Deliver { env, custody } => {
+                            delivered.push(env);
+                            acks.extend(custody);
+                        }
+                        Event::ClosePeer { peer, .. } => {
+                            self.rec.connection_closed();
+                            closes.push(peer);
+                        }
+                        Event::Replaced { peer } => closes.push(peer),
+                        Event::Release(_)
+                        | Event::PeerUp { .. }
+                        | Event::ExportChanged(_)
+                        | Event::Spool { .. }
+                        | Event::SpoolAck(_)
+                        | Event::SpoolReplay(_) => {}
                     }
                 }
                 if acks.is_empty() {
@@ -722,6 +741,20 @@ impl Sim {
             }
             let to = link.other(i);
             self.send(l, pair, i, to, frame);
+        }
+        for peer in closes {
+            let (l, pair) = pair_of(peer.conn);
+            if l < self.links.len() && self.conn(l, pair).connected {
+                // Closed at once at both ends (QUIC's close frame), then
+                // dialled again like any lost connection.
+                let conn = self.conn(l, pair);
+                conn.connected = false;
+                conn.generation += 1;
+                self.at_both_ends(l, pair, |agent, peer, now| {
+                    agent.handle_disconnect(now, peer)
+                });
+                self.schedule_connect(l, pair);
+            }
         }
     }
 

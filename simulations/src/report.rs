@@ -68,6 +68,8 @@ pub struct Recorder {
     changes: Vec<Duration>,
     unwanted: u64,
     lost_envelopes: u64,
+    /// Connections an agent closed for a protocol violation.
+    closed: u64,
     timeline: Vec<u64>,
     published: u64,
 }
@@ -95,6 +97,7 @@ impl Recorder {
             changes: Vec::new(),
             unwanted: 0,
             lost_envelopes: 0,
+            closed: 0,
             timeline: vec![0; scenario.duration.as_secs() as usize + 1],
             published: 0,
         }
@@ -170,6 +173,12 @@ impl Recorder {
         if let Frame::Data(b) = frame {
             self.lost_envelopes += b.envelopes.len() as u64;
         }
+    }
+
+    /// An agent closed a connection for a protocol violation (a bug in a
+    /// simulated agent: production would close that link too).
+    pub fn connection_closed(&mut self) {
+        self.closed += 1;
     }
 
     /// Some agent's view of the region graph changed.
@@ -324,6 +333,7 @@ impl Recorder {
             lost: expected - delivered,
             duplicates,
             unwanted: self.unwanted,
+            connections_closed: self.closed,
             pairs,
             links,
             faults,
@@ -429,6 +439,9 @@ pub struct Report {
     pub duplicates: u64,
     /// Deliveries to regions that did not want the message.
     pub unwanted: u64,
+    /// Connections agents closed for protocol violations (0 unless
+    /// something is wrong).
+    pub connections_closed: u64,
     /// Per (origin, destination).
     pub pairs: Vec<PairReport>,
     /// Per link.
@@ -489,6 +502,13 @@ impl Report {
             self.duplicates,
             self.unwanted
         );
+        if self.connections_closed > 0 {
+            let _ = writeln!(
+                o,
+                "  {} connections closed by agents for protocol violations",
+                self.connections_closed
+            );
+        }
         let _ = writeln!(o, "\ndelivery per region pair (latency in ms)");
         let _ = writeln!(
             o,

@@ -100,6 +100,12 @@ fn delivery_resumes_after_a_link_failure_within_the_reported_convergence() {
 /// A random connected scenario without faults, from `seed`; regions have
 /// one to three agents.
 fn random_scenario(seed: u64) -> String {
+    random_scenario_with(seed, 0, false)
+}
+
+/// [`random_scenario`] at `qos`; with `faults`, two random links go down
+/// (partitioning the graph or not) and come back before the end.
+fn random_scenario_with(seed: u64, qos: u8, faults: bool) -> String {
     // A small deterministic generator, so the scenarios are the same every run.
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = |n: u64| {
@@ -140,6 +146,7 @@ fn random_scenario(seed: u64) -> String {
             linked.insert((a.min(b), a.max(b)));
         }
     }
+    let linked_list: Vec<(usize, usize)> = linked.iter().copied().collect();
     for (a, b) in linked {
         y.push_str(&format!(
             "  - {{ between: [r{a}, r{b}], latency: {}ms, jitter: {}ms, loss: {}% }}\n",
@@ -151,12 +158,44 @@ fn random_scenario(seed: u64) -> String {
     y.push_str("workloads:\n");
     for i in 0..n {
         y.push_str(&format!(
-            "  - {{ region: r{i}, publishers: 3, topic: \"t/{}/{{id}}\", rate: {}/s, payload: \"20..300\" }}\n",
+            "  - {{ region: r{i}, publishers: 3, topic: \"t/{}/{{id}}\", rate: {}/s, payload: \"20..300\", qos: {qos} }}\n",
             levels[next(3) as usize],
             1 + next(10)
         ));
     }
+    if faults {
+        let links: Vec<(usize, usize)> = linked_list;
+        y.push_str("faults:\n");
+        for k in 0..2 {
+            let (a, b) = links[next(links.len() as u64) as usize];
+            let down = 6 + next(4) + k;
+            let up = down + 2 + next(4);
+            y.push_str(&format!(
+                "  - {{ at: {down}s, link_down: [r{a}, r{b}] }}\n  - {{ at: {up}s, link_up: [r{a}, r{b}] }}\n"
+            ));
+        }
+    }
     y
+}
+
+/// Custody in the simulator: QoS 1 through random link failures (some of
+/// them partitions) is delivered exactly once once the links are back.
+#[test]
+fn random_link_faults_lose_no_qos1_message() {
+    let mut wanted = 0;
+    for seed in 11..=16 {
+        let text = random_scenario_with(seed, 1, true);
+        let s = parse(Path::new("random.yaml"), &text).unwrap();
+        let r = simulate(s, None, |_| {});
+        wanted += r.expected;
+        assert_eq!(
+            (r.delivered, r.duplicates, r.unwanted, r.connections_closed),
+            (r.expected, 0, 0, 0),
+            "seed {seed}:\n{text}\n{}",
+            r.text()
+        );
+    }
+    assert!(wanted > 500, "{wanted} deliveries wanted");
 }
 
 #[test]

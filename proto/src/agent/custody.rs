@@ -21,8 +21,10 @@ use super::*;
 pub(super) enum Upstream {
     /// The local broker: the runtime's token for that message.
     Broker(u64),
-    /// A neighbour: the link sequence number on that connection.
-    Peer(PeerId, u64),
+    /// A neighbour: the connection, its incarnation (a runtime may reuse
+    /// a connection number; an ack must not reach a later connection), and
+    /// the link sequence number on it.
+    Peer(PeerId, u64, u64),
     /// The spool: the record's key.
     Spool(u64),
 }
@@ -140,10 +142,15 @@ impl Agent {
     }
 
     /// A replay of a message we still hold: it joins the entry (one more
-    /// upstream to acknowledge), and destinations it names that the entry
-    /// does not cover yet are added. Returns false if the message is not
-    /// held.
-    pub(super) fn join_custody(&mut self, env: &Envelope, upstream: Upstream) -> bool {
+    /// upstream to acknowledge), destinations it names that the entry does
+    /// not cover yet are added, and with `deliver` it is delivered here
+    /// too. Returns false if the message is not held.
+    pub(super) fn join_custody(
+        &mut self,
+        env: &Envelope,
+        upstream: Upstream,
+        deliver: bool,
+    ) -> bool {
         let Some(&id) = self.custody.by_key.get(&key_of(env)) else {
             return false;
         };
@@ -152,6 +159,15 @@ impl Agent {
             return false;
         };
         h.upstream.push(upstream);
+        if deliver && !h.local {
+            // Held for transit so far; this copy is meant for us too.
+            h.local = true;
+            self.stats.delivered += 1;
+            self.events.push_back(Event::Deliver {
+                env: Box::new(h.env.clone()),
+                custody: Some(id),
+            });
+        }
         for d in &env.dests {
             let covered =
                 *d == me || h.waiting.contains(d) || h.sends.iter().any(|s| s.dests.contains(d));
@@ -252,11 +268,13 @@ impl Agent {
                 self.custody.replayed = self.custody.replayed.saturating_sub(1);
                 self.events.push_back(Event::SpoolAck(key));
             }
-            Upstream::Peer(peer, seq) => {
+            Upstream::Peer(peer, incarnation, seq) => {
                 // A connection that is gone gets nothing: its agent sends
                 // the message again (on a new connection or another path)
                 // and the replay is acknowledged then.
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.incarnation == incarnation
+                {
                     p.acks.push(seq);
                 }
             }

@@ -43,10 +43,11 @@ impl Agent {
             .unwrap_or_default();
         *self.stats.received.entry(from.region.clone()).or_insert(0) +=
             batch.envelopes.len() as u64;
+        let incarnation = self.peers.get(from).map_or(0, |p| p.incarnation);
         for (i, env) in batch.envelopes.into_iter().enumerate() {
             let link_seq = batch.first_seq.saturating_add(i as u64);
             let custody = env.message.qos != crate::frame::Qos::AtMostOnce;
-            let up = custody.then(|| Upstream::Peer(from.clone(), link_seq));
+            let up = custody.then(|| Upstream::Peer(from.clone(), incarnation, link_seq));
             let refused = if !import.iter().any(|f| f.matches(&env.message.topic)) {
                 Some(DropReason::ImportPolicy)
             } else if env.origin == self.cfg.region {
@@ -59,32 +60,45 @@ impl Agent {
                 self.ack_now(from, link_seq);
                 continue;
             }
-            let seen = self
-                .dedupe
-                .check(&env.origin, &env.origin_node, env.epoch, env.seq);
-            if seen == Seen::Unknown {
-                self.stats.dedupe_unknown += 1;
-            }
-            match (seen, up) {
-                (Seen::Duplicate, None) => {
-                    self.drop(DropReason::Duplicate);
-                    self.ack_now(from, link_seq);
+            let Some(up) = up else {
+                // QoS 0: routed by interest here; the window catches the
+                // copies that slip past the other backstops.
+                match self.check_seen(&env) {
+                    Seen::Duplicate => self.drop(DropReason::Duplicate),
+                    _ => self.route(env),
                 }
-                (Seen::Duplicate, Some(up)) => {
-                    // Not delivered again; but a replay may carry
-                    // destinations that still need it from here.
-                    self.drop(DropReason::Duplicate);
-                    if !self.join_custody(&env, up.clone()) {
-                        self.forward_custody(env, up, false);
+                self.ack_now(from, link_seq);
+                continue;
+            };
+            // QoS >= 1: the window records deliveries only. A copy that
+            // merely passed through here (on its way to other regions)
+            // must not make a later copy meant for this region look like
+            // a repeat.
+            let deliver = env.dests.contains(&self.cfg.region)
+                && match self.check_seen(&env) {
+                    Seen::Duplicate => {
+                        self.drop(DropReason::Duplicate);
+                        false
                     }
-                }
-                (_, None) => {
-                    self.route(env);
-                    self.ack_now(from, link_seq);
-                }
-                (_, Some(up)) => self.forward_custody(env, up, true),
+                    _ => true,
+                };
+            // A replay may also carry destinations that still need it from
+            // here: it joins the copy still held, or is taken on anew.
+            if !self.join_custody(&env, up.clone(), deliver) {
+                self.forward_custody(env, up, deliver);
             }
         }
+    }
+
+    /// The dedupe window's verdict on `env` (recording it).
+    fn check_seen(&mut self, env: &Envelope) -> Seen {
+        let seen = self
+            .dedupe
+            .check(&env.origin, &env.origin_node, env.epoch, env.seq);
+        if seen == Seen::Unknown {
+            self.stats.dedupe_unknown += 1;
+        }
+        seen
     }
 
     /// Acknowledge `seq` on `peer` with the next transmit.
@@ -94,12 +108,12 @@ impl Agent {
         }
     }
 
-    /// A QoS >= 1 envelope from a neighbour: deliver here if we are one of
-    /// its destinations (and `deliver` says it is not a repeat), and take
+    /// A QoS >= 1 envelope from a neighbour: deliver here if `deliver`
+    /// (we are one of its destinations and it is not a repeat), and take
     /// custody of the rest of its destinations.
     fn forward_custody(&mut self, mut env: Envelope, up: Upstream, deliver: bool) {
         let me = self.cfg.region.clone();
-        let local = deliver && env.dests.contains(&me);
+        let local = deliver;
         let dests: Vec<RegionName> = env.dests.iter().filter(|d| **d != me).cloned().collect();
         if !local && dests.is_empty() {
             self.release(up);

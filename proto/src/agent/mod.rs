@@ -378,11 +378,14 @@ struct Peer {
     unacked: BTreeMap<u64, Option<(u64, u64)>>,
     /// Link sequence numbers received from it whose acknowledgement is due.
     acks: Vec<u64>,
+    /// Which connection under this id this is (numbers from the agent).
+    incarnation: u64,
 }
 
 impl Peer {
-    fn new() -> Self {
+    fn new(incarnation: u64) -> Self {
         Self {
+            incarnation,
             hello: None,
             incoming: BTreeMap::new(),
             pending: std::array::from_fn(|_| VecDeque::new()),

@@ -15,7 +15,13 @@ impl Agent {
             );
             return;
         }
-        self.peers.insert(peer.clone(), Peer::new());
+        self.custody.generation += 1;
+        let incarnation = self.custody.generation;
+        if let Some(old) = self.peers.insert(peer.clone(), Peer::new(incarnation)) {
+            // The runtime reused a live connection's number: that
+            // connection is gone.
+            self.connection_lost(old, None);
+        }
         let hello = Hello {
             region: self.cfg.region.clone(),
             node: self.cfg.node.clone(),
