@@ -232,6 +232,20 @@ impl ProcFederation {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Peak resident memory (VmHWM) of `region`'s agent process, in bytes.
+    pub fn agent_peak_rss(&self, region: &str) -> Option<u64> {
+        let pid = self.regions.get(region)?.agent.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// A test client on `region`'s broker.
     pub async fn client(&self, region: &str, id: &str) -> anyhow::Result<Client> {
         Client::connect(self.regions[region].broker.port(), id).await
