@@ -225,9 +225,16 @@ impl AckQueue {
         Some(e.0)
     }
 
-    /// The core released `token`.
+    /// The core released `token`. Tokens are consecutive from the front,
+    /// so this is an index, not a search.
     pub fn release(&mut self, token: u64) {
-        if let Some(e) = self.queue.iter_mut().find(|(t, _, _)| *t == token) {
+        let Some(front) = self.queue.front().map(|(t, _, _)| *t) else {
+            return;
+        };
+        if let Some(i) = token.checked_sub(front)
+            && let Some(e) = self.queue.get_mut(i as usize)
+            && e.0 == token
+        {
             e.2 = true;
         }
     }
@@ -308,12 +315,23 @@ pub async fn run_session(
     core: mpsc::Sender<Input>,
 ) {
     let mut acks = AckQueue::default();
-    let mut unsent: Vec<Publish> = Vec::new();
+    // Acknowledgements due, in order, that rumqttc's request channel has
+    // not taken yet. While any wait, no more releases are taken from the
+    // core (they wait in its channel) and the event loop gets to drain the
+    // requests: retrying every pending ack on every wake-up turned a full
+    // channel into a CPU-bound stall.
+    let mut unsent: std::collections::VecDeque<Publish> = Default::default();
     let mut imports = Imports::default();
     let mut connected = false;
     loop {
-        // Acknowledgements the request channel could not take last time.
-        unsent.retain(|p| client.try_ack(p).is_err());
+        // Acknowledgements the request channel could not take last time,
+        // in order: stop at the first it still refuses.
+        while let Some(p) = unsent.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            unsent.pop_front();
+        }
         let room = connected && imports.room();
         tokio::select! {
             permit = core.reserve(), if !imports.notify.is_empty() => match permit {
@@ -341,12 +359,12 @@ pub async fn run_session(
                 }
                 None => return,
             },
-            cmd = export_cmds.recv() => match cmd {
+            cmd = export_cmds.recv(), if unsent.is_empty() => match cmd {
                 Some(ExportCmd::Release(token)) => {
                     acks.release(token);
                     for p in acks.ready() {
-                        if client.try_ack(&p).is_err() {
-                            unsent.push(p);
+                        if !unsent.is_empty() || client.try_ack(&p).is_err() {
+                            unsent.push_back(p);
                         }
                     }
                 }
@@ -382,8 +400,11 @@ pub async fn run_session(
                         if core.send(Input::Dropped(DropReason::BadTopic, None)).await.is_err() {
                             return;
                         }
-                        if p.qos != QoS::AtMostOnce && client.try_ack(&p).is_err() {
-                            unsent.push(p);
+                        if p.qos != QoS::AtMostOnce {
+                            // In order: it waits for its turn like any other.
+                            let token = acks.push(p);
+                            acks.release(token);
+                            unsent.extend(acks.ready());
                         }
                         continue;
                     };

@@ -88,6 +88,11 @@ impl LocalBroker {
     /// Start `mosquitto` with a config written to `dir`, publishing its
     /// subscribe/unsubscribe/connection log on `$SYS` for `dynamic: mosquitto`.
     pub fn mosquitto(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::mosquitto_with(dir, name, "")
+    }
+
+    /// [`Self::mosquitto`] with `extra` configuration lines (e.g. a bridge).
+    pub fn mosquitto_with(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
         let conf = dir.join(format!("{name}-mosquitto.conf"));
         std::fs::write(
@@ -95,7 +100,7 @@ impl LocalBroker {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
                  log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n\
-                 max_inflight_messages 1000\nmax_queued_messages 100000\n"
+                 max_inflight_messages 1000\nmax_queued_messages 100000\n{extra}"
             ),
         )?;
         let log = std::fs::File::create(dir.join(format!("{name}-mosquitto.log")))?;
