@@ -19,6 +19,7 @@ fn tokens(range: std::ops::RangeInclusive<u64>) -> BTreeSet<u64> {
 #[test]
 fn the_broker_is_released_only_after_the_destination_broker_acked() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.warm();
     net.subscribe("b", "t/#");
     net.slow_brokers.insert("b".into());
     for _ in 0..20 {
@@ -44,6 +45,7 @@ fn a_dead_transit_agent_loses_nothing_and_duplicates_nothing() {
         &["a", "b", "c"],
         &[("a", "b", 1), ("b", "c", 1), ("a", "c", 50)],
     );
+    net.warm();
     net.subscribe("c", "t/#");
     // c's broker is slow: b and a keep custody of the first 30.
     net.slow_brokers.insert("c".into());
@@ -85,6 +87,7 @@ fn a_destination_that_restarts_gets_what_was_held_for_it() {
         &["a", "b", "c"],
         &[("a", "b", 1), ("b", "c", 1), ("a", "c", 1)],
     );
+    net.warm();
     net.subscribe("c", "t/#");
     net.slow_brokers.insert("c".into());
     for _ in 0..10 {
@@ -139,6 +142,7 @@ fn messages_published_before_interest_is_known_wait_for_it() {
 #[test]
 fn a_full_window_holds_messages_back_instead_of_dropping_them() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.warm();
     net.subscribe("b", "t/#");
     net.slow_brokers.insert("b".into());
     // Far more than one window (4096).
@@ -159,6 +163,7 @@ fn a_full_window_holds_messages_back_instead_of_dropping_them() {
 #[test]
 fn messages_with_no_path_go_to_the_spool_and_come_back() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.warm();
     net.subscribe("b", "t/#");
     net.agent("a").enable_spool();
     net.disconnect("a", "b");
@@ -188,6 +193,7 @@ fn messages_with_no_path_go_to_the_spool_and_come_back() {
 #[test]
 fn time_in_transit_grows_with_the_time_held() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);
+    net.warm();
     net.subscribe("b", "t/#");
     net.disconnect("a", "b");
     net.publish_qos1("a", "t/1");

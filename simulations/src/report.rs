@@ -62,6 +62,9 @@ pub struct Recorder {
     names: Vec<String>,
     link_names: Vec<(String, String)>,
     msgs: FxHashMap<(usize, u64, u64), MsgRec>,
+    /// A message the broker handed to a restarted agent again, under its
+    /// new key -> the key it was published under.
+    aliases: FxHashMap<(usize, u64, u64), (usize, u64, u64)>,
     pairs: BTreeMap<(usize, usize), PairRec>,
     links: Vec<LinkRec>,
     faults: Vec<(Duration, String)>,
@@ -97,6 +100,7 @@ impl Recorder {
             changes: Vec::new(),
             unwanted: 0,
             lost_envelopes: 0,
+            aliases: FxHashMap::default(),
             closed: 0,
             timeline: vec![0; scenario.duration.as_secs() as usize + 1],
             published: 0,
@@ -134,8 +138,16 @@ impl Recorder {
         );
     }
 
-    /// A region's agent delivered a message to its broker.
+    /// The broker handed message `original` again (to a restarted agent),
+    /// which carries it as `again`.
+    pub fn republished(&mut self, again: (usize, u64, u64), original: (usize, u64, u64)) {
+        let original = self.aliases.get(&original).copied().unwrap_or(original);
+        self.aliases.insert(again, original);
+    }
+
+    /// A region's agent delivered message `key` to its broker in region `to`.
     pub fn delivered(&mut self, key: (usize, u64, u64), to: usize, at: Duration) {
+        let key = self.aliases.get(&key).copied().unwrap_or(key);
         let Some(m) = self.msgs.get_mut(&key) else {
             self.unwanted += 1;
             return;

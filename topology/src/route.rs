@@ -280,9 +280,10 @@ impl Router {
     /// `dest`: the child of this region on the path to `dest` in
     /// `origin`'s tree; or, when `dest` is not below this region in that
     /// tree (the tree changed after the message left its origin), the
-    /// first hop of this region's own shortest path to `dest`. `None` when
-    /// `dest` is unreachable or the hop would revisit a region in
-    /// `visited` (the backstop against loops while views differ).
+    /// first hop of this region's own shortest path to `dest`; or, when
+    /// both lead through a region in `visited` (never revisited: the
+    /// backstop against loops while views differ), the first hop of the
+    /// shortest path that avoids them. `None` when there is none.
     pub fn next_hop(
         &mut self,
         origin: &RegionName,
@@ -308,7 +309,49 @@ impl Router {
                 break;
             }
         }
-        hop.filter(|h| !visited.contains(h) && h != origin)
+        if let Some(h) = hop.filter(|h| !visited.contains(h) && h != origin) {
+            return Some(h);
+        }
+        // Both trees lead back through a region the message has visited
+        // (views changed while it travelled): the shortest path from here
+        // that avoids them, if there is one. Rare (a reroute mid-flight),
+        // so computed on demand.
+        let graph = self.graph.as_ref()?;
+        let names = graph.regions();
+        let banned: Vec<bool> = names
+            .iter()
+            .map(|n| visited.contains(n) || n == origin)
+            .collect();
+        let mut dist: Vec<u64> = vec![u64::MAX; names.len()];
+        let mut first: Vec<Option<usize>> = vec![None; names.len()];
+        let mut heap = std::collections::BinaryHeap::new();
+        dist[me_pos] = 0;
+        heap.push(std::cmp::Reverse((0u64, me_pos)));
+        while let Some(std::cmp::Reverse((d, at))) = heap.pop() {
+            if d > dist[at] {
+                continue;
+            }
+            if at == dest_pos {
+                break;
+            }
+            for (next, cost) in graph.neighbours(at) {
+                if banned[next] && next != dest_pos {
+                    continue;
+                }
+                let nd = d.saturating_add(u64::from(cost));
+                // Ties go to the lower position (name order): every agent
+                // picks the same path.
+                let hop = if at == me_pos { Some(next) } else { first[at] };
+                if nd < dist[next] || (nd == dist[next] && hop < first[next]) {
+                    dist[next] = nd;
+                    first[next] = hop;
+                    heap.push(std::cmp::Reverse((nd, next)));
+                }
+            }
+        }
+        first[dest_pos]
+            .map(|p| names[p].clone())
+            .filter(|h| !visited.contains(h) && h != origin)
     }
 
     fn route(&mut self, origin: RegionId, topic: &TopicName) -> Route {

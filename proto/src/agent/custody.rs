@@ -34,6 +34,8 @@ pub(super) enum Upstream {
 pub(super) struct SendRec {
     /// Number of this copy within its entry.
     pub(super) no: u64,
+    /// The neighbouring region it went to.
+    pub(super) region: RegionName,
     /// The regions it covers (handed on as the envelope's `dests`).
     pub(super) dests: Vec<RegionName>,
 }
@@ -59,6 +61,9 @@ pub(super) struct Held {
     unresolved: bool,
     /// When custody began.
     since: Instant,
+    /// Regions whose copies were acknowledged (while destinations may
+    /// still be added, during the warm-up).
+    reached: Vec<RegionName>,
     /// The destinations being written to the spool (awaiting
     /// `handle_spooled`).
     spooling: Option<Vec<RegionName>>,
@@ -134,6 +139,7 @@ impl Agent {
                 waiting: dests,
                 unresolved,
                 since: now,
+                reached: Vec::new(),
                 spooling: None,
             },
         );
@@ -158,6 +164,15 @@ impl Agent {
         let Some(h) = self.custody.held.get_mut(&id) else {
             return false;
         };
+        // A copy coming back from a region we sent this message to (its
+        // view changed, and it handed part of its obligation back): joining
+        // would make each side wait for the other's ack for ever. It is
+        // taken as a custody entry of its own.
+        if let Upstream::Peer(from, _, _) = &upstream
+            && h.sends.iter().any(|s| s.region == from.region)
+        {
+            return false;
+        }
         h.upstream.push(upstream);
         if deliver && !h.local {
             // Held for transit so far; this copy is meant for us too.
@@ -223,7 +238,11 @@ impl Agent {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.pending[shard].push_back(Out::Held { id, send: no });
             }
-            h.sends.push(SendRec { no, dests });
+            h.sends.push(SendRec {
+                no,
+                region: peer.region.clone(),
+                dests,
+            });
         }
         if h.waiting.is_empty() && !h.unresolved {
             self.custody.parked.remove(&id);
@@ -248,7 +267,10 @@ impl Agent {
         let Some(h) = self.custody.held.remove(&id) else {
             return;
         };
-        self.custody.by_key.remove(&key_of(&h.env));
+        let key = key_of(&h.env);
+        if self.custody.by_key.get(&key) == Some(&id) {
+            self.custody.by_key.remove(&key);
+        }
         self.custody.parked.remove(&id);
         self.custody.bytes = self
             .custody
@@ -326,8 +348,13 @@ impl Agent {
             }
         }
         for (id, no) in done {
-            if let Some(h) = self.custody.held.get_mut(&id) {
-                h.sends.retain(|s| s.no != no);
+            if let Some(h) = self.custody.held.get_mut(&id)
+                && let Some(i) = h.sends.iter().position(|s| s.no == no)
+            {
+                let s = h.sends.remove(i);
+                if h.unresolved {
+                    h.reached.extend(s.dests);
+                }
             }
             self.finish_if_done(id);
         }
@@ -411,17 +438,19 @@ impl Agent {
                 continue;
             };
             if was_unresolved {
-                if !warm {
-                    // Still warming up: send to whoever is known to want it now.
-                    for w in &wanting {
-                        if *w != self.cfg.region && !h.waiting.contains(w) {
-                            let sent = h.sends.iter().any(|s| s.dests.contains(w));
-                            if !sent {
-                                h.waiting.push(w.clone());
-                            }
-                        }
+                // Published during the warm-up: whoever is known to want it
+                // now is owed it too (summaries arrive one by one); once
+                // the warm-up is over, the destinations are final.
+                for w in &wanting {
+                    let owed = *w != self.cfg.region
+                        && !h.waiting.contains(w)
+                        && !h.reached.contains(w)
+                        && !h.sends.iter().any(|s| s.dests.contains(w));
+                    if owed {
+                        h.waiting.push(w.clone());
                     }
-                } else {
+                }
+                if warm {
                     h.unresolved = false;
                 }
             }

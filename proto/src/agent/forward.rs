@@ -215,7 +215,9 @@ impl Agent {
             .into_iter()
             .filter(|r| *r != me)
             .collect();
-        let unresolved = dests.is_empty() && now < self.warm_until;
+        // During the warm-up the peers' summaries are still arriving: the
+        // destinations known now may not be all of them.
+        let unresolved = now < self.warm_until;
         self.take_custody(
             now,
             env,

@@ -327,6 +327,12 @@ impl Net {
         token
     }
 
+    /// Let the agents' warm-up pass (messages published during it wait
+    /// until every summary can have arrived).
+    pub fn warm(&mut self) {
+        self.advance(Duration::from_secs(6));
+    }
+
     /// The broker of `agent` acknowledges every delivery it holds.
     pub fn ack_deliveries(&mut self, agent: &str) {
         let now = self.now;

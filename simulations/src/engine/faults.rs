@@ -19,9 +19,18 @@ impl Sim {
         node.published = 0;
         node.agent = Some(agent);
         self.after(i, n);
+        self.redeliver(i, n);
     }
 
     pub(super) fn stop_node(&mut self, i: usize, n: usize) {
+        if self.regions[i].nodes.len() > 1 {
+            // Replicas' sessions end with their connection: what this one
+            // had not released is gone (MQTT 5 §4.8.2; README, Delivery
+            // guarantees).
+            self.regions[i]
+                .unreleased
+                .retain(|_, (_, _, node)| *node != n);
+        }
         let node = &mut self.regions[i].nodes[n];
         node.agent = None;
         node.timer_generation += 1;

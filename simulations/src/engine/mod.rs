@@ -108,9 +108,19 @@ struct Node {
     graph_fingerprint: u64,
 }
 
+/// A message the broker keeps for an agent: the message, the key it was
+/// published under, the agent (node) it was handed to.
+type Unreleased = (Message, (usize, u64, u64), usize);
+
 #[derive(Debug)]
 struct Region {
     name: RegionName,
+    /// The broker's QoS >= 1 messages not yet acknowledged by an agent,
+    /// by token: (the message, the key it was published under, the agent
+    /// it was handed to). Kept across agent and broker restarts
+    /// (persistent sessions, persistence on), handed again to the same
+    /// agent when it starts again.
+    unreleased: BTreeMap<u64, Unreleased>,
     /// Its agents (replicas).
     nodes: Vec<Node>,
     /// Epochs handed out so far (every agent start takes the next).
@@ -170,6 +180,8 @@ pub struct Sim {
     now: Duration,
     queue: BTreeMap<(Duration, u64), Ev>,
     next_id: u64,
+    /// Next broker token (for QoS >= 1 messages handed to agents).
+    next_token: u64,
     regions: Vec<Region>,
     links: Vec<Link>,
     link_of: BTreeMap<(usize, usize), usize>,
@@ -253,6 +265,7 @@ impl Sim {
             now: Duration::ZERO,
             queue: BTreeMap::new(),
             next_id: 0,
+            next_token: 1,
             regions: Vec::new(),
             links,
             link_of,
@@ -268,6 +281,7 @@ impl Sim {
                 nodes: (0..replicas).map(|_| Node::default()).collect(),
                 epochs: 0,
                 turn: 0,
+                unreleased: BTreeMap::new(),
             });
             for n in 0..replicas {
                 sim.start_node(i, n);

@@ -10,6 +10,7 @@ impl Sim {
         let mut out = Vec::new();
         let mut delivered = Vec::new();
         let mut closes = Vec::new();
+        let mut released = Vec::new();
         let now = self.instant();
         {
             let region = &mut self.regions[i].nodes[n];
@@ -25,9 +26,8 @@ impl Sim {
                 let mut acks = Vec::new();
                 while let Some(ev) = agent.poll_event() {
                     // Every event the runtime acts on, as it does: the
-                    // broker acknowledges deliveries at once (no broker
-                    // here sends to the agent with custody: there is no
-                    // Release to act on), and a connection the agent
+                    // broker acknowledges deliveries at once, forgets what
+                    // the agent releases, and a connection the agent
                     // closes is closed.
                     match ev {
                         Event::Deliver { env, custody } => {
@@ -39,8 +39,8 @@ impl Sim {
                             closes.push(peer);
                         }
                         Event::Replaced { peer } => closes.push(peer),
-                        Event::Release(_)
-                        | Event::PeerUp { .. }
+                        Event::Release(token) => released.push(token),
+                        Event::PeerUp { .. }
                         | Event::ExportChanged(_)
                         | Event::Spool { .. }
                         | Event::SpoolAck(_)
@@ -107,6 +107,9 @@ impl Sim {
             }
             let to = link.other(i);
             self.send(l, pair, i, to, frame);
+        }
+        for t in released {
+            self.regions[i].unreleased.remove(&t);
         }
         for peer in closes {
             let (l, pair) = pair_of(peer.conn);

@@ -69,18 +69,58 @@ impl Sim {
             .filter_map(|id| self.region_index(self.ids.name(id)).copied())
             .collect();
         let now = self.instant();
+        // QoS >= 1: the broker keeps the message until the agent releases
+        // it (its session is persistent), as Mosquitto does.
+        let token = (qos != Qos::AtMostOnce).then(|| {
+            self.next_token += 1;
+            self.next_token
+        });
         let node = &mut self.regions[origin].nodes[n];
         let Some(agent) = node.agent.as_mut() else {
             return;
         };
-        if agent.handle_publish(now, msg, None) {
+        if agent.handle_publish(now, msg.clone(), token) {
             node.published += 1;
             // Epochs are unique within a region, so (origin, epoch, seq) names one message.
             let key = (origin, node.epoch, node.published);
+            if let Some(t) = token {
+                self.regions[origin].unreleased.insert(t, (msg, key, n));
+            }
             let direct = self.direct_alternatives(origin, &expected, size + topic_text.len());
             self.rec.published(key, self.now, &expected, direct);
         }
         self.after(origin, n);
+    }
+
+    /// Agent `n` of region `i` (re)started: its broker hands it every
+    /// message its previous incarnation had not released.
+    pub(super) fn redeliver(&mut self, i: usize, n: usize) {
+        let held: Vec<(u64, Message, (usize, u64, u64))> = self.regions[i]
+            .unreleased
+            .iter()
+            .filter(|(_, (_, _, node))| *node == n)
+            .map(|(t, (m, k, _))| (*t, m.clone(), *k))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let now = self.instant();
+        for (old, msg, key) in held {
+            self.regions[i].unreleased.remove(&old);
+            self.next_token += 1;
+            let token = self.next_token;
+            let node = &mut self.regions[i].nodes[n];
+            let Some(agent) = node.agent.as_mut() else {
+                return;
+            };
+            if agent.handle_publish(now, msg.clone(), Some(token)) {
+                node.published += 1;
+                let again = (i, node.epoch, node.published);
+                self.rec.republished(again, key);
+                self.regions[i].unreleased.insert(token, (msg, key, n));
+            }
+        }
+        self.after(i, n);
     }
 
     pub(super) fn region_index(&self, name: &RegionName) -> Option<&usize> {
