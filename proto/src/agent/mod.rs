@@ -74,6 +74,10 @@ pub const ORIGIN_PROPERTY: &str = "mqlink-origin";
 /// closed (it would otherwise make us buffer without bound).
 pub const MAX_TABLE_FILTERS: u64 = 1_000_000;
 
+/// How long after the last configured neighbour came up the warm-up
+/// ends (if that is sooner than `AgentConfig::warmup`).
+pub const WARM_AFTER_ALL_UP: Duration = Duration::from_millis(500);
+
 /// Most snapshots a peer may have in progress at once.
 pub const MAX_OPEN_SNAPSHOTS: usize = 10_000;
 

@@ -195,6 +195,16 @@ impl Agent {
             peer: from.clone(),
             node,
         });
+        // Every neighbour is up: their summaries (every table they hold)
+        // follow their hellos at once, so the warm-up can end soon.
+        let all_up = self
+            .cfg
+            .links
+            .iter()
+            .all(|l| self.carrier_id(&l.region).is_some());
+        if all_up {
+            self.warm_until = self.warm_until.min(now + WARM_AFTER_ALL_UP);
+        }
         // Bring the newcomer up to date: every LSA, every table.
         let lsas: Vec<Frame> = self.router.lsdb().lsas().cloned().map(Frame::Lsa).collect();
         for f in lsas {
