@@ -12,7 +12,8 @@
 //!   frame but data.
 //! - Data batches go on [`DATA_SHARDS`] long-lived unidirectional streams,
 //!   chosen by a hash of the topic, so one topic's messages stay in order
-//!   while a stalled topic does not block the others. A message whose
+//!   while a stalled topic does not block the others (one writer task per
+//!   stream, so QUIC flow control on one does not hold up the rest). A message whose
 //!   payload exceeds [`LARGE_PAYLOAD`] goes on a stream of its own, so it
 //!   never delays small ones.
 //! - Bytes that do not decode as a frame close the connection with the
@@ -232,13 +233,28 @@ async fn write_control(
     }
 }
 
+/// Hand each data batch to the writer of its stream. One task per stream,
+/// so a stream held up by QUIC flow control does not stall the others
+/// (each writer's queue is bounded by the core's window). A write that
+/// fails closes the connection: the core takes its unacknowledged
+/// envelopes back (QoS >= 1 is sent again, QoS 0 counted `link_closed`).
 async fn write_data(
     conn: quinn::Connection,
     mut frames: mpsc::UnboundedReceiver<Frame>,
     region: RegionName,
 ) {
     let bytes_out = metrics::counter!("mqlink_bytes_out_total", "peer" => region.to_string());
-    let mut streams: Vec<Option<quinn::SendStream>> = (0..DATA_SHARDS).map(|_| None).collect();
+    let mut writers = Vec::with_capacity(DATA_SHARDS);
+    let mut tasks = Vec::with_capacity(DATA_SHARDS);
+    for _ in 0..DATA_SHARDS {
+        let (tx, rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+        writers.push(tx);
+        tasks.push(tokio::spawn(write_stream(
+            conn.clone(),
+            rx,
+            bytes_out.clone(),
+        )));
+    }
     let mut buf = BytesMut::new();
     while let Some(frame) = frames.recv().await {
         let Frame::Data(mut batch) = frame else {
@@ -258,33 +274,57 @@ async fn write_data(
         let large = first.message.payload.len() > LARGE_PAYLOAD;
         let i = shard_of(&first.message.topic);
         encode(Frame::Data(batch), &mut buf);
+        let bytes = buf.split().freeze();
         if large {
             let conn = conn.clone();
-            let bytes = buf.split().freeze();
             let bytes_out = bytes_out.clone();
             tokio::spawn(async move {
-                if let Ok(mut s) = conn.open_uni().await
-                    && s.write_all(&bytes).await.is_ok()
-                {
+                let written = match conn.open_uni().await {
+                    Ok(mut s) => {
+                        let ok = s.write_all(&bytes).await.is_ok();
+                        let _ = s.finish();
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                if written {
                     bytes_out.increment(bytes.len() as u64);
-                    let _ = s.finish();
+                } else {
+                    conn.close(3u32.into(), b"large payload stream failed");
                 }
             });
             continue;
         }
-        if streams[i].is_none() {
+        if writers[i].send(bytes).is_err() {
+            break;
+        }
+    }
+    drop(writers);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Write one data stream's batches, in order.
+async fn write_stream(
+    conn: quinn::Connection,
+    mut batches: mpsc::UnboundedReceiver<bytes::Bytes>,
+    bytes_out: metrics::Counter,
+) {
+    let mut stream: Option<quinn::SendStream> = None;
+    while let Some(bytes) = batches.recv().await {
+        if stream.is_none() {
             match conn.open_uni().await {
-                Ok(s) => streams[i] = Some(s),
+                Ok(s) => stream = Some(s),
                 Err(_) => return,
             }
         }
-        if let Some(s) = streams[i].as_mut()
-            && s.write_all(&buf).await.is_err()
-        {
+        let Some(s) = stream.as_mut() else { return };
+        if s.write_all(&bytes).await.is_err() {
+            conn.close(3u32.into(), b"data stream write failed");
             return;
         }
-        bytes_out.increment(buf.len() as u64);
-        buf.clear();
+        bytes_out.increment(bytes.len() as u64);
     }
 }
 
