@@ -88,7 +88,7 @@ pub struct Spool {
     max_bytes: u64,
     /// Live records by key (keys grow with time: FIFO order).
     live: BTreeMap<u64, Loc>,
-    /// Live records per segment.
+    /// Every segment file on disk, with its live records.
     per_segment: BTreeMap<u64, u64>,
     /// The segment being appended to, its number and size.
     active: (u64, File, u64),
@@ -165,7 +165,9 @@ impl Spool {
                 }
             }
         }
-        let mut per_segment = BTreeMap::new();
+        // Every segment on disk, so that deleting dead ones needs no
+        // directory listing (it runs on every ack).
+        let mut per_segment: BTreeMap<u64, u64> = numbers.iter().map(|n| (*n, 0)).collect();
         let mut bytes = 0;
         for loc in live.values() {
             *per_segment.entry(loc.segment).or_insert(0) += 1;
@@ -173,6 +175,7 @@ impl Spool {
         }
         let active_n = last.map_or(1, |n| n + 1);
         let active = File::create(segment_path(dir, active_n))?;
+        per_segment.insert(active_n, 0);
         rec.records = live.len() as u64;
         let cursor = live.keys().next().copied().unwrap_or(next_key);
         let mut spool = Spool {
@@ -315,6 +318,7 @@ impl Spool {
         let n = self.active.0 + 1;
         let f = File::create(segment_path(&self.dir, n))?;
         self.active = (n, f, 0);
+        self.per_segment.insert(n, 0);
         self.delete_dead_segments();
         Ok(())
     }
@@ -322,25 +326,13 @@ impl Spool {
     /// Delete the oldest segments while nothing in them is live (oldest
     /// first only: a later segment may hold ACKs for an earlier one).
     fn delete_dead_segments(&mut self) {
-        let mut numbers: Vec<u64> = std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        e.file_name()
-                            .into_string()
-                            .ok()?
-                            .strip_suffix(".seg")?
-                            .parse()
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        numbers.sort_unstable();
-        for n in numbers {
-            if n >= self.active.0 || self.per_segment.get(&n).copied().unwrap_or(0) > 0 {
-                break;
-            }
+        let dead: Vec<u64> = self
+            .per_segment
+            .iter()
+            .take_while(|(n, live)| **n < self.active.0 && **live == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in dead {
             self.per_segment.remove(&n);
             self.readers.remove(&n);
             let _ = std::fs::remove_file(segment_path(&self.dir, n));
