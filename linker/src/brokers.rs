@@ -4,7 +4,7 @@
 //! generated config on a free port and stopped by its PID.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ pub enum LocalBroker {
         port: u16,
         /// The process, killed by PID on stop or drop.
         child: Child,
+        /// Its config file (to start it again).
+        conf: PathBuf,
+        /// Its log file.
+        log: PathBuf,
     },
 }
 
@@ -34,7 +38,7 @@ impl std::fmt::Debug for LocalBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LocalBroker::Embedded { port, .. } => write!(f, "embedded broker on 127.0.0.1:{port}"),
-            LocalBroker::Mosquitto { port, child } => {
+            LocalBroker::Mosquitto { port, child, .. } => {
                 write!(f, "mosquitto (pid {}) on 127.0.0.1:{port}", child.id())
             }
         }
@@ -54,6 +58,28 @@ fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> anyhow::Result<
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// Start `mosquitto -c conf` (log appended to `log`) and wait until it
+/// listens on `port`.
+fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .context("starting mosquitto (install it with: apt-get install -y mosquitto)")?;
+    if let Err(e) = wait_listening(port, || matches!(child.try_wait(), Ok(None))) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(format!("see {}", log.display())));
+    }
+    Ok(child)
 }
 
 impl LocalBroker {
@@ -93,33 +119,85 @@ impl LocalBroker {
 
     /// [`Self::mosquitto`] with `extra` configuration lines (e.g. a bridge).
     pub fn mosquitto_with(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::mosquitto_conf(dir, name, false, extra)
+    }
+
+    /// [`Self::mosquitto`] with persistence on (its database in `dir`), so
+    /// that sessions and queued messages outlive [`Self::restart`].
+    pub fn mosquitto_persistent(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::mosquitto_conf(dir, name, true, "")
+    }
+
+    fn mosquitto_conf(
+        dir: &Path,
+        name: &str,
+        persistence: bool,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let conf = dir.join(format!("{name}-mosquitto.conf"));
+        let persistence = if persistence {
+            let db = dir.join(format!("{name}-mosquitto-db"));
+            std::fs::create_dir_all(&db)?;
+            // Mosquitto started as root runs as the `mosquitto` user: let
+            // it write its database here whoever it runs as.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o777))?;
+            format!("persistence true\npersistence_location {}/\n", db.display())
+        } else {
+            "persistence false\n".to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n\
                  max_inflight_messages 1000\nmax_queued_messages 100000\n{extra}"
             ),
         )?;
-        let log = std::fs::File::create(dir.join(format!("{name}-mosquitto.log")))?;
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting mosquitto (install it with: apt-get install -y mosquitto)")?;
-        if let Err(e) = wait_listening(port, || matches!(child.try_wait(), Ok(None))) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e.context(format!(
-                "see {}",
-                dir.join(format!("{name}-mosquitto.log")).display()
-            )));
+        let log = dir.join(format!("{name}-mosquitto.log"));
+        let child = spawn_mosquitto(&conf, &log, port)?;
+        Ok(LocalBroker::Mosquitto {
+            port,
+            child,
+            conf,
+            log,
+        })
+    }
+
+    /// Stop a Mosquitto broker as its service manager would (SIGTERM, by
+    /// PID: it saves its persistent state), then start it again on the
+    /// same port with the same config once `down` has passed.
+    pub async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+        let LocalBroker::Mosquitto {
+            port,
+            child,
+            conf,
+            log,
+        } = self
+        else {
+            bail!("only a Mosquitto broker can be restarted");
+        };
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", child.id());
         }
-        Ok(LocalBroker::Mosquitto { port, child })
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not stop within 10 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(down).await;
+        let (conf, log, port) = (conf.clone(), log.clone(), *port);
+        let fresh =
+            tokio::task::spawn_blocking(move || spawn_mosquitto(&conf, &log, port)).await??;
+        *child = fresh;
+        Ok(())
     }
 
     /// Its port on 127.0.0.1.

@@ -51,6 +51,8 @@ pub enum Input {
     Publish(Message, Option<u64>),
     /// The local broker acknowledged the import with this custody number.
     Delivered(u64),
+    /// The dedupe mark of this custody number's delivery is durable.
+    Marked(u64),
     /// The import with this custody number was lost with the broker
     /// connection: publish it again.
     DeliveryLost(u64),
@@ -288,6 +290,7 @@ fn handle(
             agent.handle_publish(now, message, token);
         }
         Input::Delivered(custody) => agent.handle_delivered(now, custody),
+        Input::Marked(custody) => agent.handle_marked(now, custody),
         Input::DeliveryLost(custody) => agent.handle_delivery_lost(now, custody),
         Input::Dropped(reason, custody) => agent.handle_dropped(now, reason, custody),
         Input::Spooled { custody, ok } => agent.handle_spooled(now, custody, ok),
@@ -376,6 +379,9 @@ async fn drain(
                 }
                 Event::SpoolAck(key) => {
                     let _ = broker.spool.send(SpoolCmd::Ack(key));
+                }
+                Event::Mark { custody, mark } => {
+                    let _ = broker.spool.send(SpoolCmd::Mark { custody, mark });
                 }
                 Event::SpoolReplay(max) => {
                     let _ = broker.spool.send(SpoolCmd::Replay(max));

@@ -116,6 +116,7 @@ fn logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -136,6 +137,7 @@ fn demo(
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(mqlink::demo::run(mqlink::demo::DemoOptions {

@@ -3,6 +3,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
+//! | `mqlink_messages_published_total` | | messages taken from the local broker (export) |
 //! | `mqlink_messages_out_total` | peer | envelopes sent to a neighbour |
 //! | `mqlink_messages_in_total` | peer | envelopes received from a neighbour |
 //! | `mqlink_bytes_out_total` | peer | wire bytes written on the link's streams |
@@ -63,6 +64,7 @@ pub async fn sample(core: mpsc::Sender<Input>) {
         for (reason, n) in &r.stats.drops {
             metrics::counter!("mqlink_drops_total", "reason" => reason.label()).absolute(*n);
         }
+        metrics::counter!("mqlink_messages_published_total").absolute(r.stats.published);
         metrics::counter!("mqlink_delivered_total").absolute(r.stats.delivered);
         metrics::counter!("mqlink_dedupe_unknown_total").absolute(r.stats.dedupe_unknown);
         metrics::gauge!("mqlink_custody_messages").set(r.stats.held as f64);

@@ -113,12 +113,22 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
             "spool recovered"
         );
     }
-    metrics::counter!("mqlink_spool_corrupt_records_total").increment(recovered.corrupt);
+    let (marks, windows, marks_rec) = crate::spool::Marks::open(&cfg.spool.dir.join("marks"))?;
+    if marks_rec.corrupt > 0 {
+        tracing::warn!(
+            corrupt = marks_rec.corrupt,
+            "dedupe marks: records skipped (replays of those messages may be delivered twice)"
+        );
+    }
+    metrics::counter!("mqlink_spool_corrupt_records_total")
+        .increment(recovered.corrupt + marks_rec.corrupt);
     let now = std::time::Instant::now();
     let mut agent_cfg = AgentConfig::new(cfg.region.clone(), cfg.node.clone(), epoch, links);
     agent_cfg.spool = true;
     agent_cfg.max_age = cfg.spool.max_age;
+    agent_cfg.durable_marks = true;
     let mut agent = Agent::new(now, agent_cfg);
+    agent.restore_marks(windows);
     agent.handle_spool_recovered(recovered.records);
     for f in &cfg.interest.static_filters {
         agent.handle_subscribe(now, f.clone());
@@ -147,7 +157,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     let max_age = cfg.spool.max_age;
     std::thread::Builder::new()
         .name("mqlink-spool".into())
-        .spawn(move || crate::spool::run(spool, max_age, spool_rx, spool_core))
+        .spawn(move || crate::spool::run(spool, marks, max_age, spool_rx, spool_core))
         .context("starting the spool thread")?;
     let broker_tx = core::BrokerTx {
         export: export_tx,

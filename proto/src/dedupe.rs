@@ -98,8 +98,37 @@ struct Source {
     previous: Option<Window>,
 }
 
+/// One message's dedupe key: its source and sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mark {
+    /// Origin region.
+    pub origin: RegionName,
+    /// Origin node.
+    pub node: NodeName,
+    /// The origin agent's epoch.
+    pub epoch: u64,
+    /// Its sequence number there.
+    pub seq: u64,
+}
+
+/// One window's whole state, for a durable copy of the windows
+/// ([`Dedupe::windows`], [`Dedupe::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowState {
+    /// Origin region.
+    pub origin: RegionName,
+    /// Origin node.
+    pub node: NodeName,
+    /// The epoch.
+    pub epoch: u64,
+    /// Highest sequence number seen.
+    pub top: u64,
+    /// The bitmap, [`WINDOW`] / 64 words.
+    pub bits: Vec<u64>,
+}
+
 /// One window per (origin region, origin node) and epoch (the two newest).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Dedupe {
     /// Windows by source.
     sources: FxHashMap<(RegionName, NodeName), Source>,
@@ -131,6 +160,61 @@ impl Dedupe {
             }
             _ => Seen::Unknown,
         }
+    }
+
+    /// Record `mark` (see [`Self::check`]).
+    pub fn check_mark(&mut self, mark: &Mark) -> Seen {
+        self.check(&mark.origin, &mark.node, mark.epoch, mark.seq)
+    }
+
+    /// Every window, for a durable copy.
+    pub fn windows(&self) -> Vec<WindowState> {
+        let mut out = Vec::new();
+        for ((origin, node), s) in &self.sources {
+            for w in std::iter::once(&s.current).chain(s.previous.as_ref()) {
+                out.push(WindowState {
+                    origin: origin.clone(),
+                    node: node.clone(),
+                    epoch: w.epoch,
+                    top: w.top,
+                    bits: w.bits.to_vec(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Put back a window saved by [`Self::windows`]; false (and nothing
+    /// changed) if its bitmap has the wrong size. Of three or more epochs
+    /// of one source, the two newest are kept.
+    pub fn restore(&mut self, w: WindowState) -> bool {
+        let Ok(bits) = <[u64; WORDS]>::try_from(w.bits.as_slice()) else {
+            return false;
+        };
+        let window = Window {
+            epoch: w.epoch,
+            top: w.top,
+            bits: Box::new(bits),
+        };
+        match self.sources.entry((w.origin, w.node)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Source {
+                    current: window,
+                    previous: None,
+                });
+            }
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let s = e.get_mut();
+                if window.epoch > s.current.epoch {
+                    s.previous = Some(std::mem::replace(&mut s.current, window));
+                } else if window.epoch < s.current.epoch
+                    && s.previous.as_ref().is_none_or(|p| p.epoch <= window.epoch)
+                {
+                    s.previous = Some(window);
+                }
+            }
+        }
+        true
     }
 
     /// Forget every source of `origin` (a region that left the federation).
@@ -209,6 +293,27 @@ mod tests {
         for s in order.iter().rev().take(1000) {
             assert_eq!(d.check(&r, &n, 1, *s), Seen::Duplicate, "seq {s}");
         }
+    }
+
+    #[test]
+    fn restored_windows_remember_what_was_seen_and_only_that() {
+        let (r, n) = src();
+        let mut d = Dedupe::default();
+        for s in [5, 7, 9] {
+            d.check(&r, &n, 1, s);
+        }
+        d.check(&r, &n, 2, 3);
+        let mut back = Dedupe::default();
+        for w in d.windows() {
+            assert!(back.restore(w));
+        }
+        assert_eq!(back.check(&r, &n, 1, 7), Seen::Duplicate);
+        assert_eq!(back.check(&r, &n, 2, 3), Seen::Duplicate);
+        assert_eq!(back.check(&r, &n, 1, 6), Seen::New);
+        assert_eq!(back.check(&r, &n, 2, 4), Seen::New);
+        let mut bad = d.windows().remove(0);
+        bad.bits.pop();
+        assert!(!Dedupe::default().restore(bad));
     }
 
     #[test]

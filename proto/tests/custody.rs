@@ -117,6 +117,40 @@ fn a_destination_that_restarts_gets_what_was_held_for_it() {
     assert_eq!(net.agent("a").stats().held, 0);
 }
 
+/// The destination's broker acknowledged 10 messages and their dedupe
+/// marks are durable, but the destination agent dies before its
+/// acknowledgement leaves: the origin sends them again to the restarted
+/// agent, which recognises them from its durable marks.
+#[test]
+fn a_destination_restart_after_its_broker_acked_delivers_nothing_twice() {
+    let mut net = Net::new(&["a", "c"], &[("a", "c", 1)]);
+    net.warm();
+    net.subscribe("c", "t/#");
+    net.slow_brokers.insert("c".into());
+    net.hold_marks.insert("c".into());
+    for _ in 0..10 {
+        net.publish_qos1("a", "t/1");
+    }
+    net.ack_deliveries("c");
+    assert!(net.released.get("a").is_none_or(BTreeSet::is_empty));
+    net.kill("c");
+    net.slow_brokers.remove("c");
+    net.hold_marks.remove("c");
+    // Two more published while c was down, never delivered before.
+    for _ in 0..2 {
+        net.publish_qos1("a", "t/1");
+    }
+    net.revive("c", &["t/#"]);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(
+        net.payloads("c"),
+        (1..=12).collect::<Vec<u64>>(),
+        "each message reached c's broker exactly once"
+    );
+    assert_eq!(net.released["a"], tokens(1..=12), "a released all 12");
+    assert_eq!(net.agent("c").stats().drops[&DropReason::Duplicate], 10);
+}
+
 #[test]
 fn messages_published_before_interest_is_known_wait_for_it() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);

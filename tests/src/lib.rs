@@ -194,8 +194,18 @@ pub struct Client {
 impl Client {
     /// Connect with clean start and wait for the CONNACK.
     pub async fn connect(port: u16, id: &str) -> anyhow::Result<Self> {
+        Self::connect_with(port, id, false).await
+    }
+
+    /// With `persistent`: a session that outlives the connection (clean
+    /// start off, 5 min expiry) and a client that reconnects when the
+    /// broker goes away, as a device with a persistent session does.
+    pub async fn connect_with(port: u16, id: &str, persistent: bool) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_start(true);
+        opts.set_clean_start(!persistent);
+        if persistent {
+            opts.set_session_expiry_interval(Some(300));
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(Some(16 * 1024 * 1024));
         let (inner, mut events) = AsyncClient::new(opts, 1024);
@@ -215,6 +225,7 @@ impl Client {
                         let _ = ack_tx.send(());
                     }
                     Ok(_) => {}
+                    Err(_) if persistent => tokio::time::sleep(Duration::from_millis(100)).await,
                     Err(_) => return,
                 }
             }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use mqlink::brokers::LocalBroker;
@@ -47,6 +48,9 @@ pub struct Options {
     pub relays: bool,
     /// `spool.max_bytes` of every agent (default: the config's).
     pub spool_max_bytes: Option<u64>,
+    /// Brokers with persistence on, so they can be restarted
+    /// ([`ProcFederation::restart_broker`]) keeping sessions and queues.
+    pub persistent_brokers: bool,
 }
 
 fn free_udp() -> anyhow::Result<u16> {
@@ -127,7 +131,11 @@ impl ProcFederation {
         };
         let mut out = BTreeMap::new();
         for r in regions {
-            let broker = LocalBroker::mosquitto(&dir, r)?;
+            let broker = if opts.persistent_brokers {
+                LocalBroker::mosquitto_persistent(&dir, r)?
+            } else {
+                LocalBroker::mosquitto(&dir, r)?
+            };
             let statics: Vec<String> = interest
                 .iter()
                 .filter(|(x, _)| x == r)
@@ -212,9 +220,29 @@ impl ProcFederation {
         drop(self.regions.get_mut(region).and_then(|r| r.agent.take()));
     }
 
+    /// Stop `region`'s broker (SIGTERM) and start it again after `down`.
+    pub async fn restart_broker(&mut self, region: &str, down: Duration) -> anyhow::Result<()> {
+        let r = self.regions.get_mut(region).context("no such region")?;
+        r.broker.restart(down).await
+    }
+
     /// The value of metric `name` (first sample, any labels) on
     /// `region`'s agent, if it answers and has it.
     pub async fn metric(&self, region: &str, name: &str) -> Option<f64> {
+        self.samples(region, name).await?.first().copied()
+    }
+
+    /// The sum of every sample of metric `name` (over its labels) on
+    /// `region`'s agent; 0 if it has none or does not answer.
+    pub async fn metric_sum(&self, region: &str, name: &str) -> f64 {
+        self.samples(region, name)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .sum()
+    }
+
+    async fn samples(&self, region: &str, name: &str) -> Option<Vec<f64>> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let port = self.regions.get(region)?.metrics_port;
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -225,11 +253,14 @@ impl ProcFederation {
             .ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).await.ok()?;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| l.split([' ', '{']).next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next())
+                .filter_map(|v| v.parse().ok())
+                .collect(),
+        )
     }
 
     /// Peak resident memory (VmHWM) of `region`'s agent process, in bytes.
@@ -249,6 +280,12 @@ impl ProcFederation {
     /// A test client on `region`'s broker.
     pub async fn client(&self, region: &str, id: &str) -> anyhow::Result<Client> {
         Client::connect(self.regions[region].broker.port(), id).await
+    }
+
+    /// A test client with a persistent session that reconnects (see
+    /// [`Client::connect_with`]).
+    pub async fn persistent_client(&self, region: &str, id: &str) -> anyhow::Result<Client> {
+        Client::connect_with(self.regions[region].broker.port(), id, true).await
     }
 
     /// Stop every agent, then every broker.

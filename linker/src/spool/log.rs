@@ -4,7 +4,8 @@
 //!
 //! A record is `len: u32 LE | crc32(body): u32 LE | body`, body =
 //! `kind: u8 | key: u64 LE | data`. Kinds: `PUT` (data = the envelope in
-//! the wire encoding) and `ACK` (no data: the record `key` is done).
+//! the wire encoding) and `ACK` (no data: the record `key` is done) in
+//! spool segments; `MARK` and `WINDOW` in the marks log (`marks.rs`).
 //!
 //! Parsing stops at the first record that does not fit in what is left
 //! (a torn tail: the writer died mid-record) and reports where the valid
@@ -17,6 +18,11 @@
 pub const PUT: u8 = 1;
 /// Record kind: the message with this key left the spool.
 pub const ACK: u8 = 2;
+/// Record kind (marks log): a delivered message's dedupe key; `key` is
+/// its sequence number.
+pub const MARK: u8 = 3;
+/// Record kind (marks log): one dedupe window's state; `key` is its epoch.
+pub const WINDOW: u8 = 4;
 /// Largest record body accepted (a 256 MiB MQTT payload plus headroom).
 pub const MAX_RECORD: usize = 257 * 1024 * 1024;
 /// Bytes before the body.
@@ -25,7 +31,7 @@ pub const HEADER: usize = 8;
 /// A parsed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
-    /// `PUT` or `ACK` (others are skipped by the reader, counted as corrupt).
+    /// One of the kinds above (others are skipped, counted as corrupt).
     pub kind: u8,
     /// The message key.
     pub key: u64,
@@ -117,7 +123,7 @@ pub fn parse(bytes: &[u8]) -> Parsed<'_> {
             .and_then(|s| <[u8; 8]>::try_from(s).ok())
             .map(u64::from_le_bytes);
         match (crc32(body) == crc, body[0], key) {
-            (true, kind @ (PUT | ACK), Some(key)) => p.records.push(Record {
+            (true, kind @ (PUT | ACK | MARK | WINDOW), Some(key)) => p.records.push(Record {
                 kind,
                 key,
                 data: &body[9..],

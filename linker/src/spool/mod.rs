@@ -6,6 +6,8 @@
 //! # Layout
 //!
 //! - [`log`]: the record format, pure (checksums, torn tails, corruption).
+//! - [`marks`]: durable dedupe marks of local deliveries, written in the
+//!   same group commit.
 //! - this file: [`Spool`], segment files on disk, and [`run`], the thread
 //!   that serves the core's spool events with group commit.
 //!
@@ -37,6 +39,7 @@
 //!   durable to the core.
 
 pub mod log;
+pub mod marks;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -46,11 +49,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use mqlink_proto::dedupe::Mark;
 use mqlink_proto::{DropReason, Envelope, decode_envelope, encode_envelope};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::core::Input;
+pub use marks::Marks;
 
 /// Segment size at which a new one is started.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -149,9 +154,10 @@ impl Spool {
                             },
                         );
                     }
-                    _ => {
+                    log::ACK => {
                         live.remove(&r.key);
                     }
+                    _ => rec.corrupt += 1,
                 }
             }
             if parsed.valid_len < bytes.len() {
@@ -354,6 +360,14 @@ pub enum SpoolCmd {
     Ack(u64),
     /// Hand back up to this many messages.
     Replay(usize),
+    /// Record that custody entry `custody`'s delivery is acknowledged by
+    /// the broker (its dedupe mark).
+    Mark {
+        /// The core's custody number, reported back once durable.
+        custody: u64,
+        /// The delivered message's key.
+        mark: Mark,
+    },
 }
 
 /// Serve the core's spool requests on this thread until the channel
@@ -362,6 +376,7 @@ pub enum SpoolCmd {
 /// custody entry, one ack per replayed message, one replay at a time).
 pub fn run(
     mut spool: Spool,
+    mut marks: Marks,
     max_age: Duration,
     mut cmds: mpsc::UnboundedReceiver<SpoolCmd>,
     core: mpsc::Sender<Input>,
@@ -399,9 +414,21 @@ pub fn run(
                     }
                 }
                 SpoolCmd::Replay(max) => replay = Some(max),
+                SpoolCmd::Mark { custody, mark } => {
+                    if let Err(e) = marks.add(&mark) {
+                        // Not durable: the delivery still counts as done
+                        // (the broker has it); a replay after a restart
+                        // may then be delivered twice.
+                        warn!(error = %e, "dedupe mark write failed");
+                    }
+                    replies.push(Input::Marked(custody));
+                }
             }
         }
         // Group commit: nothing is reported durable before this.
+        if let Err(e) = marks.sync() {
+            warn!(error = %e, "dedupe marks sync failed");
+        }
         if let Err(e) = spool.sync() {
             warn!(error = %e, "spool sync failed; reporting the batch as not spooled");
             for r in &mut replies {
@@ -444,6 +471,7 @@ pub fn run(
         }
     }
     let _ = spool.sync();
+    let _ = marks.sync();
     info!("spool closed");
 }
 

@@ -67,6 +67,9 @@ pub(super) struct Held {
     /// The destinations being written to the spool (awaiting
     /// `handle_spooled`).
     spooling: Option<Vec<RegionName>>,
+    /// The broker acknowledged the local delivery; its dedupe mark is
+    /// being made durable (awaiting `handle_marked`).
+    marking: bool,
 }
 
 /// Every message in custody.
@@ -141,6 +144,7 @@ impl Agent {
                 since: now,
                 reached: Vec::new(),
                 spooling: None,
+                marking: false,
             },
         );
         self.dispatch(id);
@@ -304,9 +308,32 @@ impl Agent {
     }
 
     /// The local broker acknowledged the delivery numbered `custody`.
-    pub fn handle_delivered(&mut self, _now: Instant, custody: u64) {
+    /// With durable marks, its mark is written first ([`Event::Mark`]).
+    pub fn handle_delivered(&mut self, now: Instant, custody: u64) {
+        if !self.cfg.durable_marks {
+            return self.handle_marked(now, custody);
+        }
+        if let Some(h) = self.custody.held.get_mut(&custody)
+            && h.local
+            && !h.marking
+        {
+            h.marking = true;
+            let mark = Mark {
+                origin: h.env.origin.clone(),
+                node: h.env.origin_node.clone(),
+                epoch: h.env.epoch,
+                seq: h.env.seq,
+            };
+            self.events.push_back(Event::Mark { custody, mark });
+        }
+    }
+
+    /// The dedupe mark of delivery `custody` is durable (or, without
+    /// durable marks, the broker acknowledged it): the delivery is done.
+    pub fn handle_marked(&mut self, _now: Instant, custody: u64) {
         if let Some(h) = self.custody.held.get_mut(&custody) {
             h.local = false;
+            h.marking = false;
         }
         self.finish_if_done(custody);
     }
@@ -316,8 +343,15 @@ impl Agent {
     pub fn handle_dropped(&mut self, now: Instant, reason: DropReason, custody: Option<u64>) {
         self.drop(reason);
         if let Some(c) = custody {
-            self.handle_delivered(now, c);
+            self.handle_marked(now, c);
         }
+    }
+
+    /// The dedupe marks the runtime kept durably (deliveries its broker
+    /// acknowledged before we stopped), to call before any data arrives:
+    /// replays of those messages are then recognised as duplicates.
+    pub fn restore_marks(&mut self, marks: Dedupe) {
+        self.dedupe = marks;
     }
 
     /// The local broker connection was lost with deliveries unacknowledged:
@@ -325,6 +359,7 @@ impl Agent {
     pub fn handle_delivery_lost(&mut self, _now: Instant, custody: u64) {
         if let Some(h) = self.custody.held.get(&custody)
             && h.local
+            && !h.marking
         {
             self.events.push_back(Event::Deliver {
                 env: Box::new(h.env.clone()),

@@ -176,6 +176,7 @@ impl Agent {
     /// back; released at once).
     pub fn handle_publish(&mut self, now: Instant, message: Message, token: Option<u64>) -> bool {
         self.last_now = now;
+        self.stats.published += 1;
         if message
             .properties
             .user

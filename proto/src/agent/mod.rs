@@ -56,7 +56,7 @@ use mqlink_topology::{
     NodeName, RegionName, Router, Snapshot, TopicFilter, TopicName,
 };
 
-use crate::dedupe::{Dedupe, Seen};
+use crate::dedupe::{Dedupe, Mark, Seen};
 use crate::frame::{DATA_SHARDS, shard_of};
 use custody::Upstream;
 
@@ -169,6 +169,12 @@ pub struct AgentConfig {
     pub spool: bool,
     /// Most messages taken back from the spool and not yet passed on.
     pub spool_replay: usize,
+    /// Whether the runtime keeps the dedupe marks of local deliveries
+    /// durably: a delivery the broker acknowledged is then reported as
+    /// [`Event::Mark`] and its upstream released only once the runtime
+    /// says the mark is durable ([`Agent::handle_marked`]), so a replay
+    /// after our own restart is recognised ([`Agent::restore_marks`]).
+    pub durable_marks: bool,
 }
 
 impl AgentConfig {
@@ -192,6 +198,7 @@ impl AgentConfig {
             max_age: Duration::from_secs(24 * 3600),
             spool: false,
             spool_replay: 4096,
+            durable_marks: false,
         }
     }
 }
@@ -274,6 +281,8 @@ impl DropReason {
 pub struct Stats {
     /// Drops by reason.
     pub drops: BTreeMap<DropReason, u64>,
+    /// Messages taken from the local broker ([`Agent::handle_publish`]).
+    pub published: u64,
     /// Envelopes sent, per peer.
     pub sent: BTreeMap<RegionName, u64>,
     /// Envelopes received, per peer.
@@ -348,6 +357,15 @@ pub enum Event {
     },
     /// The spooled message `key` has been passed on: mark it done.
     SpoolAck(u64),
+    /// The local broker acknowledged custody entry `custody`'s delivery:
+    /// write `mark` durably, then report [`Agent::handle_marked`] (with
+    /// [`AgentConfig::durable_marks`] only).
+    Mark {
+        /// The custody entry.
+        custody: u64,
+        /// The delivered message's dedupe key.
+        mark: Mark,
+    },
     /// Hand back up to this many spooled messages, oldest first
     /// ([`Agent::handle_unspooled`], then [`Agent::handle_replay_done`]).
     SpoolReplay(usize),

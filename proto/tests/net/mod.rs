@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use mqlink_proto::dedupe::Dedupe;
 use mqlink_proto::{
     Agent, AgentConfig, Envelope, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
     decode, encode,
@@ -68,6 +69,12 @@ pub struct Net {
     pub spools: BTreeMap<String, Vec<(u64, Envelope, bool)>>,
     /// Next spool key.
     pub next_key: u64,
+    /// The durable dedupe marks per agent (they outlive `kill`).
+    pub marks: BTreeMap<String, Dedupe>,
+    /// Agents whose marks are written durably but not yet reported so
+    /// (a crash then is the moment after the mark is on disk and before
+    /// the acknowledgement left).
+    pub hold_marks: BTreeSet<String>,
 }
 
 /// The config of agent `name` among `links`, with `epoch`.
@@ -83,7 +90,9 @@ fn config(name: &str, links: &[(String, String, u64)], epoch: u64) -> AgentConfi
             import: vec![f("#")],
         })
         .collect();
-    AgentConfig::new(region, node_of(name), epoch, policies)
+    let mut cfg = AgentConfig::new(region, node_of(name), epoch, policies);
+    cfg.durable_marks = true;
+    cfg
 }
 
 impl Net {
@@ -116,6 +125,8 @@ impl Net {
             links: links.clone(),
             spools: BTreeMap::new(),
             next_key: 1,
+            marks: BTreeMap::new(),
+            hold_marks: BTreeSet::new(),
         };
         for (a, b, _) in &links {
             let ends: Vec<(String, String)> = agents
@@ -250,6 +261,16 @@ impl Net {
                             }
                             self.agent(from).handle_replay_done(now, exhausted);
                         }
+                        Event::Mark { custody, mark } => {
+                            self.marks
+                                .entry(from.clone())
+                                .or_default()
+                                .check_mark(&mark);
+                            if !self.hold_marks.contains(from) {
+                                let now = self.now;
+                                self.agent(from).handle_marked(now, custody);
+                            }
+                        }
                         Event::Release(token) => {
                             self.released.entry(from.clone()).or_default().insert(token);
                         }
@@ -366,6 +387,7 @@ impl Net {
         let now = self.now;
         let epoch = 1_000_000 + self.next_conn;
         let mut agent = Agent::new(now, config(name, &self.links, epoch));
+        agent.restore_marks(self.marks.get(name).cloned().unwrap_or_default());
         for flt in filters {
             agent.handle_subscribe(now, f(flt));
         }

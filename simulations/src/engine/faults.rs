@@ -11,6 +11,7 @@ impl Sim {
         let cfg = agent_config(&self.scenario, i, n, epoch);
         let now = self.base + self.now;
         let mut agent = Agent::new(now, cfg);
+        agent.restore_marks(self.regions[i].nodes[n].marks.clone());
         for f in &self.scenario.regions[i].interest {
             agent.handle_subscribe(now, f.clone());
         }

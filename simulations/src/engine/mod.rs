@@ -31,6 +31,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mqlink_proto::dedupe::Dedupe;
 use mqlink_proto::{
     Agent, AgentConfig, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
 };
@@ -106,6 +107,9 @@ struct Node {
     /// time convergence (LSA refreshes change the version, not the graph).
     lsdb_version: u64,
     graph_fingerprint: u64,
+    /// The dedupe marks the runtime keeps on disk for this agent
+    /// (`Event::Mark`): they outlive its restarts, as the spool's do.
+    marks: Dedupe,
 }
 
 /// A message the broker keeps for an agent: the message, the key it was
@@ -218,7 +222,9 @@ fn agent_config(s: &Scenario, region: usize, node: usize, epoch: u64) -> AgentCo
             import: everything.clone(),
         })
         .collect();
-    AgentConfig::new(me.clone(), spec.node(node as u32), epoch, links)
+    let mut cfg = AgentConfig::new(me.clone(), spec.node(node as u32), epoch, links);
+    cfg.durable_marks = true;
+    cfg
 }
 
 impl Sim {

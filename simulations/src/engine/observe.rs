@@ -24,6 +24,7 @@ impl Sim {
                     out.push(t);
                 }
                 let mut acks = Vec::new();
+                let mut marked = Vec::new();
                 while let Some(ev) = agent.poll_event() {
                     // Every event the runtime acts on, as it does: the
                     // broker acknowledges deliveries at once, forgets what
@@ -40,6 +41,11 @@ impl Sim {
                         }
                         Event::Replaced { peer } => closes.push(peer),
                         Event::Release(token) => released.push(token),
+                        // Durable at once (the simulated disk never fails).
+                        Event::Mark { custody, mark } => {
+                            region.marks.check_mark(&mark);
+                            marked.push(custody);
+                        }
                         Event::PeerUp { .. }
                         | Event::ExportChanged(_)
                         | Event::Spool { .. }
@@ -47,11 +53,14 @@ impl Sim {
                         | Event::SpoolReplay(_) => {}
                     }
                 }
-                if acks.is_empty() {
+                if acks.is_empty() && marked.is_empty() {
                     break;
                 }
                 for c in acks {
                     agent.handle_delivered(now, c);
+                }
+                for c in marked {
+                    agent.handle_marked(now, c);
                 }
             }
             let version = agent.router().lsdb().version();
