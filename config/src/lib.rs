@@ -50,6 +50,7 @@
 //!   dir: /var/lib/mqlink          # default
 //!   max_bytes: 1GiB               # default; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB
 //!   max_age: 24h                  # default; units ms, s, m, h, d (e.g. 1h30m)
+//!   full: block                   # default; or drop-oldest (counted `spool_full`)
 //! ```
 //!
 //! Relative paths are relative to the directory of the file that names
@@ -70,7 +71,7 @@ pub use deployment::{Deployment, check_deployment};
 pub use diagnostic::{ConfigError, Diagnostic, Pos, Severity};
 pub use region::{
     BrokerConfig, DynamicInterest, InterestConfig, LinkConfig, ListenConfig, RegionConfig,
-    SpoolConfig, TlsConfig,
+    SpoolConfig, SpoolFull, TlsConfig,
 };
 pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
 

@@ -78,4 +78,5 @@ pub(crate) struct RawSpool {
     pub dir: Option<Text>,
     pub max_bytes: Option<Text>,
     pub max_age: Option<Text>,
+    pub full: Option<Text>,
 }

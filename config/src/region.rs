@@ -147,6 +147,22 @@ pub struct SpoolConfig {
     pub max_bytes: ByteSize,
     /// Age limit: older messages are dropped (and counted).
     pub max_age: Duration,
+    /// What a full spool does.
+    pub full: SpoolFull,
+}
+
+/// `spool.full`: what happens when the spool reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpoolFull {
+    /// Refuse new messages: they stay unacknowledged upstream, and the
+    /// origin broker holds them and slows its publishers (backpressure).
+    /// Nothing is lost.
+    #[default]
+    Block,
+    /// Make room by dropping the oldest spooled messages (counted as
+    /// `spool_full`), for operators who prefer fresh data to old.
+    DropOldest,
 }
 
 /// Collects diagnostics while converting one file.
@@ -436,6 +452,7 @@ fn convert_spool(ctx: &mut Ctx<'_>, raw: Option<RawSpool>) -> Option<SpoolConfig
         dir: None,
         max_bytes: None,
         max_age: None,
+        full: None,
     });
     let dir = match &raw.dir {
         Some(d) => ctx.path(d, "spool.dir"),
@@ -455,9 +472,20 @@ fn convert_spool(ctx: &mut Ctx<'_>, raw: Option<RawSpool>) -> Option<SpoolConfig
         }),
         None => Some(DEFAULT_SPOOL_MAX_AGE),
     };
+    let full = match &raw.full {
+        None => Some(SpoolFull::Block),
+        Some(t) => ctx.parse(t, "spool.full", |s| match s {
+            "block" => Ok(SpoolFull::Block),
+            "drop-oldest" => Ok(SpoolFull::DropOldest),
+            other => Err(format!(
+                "unknown policy `{other}`; expected `block` or `drop-oldest`"
+            )),
+        }),
+    };
     Some(SpoolConfig {
         dir: dir?,
         max_bytes: max_bytes?,
         max_age: max_age?,
+        full: full?,
     })
 }

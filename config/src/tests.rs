@@ -65,7 +65,7 @@ links:
 interest:
   static: ["alerts/#", "$share/g/cmd/+"]
   dynamic: mosquitto
-spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m }
+spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m, full: drop-oldest }
 "#);
     assert_eq!(c.broker.client_id, "mqlink-eu-west-a");
     assert_eq!(c.broker.url.port, 8883);
@@ -91,6 +91,7 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m }
     );
     assert_eq!(c.interest.dynamic, DynamicInterest::Mosquitto);
     assert_eq!(c.spool.max_age, Duration::from_secs(5400));
+    assert_eq!(c.spool.full, SpoolFull::DropOldest);
 }
 
 #[test]
@@ -127,7 +128,7 @@ links:
 interest:
   static: ["x+"]
   dynamic: redis
-spool: { max_bytes: lots, max_age: 0s }
+spool: { max_bytes: lots, max_age: 0s, full: never }
 "#,
     );
     let expect = [
@@ -139,6 +140,7 @@ spool: { max_bytes: lots, max_age: 0s }
         "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto` or `none`",
         "conf/eu.yaml:11:21: error: spool.max_bytes: invalid size `lots`",
         "conf/eu.yaml:11:36: error: spool.max_age: expected a duration above zero",
+        "conf/eu.yaml:11:46: error: spool.full: unknown policy `never`; expected `block` or `drop-oldest`",
     ];
     assert_eq!(e.len(), expect.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expect) {

@@ -70,6 +70,9 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<bool> {
             }
         }
     }
+    if let Some(f) = &args.broker_conf {
+        diagnostics.extend(crate::broker_conf::check(f, &configs));
+    }
     let all_loaded = configs.len() == args.configs.len();
     let deployment = (all_loaded && configs.len() > 1).then(|| check_deployment(&configs));
     if let Some(d) = &deployment {

@@ -98,4 +98,9 @@ pub struct CheckArgs {
     /// Treat warnings as errors (exit 1 when there are any).
     #[arg(long)]
     pub deny_warnings: bool,
+    /// Also check the local Mosquitto configuration (following
+    /// `include_dir`) for what custody needs: persistence, queue and
+    /// in-flight limits, session expiry.
+    #[arg(long, value_name = "FILE")]
+    pub broker_conf: Option<PathBuf>,
 }

@@ -6,6 +6,8 @@
 //!
 //! - [`cli`]: the clap command line (`mqlink <command> ...`).
 //! - [`check`]: `mqlink check`: validate region files or a whole deployment.
+//! - [`broker_conf`]: `mqlink check --broker-conf`: what a Mosquitto
+//!   configuration means for custody.
 //! - [`certs`]: `mqlink certs init|issue`: a development PKI (rcgen).
 //! - [`tls`]: mutual TLS 1.3 (rustls, ring provider), region identity from
 //!   the certificate's SAN.
@@ -26,6 +28,7 @@
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
 pub mod broker;
+pub mod broker_conf;
 pub mod brokers;
 pub mod certs;
 pub mod check;

@@ -21,6 +21,9 @@
 //! | `mqlink_peer_errors_total` | peer, reason (`malformed_frame`, `protocol_violation`) | links closed for bad input |
 //! | `mqlink_spool_messages` | | messages in the on-disk spool |
 //! | `mqlink_spool_bytes` | | live bytes in the spool |
+//! | `mqlink_spool_region_messages` | region | spooled messages owed to each destination region |
+//! | `mqlink_spool_region_bytes` | region | their bytes on disk |
+//! | `mqlink_spool_oldest_seconds` | | age of the oldest spooled message |
 //! | `mqlink_spool_corrupt_records_total` | | spool records skipped for a bad checksum |
 //! | `mqlink_handshake_failures_total` | | refused TLS handshakes and identities |
 //!

@@ -154,10 +154,13 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
     let (spool_tx, spool_rx) = mpsc::unbounded_channel();
     let spool_core = input_tx.clone();
-    let max_age = cfg.spool.max_age;
+    let policy = crate::spool::Policy {
+        max_age: cfg.spool.max_age,
+        drop_oldest: cfg.spool.full == mqlink_config::SpoolFull::DropOldest,
+    };
     std::thread::Builder::new()
         .name("mqlink-spool".into())
-        .spawn(move || crate::spool::run(spool, marks, max_age, spool_rx, spool_core))
+        .spawn(move || crate::spool::run(spool, marks, policy, spool_rx, spool_core))
         .context("starting the spool thread")?;
     let broker_tx = core::BrokerTx {
         export: export_tx,

@@ -51,6 +51,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use mqlink_proto::dedupe::Mark;
 use mqlink_proto::{DropReason, Envelope, decode_envelope, encode_envelope};
+use mqlink_topology::RegionName;
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -62,12 +64,25 @@ pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Most requests written per sync.
 pub const BATCH: usize = 4096;
 
-/// Where a live record is.
+/// Where a live record is, and what it is for.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
     segment: u64,
     offset: u64,
     size: u32,
+    /// The regions it is owed to (an index into [`Spool::sets`]).
+    dests: u32,
+    /// When it was written (ms since the Unix epoch).
+    ts: u64,
+}
+
+/// Messages and bytes waiting for one destination region.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// Messages.
+    pub messages: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
 }
 
 /// A message read back: its key, its time in the spool, the envelope.
@@ -105,6 +120,39 @@ pub struct Spool {
     cursor: u64,
     /// Open read handles of segments.
     readers: BTreeMap<u64, File>,
+    /// Distinct destination sets of live records (few: one per set of
+    /// regions that were unreachable together), and their index.
+    sets: Sets,
+    /// Live records and bytes per destination region.
+    per_region: BTreeMap<RegionName, Waiting>,
+}
+
+/// A PUT record's data: when it was written, and the envelope.
+fn split_put(data: &[u8]) -> Option<(u64, Envelope)> {
+    let (ts, env) = data.split_at_checked(8)?;
+    let ts = u64::from_le_bytes(<[u8; 8]>::try_from(ts).ok()?);
+    Some((ts, decode_envelope(env).ok()?))
+}
+
+/// Interned destination sets.
+#[derive(Debug, Default)]
+struct Sets {
+    sets: Vec<Vec<RegionName>>,
+    index: FxHashMap<Vec<RegionName>, u32>,
+}
+
+impl Sets {
+    fn intern(&mut self, mut dests: Vec<RegionName>) -> u32 {
+        dests.sort();
+        dests.dedup();
+        if let Some(i) = self.index.get(&dests) {
+            return *i;
+        }
+        let i = self.sets.len() as u32;
+        self.sets.push(dests.clone());
+        self.index.insert(dests, i);
+        i
+    }
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -133,6 +181,7 @@ impl Spool {
         numbers.sort_unstable();
         let mut rec = Recovered::default();
         let mut live: BTreeMap<u64, Loc> = BTreeMap::new();
+        let mut sets = Sets::default();
         let mut next_key = 1;
         let last = numbers.last().copied();
         for &n in &numbers {
@@ -145,12 +194,19 @@ impl Spool {
                 next_key = next_key.max(r.key.saturating_add(1));
                 match r.kind {
                     log::PUT => {
+                        let Some((ts, env)) = split_put(r.data) else {
+                            rec.corrupt += 1;
+                            continue;
+                        };
+                        let dests = sets.intern(env.dests);
                         live.insert(
                             r.key,
                             Loc {
                                 segment: n,
                                 offset: r.offset as u64,
                                 size: r.size as u32,
+                                dests,
+                                ts,
                             },
                         );
                     }
@@ -194,7 +250,13 @@ impl Spool {
             bytes,
             cursor,
             readers: BTreeMap::new(),
+            sets,
+            per_region: BTreeMap::new(),
         };
+        let locs: Vec<Loc> = spool.live.values().copied().collect();
+        for loc in locs {
+            spool.count(loc, true);
+        }
         spool.delete_dead_segments();
         Ok((spool, rec))
     }
@@ -214,13 +276,65 @@ impl Spool {
         self.bytes
     }
 
+    /// Messages and bytes waiting for each destination region.
+    pub fn per_region(&self) -> &BTreeMap<RegionName, Waiting> {
+        &self.per_region
+    }
+
+    /// How long the oldest message has been in the spool.
+    pub fn oldest_age(&self) -> Duration {
+        self.live.values().next().map_or(Duration::ZERO, |l| {
+            Duration::from_millis(now_ms().saturating_sub(l.ts))
+        })
+    }
+
+    /// Add (or, with `add` false, take away) `loc` in the per-region counts.
+    fn count(&mut self, loc: Loc, add: bool) {
+        let Some(set) = self.sets.sets.get(loc.dests as usize) else {
+            return;
+        };
+        for r in set {
+            let w = self.per_region.entry(r.clone()).or_default();
+            if add {
+                w.messages += 1;
+                w.bytes += u64::from(loc.size);
+            } else {
+                w.messages = w.messages.saturating_sub(1);
+                w.bytes = w.bytes.saturating_sub(u64::from(loc.size));
+            }
+        }
+        if !add {
+            self.per_region.retain(|_, w| w.messages > 0);
+        }
+    }
+
     /// Append `env`; `None` if the spool is full. Durable after [`Self::sync`].
     pub fn put(&mut self, env: Envelope) -> anyhow::Result<Option<u64>> {
-        let mut data = now_ms().to_le_bytes().to_vec();
+        Ok(self.put_evicting(env, false)?.0)
+    }
+
+    /// [`Self::put`]; with `evict`, a full spool first drops its oldest
+    /// messages not yet handed back (returned second) to make room.
+    pub fn put_evicting(
+        &mut self,
+        env: Envelope,
+        evict: bool,
+    ) -> anyhow::Result<(Option<u64>, u64)> {
+        let ts = now_ms();
+        let dests = self.sets.intern(env.dests.clone());
+        let mut data = ts.to_le_bytes().to_vec();
         data.extend_from_slice(&encode_envelope(env));
         let size = (log::HEADER + 9 + data.len()) as u64;
+        let mut evicted = 0;
+        while evict && self.bytes + size > self.max_bytes {
+            let Some(oldest) = self.live.range(self.cursor..).next().map(|(k, _)| *k) else {
+                break;
+            };
+            self.ack(oldest)?;
+            evicted += 1;
+        }
         if self.bytes + size > self.max_bytes {
-            return Ok(None);
+            return Ok((None, evicted));
         }
         if self.active.2 >= SEGMENT_BYTES {
             self.rotate()?;
@@ -232,17 +346,18 @@ impl Spool {
         let offset = self.active.2;
         self.active.1.write_all(&buf)?;
         self.active.2 += size;
-        self.live.insert(
-            key,
-            Loc {
-                segment: self.active.0,
-                offset,
-                size: size as u32,
-            },
-        );
+        let loc = Loc {
+            segment: self.active.0,
+            offset,
+            size: size as u32,
+            dests,
+            ts,
+        };
+        self.live.insert(key, loc);
+        self.count(loc, true);
         *self.per_segment.entry(self.active.0).or_insert(0) += 1;
         self.bytes += size;
-        Ok(Some(key))
+        Ok((Some(key), evicted))
     }
 
     /// Mark `key` done. Durable after [`Self::sync`].
@@ -250,6 +365,7 @@ impl Spool {
         let Some(loc) = self.live.remove(&key) else {
             return Ok(());
         };
+        self.count(loc, false);
         self.bytes = self.bytes.saturating_sub(u64::from(loc.size));
         if let Some(n) = self.per_segment.get_mut(&loc.segment) {
             *n = n.saturating_sub(1);
@@ -312,10 +428,7 @@ impl Spool {
         let mut buf = vec![0u8; loc.size as usize];
         f.read_exact_at(&mut buf, loc.offset).ok()?;
         let parsed = log::parse(&buf);
-        let r = parsed.records.first()?;
-        let (ts, env) = r.data.split_at_checked(8)?;
-        let ts = u64::from_le_bytes(<[u8; 8]>::try_from(ts).ok()?);
-        let env = decode_envelope(env).ok()?;
+        let (ts, env) = split_put(parsed.records.first()?.data)?;
         Some((Duration::from_millis(now_ms().saturating_sub(ts)), env))
     }
 
@@ -344,6 +457,16 @@ impl Spool {
             let _ = std::fs::remove_file(segment_path(&self.dir, n));
         }
     }
+}
+
+/// How the spool thread treats old and excess messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Messages older than this are dropped at replay (`expired`).
+    pub max_age: Duration,
+    /// `spool.full: drop-oldest`: a full spool drops its oldest messages
+    /// (`spool_full`) instead of refusing new ones.
+    pub drop_oldest: bool,
 }
 
 /// What the core asks of the spool thread.
@@ -377,13 +500,29 @@ pub enum SpoolCmd {
 pub fn run(
     mut spool: Spool,
     mut marks: Marks,
-    max_age: Duration,
+    policy: Policy,
     mut cmds: mpsc::UnboundedReceiver<SpoolCmd>,
     core: mpsc::Sender<Input>,
 ) {
-    let gauges = |s: &Spool| {
+    let max_age = policy.max_age;
+    let mut reported: Vec<RegionName> = Vec::new();
+    let mut gauges = |s: &Spool| {
         metrics::gauge!("mqlink_spool_messages").set(s.len() as f64);
         metrics::gauge!("mqlink_spool_bytes").set(s.bytes() as f64);
+        metrics::gauge!("mqlink_spool_oldest_seconds").set(s.oldest_age().as_secs_f64());
+        for r in &reported {
+            if !s.per_region().contains_key(r) {
+                metrics::gauge!("mqlink_spool_region_messages", "region" => r.to_string()).set(0.0);
+                metrics::gauge!("mqlink_spool_region_bytes", "region" => r.to_string()).set(0.0);
+            }
+        }
+        for (r, w) in s.per_region() {
+            metrics::gauge!("mqlink_spool_region_messages", "region" => r.to_string())
+                .set(w.messages as f64);
+            metrics::gauge!("mqlink_spool_region_bytes", "region" => r.to_string())
+                .set(w.bytes as f64);
+        }
+        reported = s.per_region().keys().cloned().collect();
     };
     while let Some(first) = cmds.blocking_recv() {
         let mut batch = vec![first];
@@ -398,9 +537,13 @@ pub fn run(
         for cmd in batch {
             match cmd {
                 SpoolCmd::Put { custody, env } => {
-                    let ok = match spool.put(*env) {
-                        Ok(Some(_)) => true,
-                        Ok(None) => false,
+                    let ok = match spool.put_evicting(*env, policy.drop_oldest) {
+                        Ok((stored, evicted)) => {
+                            for _ in 0..evicted {
+                                replies.push(Input::Dropped(DropReason::SpoolFull, None));
+                            }
+                            stored.is_some()
+                        }
                         Err(e) => {
                             warn!(error = %e, "spool write failed; the message stays in memory");
                             false
@@ -585,6 +728,49 @@ mod tests {
         }
         assert!(s.is_empty());
         assert!(s.put(env(999)).unwrap().is_some(), "room again");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_and_keeps_the_newest_in_order() {
+        let d = dir("drop-oldest");
+        let (mut s, _) = Spool::open(&d, 10_000).unwrap();
+        let (mut evicted, mut n) = (0, 0);
+        for i in 1..=200 {
+            let (key, e) = s.put_evicting(env(i), true).unwrap();
+            assert!(key.is_some(), "drop-oldest always takes the new message");
+            evicted += e;
+            n += 1;
+        }
+        assert!(evicted > 0 && s.bytes() <= 10_000);
+        assert_eq!(s.len(), n - evicted, "every message kept or counted");
+        let c = RegionName::new("c").unwrap();
+        assert_eq!(s.per_region()[&c].messages, s.len());
+        assert_eq!(s.per_region()[&c].bytes, s.bytes());
+        let (msgs, _) = s.replay(1000).unwrap();
+        let seqs: Vec<u64> = msgs.iter().map(|(_, _, e)| e.seq).collect();
+        let want: Vec<u64> = (201 - seqs.len() as u64..=200).collect();
+        assert_eq!(seqs, want, "the newest remain, oldest first");
+        for (k, _, _) in msgs {
+            s.ack(k).unwrap();
+        }
+        assert!(s.per_region().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn per_region_counts_are_rebuilt_at_start() {
+        let d = dir("per-region");
+        let (mut s, _) = Spool::open(&d, 1 << 30).unwrap();
+        for i in 1..=10 {
+            s.put(env(i)).unwrap();
+        }
+        let before = s.per_region().clone();
+        s.sync().unwrap();
+        drop(s);
+        let (s, _) = Spool::open(&d, 1 << 30).unwrap();
+        assert_eq!(s.per_region(), &before);
+        assert!(s.oldest_age() < Duration::from_secs(60));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

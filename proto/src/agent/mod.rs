@@ -236,11 +236,14 @@ pub enum DropReason {
     /// Its message expiry ran out in transit: not published (MQTT 5
     /// §3.3.2.3.3).
     ExpiredInTransit,
+    /// QoS >= 1 in the spool: dropped to make room for a newer message
+    /// (`spool.full: drop-oldest`; counted by the runtime's spool).
+    SpoolFull,
 }
 
 impl DropReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Reimport,
         DropReason::ImportPolicy,
         DropReason::Duplicate,
@@ -254,6 +257,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::BadTopic,
         DropReason::ExpiredInTransit,
+        DropReason::SpoolFull,
     ];
 
     /// The metric label: snake case, one style for every reason.
@@ -272,6 +276,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::BadTopic => "bad_topic",
             DropReason::ExpiredInTransit => "expired_in_transit",
+            DropReason::SpoolFull => "spool_full",
         }
     }
 }
