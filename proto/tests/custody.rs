@@ -224,6 +224,63 @@ fn messages_with_no_path_go_to_the_spool_and_come_back() {
     assert_eq!(net.agent("a").stats().held, 0);
 }
 
+/// A message owed to b (in flight: b's broker is slow to acknowledge)
+/// and c (cut off): c's share goes to the spool, which hands it back
+/// while the entry is still held for b. That copy joins the entry, so c
+/// still gets the message when its link returns (it used to be
+/// acknowledged in the spool at once, and c's copy was lost).
+#[test]
+fn a_spool_replay_of_a_message_still_held_keeps_its_destinations() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b", 10), ("a", "c", 10)]);
+    net.warm();
+    net.subscribe("b", "t/#");
+    net.subscribe("c", "t/#");
+    net.agent("a").enable_spool();
+    net.slow_brokers.insert("b".into());
+    net.disconnect("a", "c");
+    net.publish_qos1("a", "t/1");
+    net.advance(Duration::from_secs(2));
+    assert!(
+        net.released.get("a").is_none_or(BTreeSet::is_empty),
+        "b has not acknowledged yet"
+    );
+    net.slow_brokers.remove("b");
+    net.ack_deliveries("b");
+    net.connect("a", "c");
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.payloads("b"), vec![1]);
+    assert_eq!(net.payloads("c"), vec![1], "c's share survived the replay");
+    assert_eq!(net.released["a"], tokens(1..=1));
+    assert!(net.spools["a"].is_empty(), "the record was acknowledged");
+}
+
+/// An agent restarts with a message for c in its spool, and replays it
+/// before it has heard c's interest (c is down too): c is still owed
+/// the message (it used to be taken for "c no longer wants it" and
+/// released unsent), and gets it when it is back.
+#[test]
+fn a_restarted_agent_keeps_spooled_messages_for_regions_it_has_not_heard_from() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b", 10), ("b", "c", 10)]);
+    net.warm();
+    net.subscribe("c", "t/#");
+    net.agent("b").enable_spool();
+    net.disconnect("b", "c");
+    net.publish_qos1("b", "t/1");
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.spools["b"].len(), 1, "b spooled c's message");
+    assert_eq!(net.released["b"], tokens(1..=1), "and released its broker");
+    net.kill("c");
+    net.kill("b");
+    net.revive("b", &[]);
+    net.advance(Duration::from_secs(10));
+    assert!(net.payloads("c").is_empty());
+    assert_eq!(net.spools["b"].len(), 1, "still owed to c");
+    net.revive("c", &["t/#"]);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.payloads("c"), vec![1]);
+    assert!(net.spools["b"].is_empty());
+}
+
 #[test]
 fn time_in_transit_grows_with_the_time_held() {
     let mut net = Net::new(&["a", "b"], &[("a", "b", 10)]);

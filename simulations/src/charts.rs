@@ -3,7 +3,9 @@
 //! - `latency-cdf.svg`: latency CDF per region pair (the busiest 10 pairs);
 //! - `bytes-per-link.svg`: bytes per link under mqlink, a flood bridge and a
 //!   one-hop mesh (the busiest 20 links);
-//! - `delivery-over-time.svg`: deliveries per second, with every fault marked.
+//! - `delivery-over-time.svg`: deliveries per second, with every fault marked;
+//! - `spool-depth.svg`: messages in each region's spool over time (the
+//!   10 deepest), faults marked.
 //!
 //! The SVG is written directly (a few lines, rectangles and text elements)
 //! instead of through plotters: it needs no font metrics, so no fontconfig
@@ -13,7 +15,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::report::Report;
+use crate::report::{FaultReport, Report};
 
 const W: f64 = 900.0;
 const H: f64 = 520.0;
@@ -138,6 +140,23 @@ impl Plot {
             r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
             pts.join(" ")
         );
+    }
+
+    /// A dashed vertical line at each fault (named in the legend with
+    /// `legend`).
+    fn mark_faults(&mut self, faults: &[FaultReport], legend: bool) {
+        for (i, f) in faults.iter().enumerate() {
+            let x = self.x(f.at_s);
+            let _ = write!(
+                self.body,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#d62728" stroke-dasharray="4 3"/>"##,
+                H - BOTTOM,
+                TOP
+            );
+            if legend {
+                self.legend(i, &format!("{:.0} s: {}", f.at_s, f.what), "#d62728");
+            }
+        }
     }
 
     fn legend(&mut self, i: usize, label: &str, color: &str) {
@@ -295,26 +314,49 @@ fn delivery_over_time(r: &Report) -> String {
         .map(|(t, n)| (t as f64, *n as f64))
         .collect();
     plot.polyline(&points, COLORS[0]);
-    for (i, f) in r.faults.iter().enumerate() {
-        let x = plot.x(f.at_s);
-        let _ = write!(
-            plot.body,
-            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#d62728" stroke-dasharray="4 3"/>"##,
-            H - BOTTOM,
-            TOP
-        );
-        plot.legend(i, &format!("{:.0} s: {}", f.at_s, f.what), "#d62728");
-    }
+    plot.mark_faults(&r.faults, true);
     plot.finish()
 }
 
-/// Write the three charts into `dir`; returns their paths.
+fn spool_depth(r: &Report) -> String {
+    let mut series: Vec<_> = r.spool.iter().collect();
+    series.sort_by_key(|s| std::cmp::Reverse(s.peak));
+    series.truncate(10);
+    let y_max = series.iter().map(|s| s.peak).max().unwrap_or(1) as f64 * 1.1;
+    let x_max = r.deliveries_per_second.len().max(1) as f64;
+    let mut plot = Plot::new(
+        "Spool depth per region (QoS >= 1 waiting for a path)",
+        "time (s)",
+        "messages in the spool",
+        x_max,
+        y_max,
+    );
+    if series.is_empty() {
+        plot.legend(0, "nothing was spooled", "#7f7f7f");
+    }
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = s
+            .per_second
+            .iter()
+            .enumerate()
+            .map(|(t, n)| (t as f64, *n as f64))
+            .collect();
+        plot.polyline(&points, color);
+        plot.legend(i, &format!("{} (peak {})", s.region, s.peak), color);
+    }
+    plot.mark_faults(&r.faults, false);
+    plot.finish()
+}
+
+/// Write the four charts into `dir`; returns their paths.
 pub fn write(r: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let charts = [
         ("latency-cdf.svg", latency_cdf(r)),
         ("bytes-per-link.svg", bytes_per_link(r)),
         ("delivery-over-time.svg", delivery_over_time(r)),
+        ("spool-depth.svg", spool_depth(r)),
     ];
     let mut out = Vec::new();
     for (name, svg) in charts {

@@ -74,6 +74,8 @@ pub struct Recorder {
     /// Connections an agent closed for a protocol violation.
     closed: u64,
     timeline: Vec<u64>,
+    /// Peak spool depth per region and simulated second.
+    spool: Vec<Vec<Option<u64>>>,
     published: u64,
 }
 
@@ -103,7 +105,19 @@ impl Recorder {
             aliases: FxHashMap::default(),
             closed: 0,
             timeline: vec![0; scenario.duration.as_secs() as usize + 1],
+            spool: vec![vec![None; scenario.duration.as_secs() as usize + 1]; names.len()],
             published: 0,
+        }
+    }
+
+    /// Region `region`'s agents hold `depth` messages in their spools.
+    pub fn spool_depth(&mut self, region: usize, at: Duration, depth: u64) {
+        if let Some(series) = self.spool.get_mut(region) {
+            let last = series.len().saturating_sub(1);
+            let s = (at.as_secs() as usize).min(last);
+            if let Some(v) = series.get_mut(s) {
+                *v = Some(v.map_or(depth, |d| d.max(depth)));
+            }
         }
     }
 
@@ -335,6 +349,28 @@ impl Recorder {
                 convergence_s: last.map(|l| round3((*l - *at).as_secs_f64())),
             });
         }
+        let spool = self
+            .spool
+            .iter()
+            .zip(&self.names)
+            .filter_map(|(series, region)| {
+                // A second without any event keeps the depth seen last.
+                let mut last = 0;
+                let per_second: Vec<u64> = series
+                    .iter()
+                    .map(|v| {
+                        last = v.unwrap_or(last);
+                        last
+                    })
+                    .collect();
+                let peak = per_second.iter().copied().max().unwrap_or(0);
+                (peak > 0).then(|| SpoolReport {
+                    region: region.clone(),
+                    peak,
+                    per_second,
+                })
+            })
+            .collect();
         Report {
             scenario: scenario.name.clone(),
             seed: scenario.seed,
@@ -353,6 +389,7 @@ impl Recorder {
             alternatives,
             deliveries_per_second: self.timeline,
             latency_cdf,
+            spool,
         }
     }
 }
@@ -468,6 +505,20 @@ pub struct Report {
     pub deliveries_per_second: Vec<u64>,
     /// Latency CDF per pair, 51 points each.
     pub latency_cdf: Vec<CdfReport>,
+    /// Spool depth over time of every region whose agents spooled
+    /// anything (messages waiting for a path, on disk).
+    pub spool: Vec<SpoolReport>,
+}
+
+/// The spool depth of one region over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolReport {
+    /// The region (its agents' spools together).
+    pub region: String,
+    /// The most messages in the spool.
+    pub peak: u64,
+    /// The most messages in the spool in each simulated second.
+    pub per_second: Vec<u64>,
 }
 
 /// The latency distribution of one region pair.
@@ -602,6 +653,17 @@ impl Report {
                 "  ... {} more origins (see --json)",
                 self.routes.len() - 12
             );
+        }
+        if !self.spool.is_empty() {
+            let _ = writeln!(o, "\nspool (QoS >= 1 waiting for a path, on disk)");
+            for sp in &self.spool {
+                let busy = sp.per_second.iter().filter(|d| **d > 0).count();
+                let _ = writeln!(
+                    o,
+                    "  {:<14} peak {:>8} messages, non-empty for {busy} s",
+                    sp.region, sp.peak
+                );
+            }
         }
         let _ = writeln!(o, "\nthe same workload under the alternatives");
         for a in &self.alternatives {

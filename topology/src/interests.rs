@@ -67,6 +67,12 @@ impl Interests {
         self.tables.get(&(region.clone(), node.clone()))
     }
 
+    /// Whether a table of any node of `region` was received (its interest
+    /// is known, even if empty).
+    pub fn knows(&self, region: &RegionName) -> bool {
+        self.tables.keys().any(|(r, _)| r == region)
+    }
+
     /// All tables.
     pub fn tables(&self) -> impl Iterator<Item = &InterestTable> {
         self.tables.values()

@@ -261,6 +261,7 @@ impl Agent {
         let done = self.custody.held.get(&id).is_some_and(|h| {
             !h.local && h.sends.is_empty() && h.waiting.is_empty() && !h.unresolved
         });
+
         if done {
             self.discard(id);
         }
@@ -489,8 +490,14 @@ impl Agent {
                     h.unresolved = false;
                 }
             }
-            // A region that no longer wants the topic is no longer owed it.
-            h.waiting.retain(|d| wanting.contains(d));
+            // A region that no longer wants the topic is no longer owed it;
+            // one whose interest we do not know yet (we restarted, or it
+            // never reached us) still is: nothing is released on a guess.
+            if warm {
+                let interests = self.router.interests();
+                h.waiting
+                    .retain(|d| wanting.contains(d) || !interests.knows(d));
+            }
             self.dispatch(id);
             self.finish_if_done(id);
         }
@@ -618,10 +625,10 @@ impl Agent {
             env.visited.push(me.clone());
         }
         let dests: Vec<RegionName> = env.dests.iter().filter(|d| **d != me).cloned().collect();
-        if self.custody.by_key.contains_key(&key_of(&env)) {
-            // Still held from before it was spooled: the spool copy is
-            // done (the held one carries on).
-            self.release(Upstream::Spool(key));
+        // Still held from before it was spooled (its other destinations
+        // are not done): the spool's destinations join that entry, which
+        // acknowledges the record once they are covered too.
+        if self.join_custody(&env, Upstream::Spool(key), false) {
             return;
         }
         self.take_custody(now, env, Some(Upstream::Spool(key)), false, dests, false);

@@ -388,6 +388,12 @@ impl Net {
         let epoch = 1_000_000 + self.next_conn;
         let mut agent = Agent::new(now, config(name, &self.links, epoch));
         agent.restore_marks(self.marks.get(name).cloned().unwrap_or_default());
+        // Its spool is on disk: all of it unread by the new agent.
+        if let Some(spool) = self.spools.get_mut(name) {
+            agent.enable_spool();
+            spool.iter_mut().for_each(|e| e.2 = false);
+            agent.handle_spool_recovered(spool.len() as u64);
+        }
         for flt in filters {
             agent.handle_subscribe(now, f(flt));
         }

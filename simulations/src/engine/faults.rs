@@ -12,6 +12,10 @@ impl Sim {
         let now = self.base + self.now;
         let mut agent = Agent::new(now, cfg);
         agent.restore_marks(self.regions[i].nodes[n].marks.clone());
+        // The spool on disk: everything in it is unread by the new agent.
+        let spool = &mut self.regions[i].nodes[n].spool;
+        spool.iter_mut().for_each(|e| e.2 = false);
+        agent.handle_spool_recovered(spool.len() as u64);
         for f in &self.scenario.regions[i].interest {
             agent.handle_subscribe(now, f.clone());
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqlink_proto::dedupe::Dedupe;
 use mqlink_proto::{
-    Agent, AgentConfig, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
+    Agent, AgentConfig, Envelope, Event, Frame, LinkPolicy, Message, PeerId, Properties, Qos,
 };
 use mqlink_topology::{Cost, Matcher, RegionIds, RegionName, TopicFilter, TopicName};
 use rand::{Rng, SeedableRng};
@@ -110,6 +110,9 @@ struct Node {
     /// The dedupe marks the runtime keeps on disk for this agent
     /// (`Event::Mark`): they outlive its restarts, as the spool's do.
     marks: Dedupe,
+    /// The agent's spool: (key, message, handed back to the running
+    /// agent yet). On disk: it outlives the agent's restarts.
+    spool: Vec<(u64, Envelope, bool)>,
 }
 
 /// A message the broker keeps for an agent: the message, the key it was
@@ -186,6 +189,8 @@ pub struct Sim {
     next_id: u64,
     /// Next broker token (for QoS >= 1 messages handed to agents).
     next_token: u64,
+    /// Next spool record key.
+    next_spool_key: u64,
     regions: Vec<Region>,
     links: Vec<Link>,
     link_of: BTreeMap<(usize, usize), usize>,
@@ -224,6 +229,8 @@ fn agent_config(s: &Scenario, region: usize, node: usize, epoch: u64) -> AgentCo
         .collect();
     let mut cfg = AgentConfig::new(me.clone(), spec.node(node as u32), epoch, links);
     cfg.durable_marks = true;
+    cfg.durable_marks = true;
+    cfg.spool = true;
     cfg
 }
 
@@ -272,6 +279,7 @@ impl Sim {
             queue: BTreeMap::new(),
             next_id: 0,
             next_token: 1,
+            next_spool_key: 1,
             regions: Vec::new(),
             links,
             link_of,

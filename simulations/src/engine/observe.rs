@@ -12,6 +12,7 @@ impl Sim {
         let mut closes = Vec::new();
         let mut released = Vec::new();
         let now = self.instant();
+        let mut next_key = self.next_spool_key;
         {
             let region = &mut self.regions[i].nodes[n];
             let Some(agent) = region.agent.as_mut() else {
@@ -25,11 +26,9 @@ impl Sim {
                 }
                 let mut acks = Vec::new();
                 let mut marked = Vec::new();
+                let mut spooled = Vec::new();
+                let mut replay = None;
                 while let Some(ev) = agent.poll_event() {
-                    // Every event the runtime acts on, as it does: the
-                    // broker acknowledges deliveries at once, forgets what
-                    // the agent releases, and a connection the agent
-                    // closes is closed.
                     match ev {
                         Event::Deliver { env, custody } => {
                             delivered.push(env);
@@ -46,15 +45,34 @@ impl Sim {
                             region.marks.check_mark(&mark);
                             marked.push(custody);
                         }
-                        Event::PeerUp { .. }
-                        | Event::ExportChanged(_)
-                        | Event::Spool { .. }
-                        | Event::SpoolAck(_)
-                        | Event::SpoolReplay(_) => {}
+                        // The spool: durable at once, never full.
+                        Event::Spool { custody, env } => {
+                            region.spool.push((next_key, *env, false));
+                            next_key += 1;
+                            spooled.push(custody);
+                        }
+                        Event::SpoolAck(key) => region.spool.retain(|(k, _, _)| *k != key),
+                        Event::SpoolReplay(max) => replay = Some(max),
+                        Event::PeerUp { .. } | Event::ExportChanged(_) => {}
                     }
                 }
-                if acks.is_empty() && marked.is_empty() {
+                if acks.is_empty() && marked.is_empty() && spooled.is_empty() && replay.is_none() {
                     break;
+                }
+                for c in spooled {
+                    agent.handle_spooled(now, c, true);
+                }
+                if let Some(max) = replay {
+                    let mut back = Vec::new();
+                    for (k, env, given) in region.spool.iter_mut().filter(|e| !e.2).take(max) {
+                        *given = true;
+                        back.push((*k, env.clone()));
+                    }
+                    let exhausted = back.len() < max;
+                    for (k, env) in back {
+                        agent.handle_unspooled(now, k, env);
+                    }
+                    agent.handle_replay_done(now, exhausted);
                 }
                 for c in acks {
                     agent.handle_delivered(now, c);
@@ -99,6 +117,9 @@ impl Sim {
                 }
             }
         }
+        self.next_spool_key = next_key;
+        let depth: usize = self.regions[i].nodes.iter().map(|n| n.spool.len()).sum();
+        self.rec.spool_depth(i, self.now, depth as u64);
         for env in delivered {
             let origin = self.region_index(&env.origin).copied();
             if let Some(origin) = origin {
