@@ -30,12 +30,17 @@ pub trait Storage {
     fn remove(&mut self, n: u64);
 }
 
+/// Appends buffered before they are written (one `write` per batch, not
+/// per record).
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// Segments as files in a directory.
 #[derive(Debug)]
 pub struct Dir {
     dir: PathBuf,
-    /// The segment being appended to.
+    /// The segment being appended to, and appends not yet written to it.
     writer: Option<(u64, File)>,
+    pending: Vec<u8>,
     /// Read handles.
     readers: BTreeMap<u64, File>,
 }
@@ -47,6 +52,7 @@ impl Dir {
         Ok(Dir {
             dir: dir.to_owned(),
             writer: None,
+            pending: Vec::with_capacity(WRITE_BUFFER),
             readers: BTreeMap::new(),
         })
     }
@@ -57,6 +63,7 @@ impl Dir {
 
     fn writer(&mut self, n: u64) -> io::Result<&mut File> {
         if self.writer.as_ref().is_none_or(|(w, _)| *w != n) {
+            self.flush()?;
             let f = OpenOptions::new().append(true).open(self.path(n))?;
             self.writer = Some((n, f));
         }
@@ -64,6 +71,19 @@ impl Dir {
             Some((_, f)) => Ok(f),
             None => Err(io::Error::other("no writer")),
         }
+    }
+
+    /// Write the buffered appends to their segment.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match &mut self.writer {
+            Some((_, f)) => f.write_all(&self.pending)?,
+            None => return Err(io::Error::other("appends without a segment")),
+        }
+        self.pending.clear();
+        Ok(())
     }
 }
 
@@ -79,10 +99,16 @@ impl Storage for Dir {
     }
 
     fn read_all(&mut self, n: u64) -> io::Result<Vec<u8>> {
+        if self.writer.as_ref().is_some_and(|(w, _)| *w == n) {
+            self.flush()?;
+        }
         std::fs::read(self.path(n))
     }
 
     fn read_at(&mut self, n: u64, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.writer.as_ref().is_some_and(|(w, _)| *w == n) {
+            self.flush()?;
+        }
         if !self.readers.contains_key(&n) {
             let f = File::open(self.path(n))?;
             self.readers.insert(n, f);
@@ -94,6 +120,7 @@ impl Storage for Dir {
     }
 
     fn create(&mut self, n: u64) -> io::Result<()> {
+        self.flush()?;
         let f = File::create(self.path(n))?;
         self.readers.remove(&n);
         self.writer = Some((n, f));
@@ -101,10 +128,17 @@ impl Storage for Dir {
     }
 
     fn append(&mut self, n: u64, bytes: &[u8]) -> io::Result<()> {
-        self.writer(n)?.write_all(bytes)
+        self.writer(n)?;
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= WRITE_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn sync(&mut self, n: u64) -> io::Result<()> {
+        self.writer(n)?;
+        self.flush()?;
         self.writer(n)?.sync_data()
     }
 
@@ -117,9 +151,17 @@ impl Storage for Dir {
     fn remove(&mut self, n: u64) {
         self.readers.remove(&n);
         if self.writer.as_ref().is_some_and(|(w, _)| *w == n) {
+            self.pending.clear();
             self.writer = None;
         }
         let _ = std::fs::remove_file(self.path(n));
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // Best effort: unsynced appends were never reported durable.
+        let _ = self.flush();
     }
 }
 
