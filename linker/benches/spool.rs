@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mqlink::spool::Spool;
-use mqlink_proto::{Envelope, Message, Properties, Qos, encode_envelope};
+use mqlink_proto::{Envelope, Message, Properties, Qos};
 use mqlink_topology::{NodeName, RegionName, TopicName};
 
 const BATCHES: [u64; 3] = [1, 64, 512];
@@ -102,7 +102,7 @@ fn redb(c: &mut Criterion) {
                     let mut t = tx.open_table(TABLE).unwrap();
                     for _ in 0..batch {
                         seq += 1;
-                        let bytes = encode_envelope(env(seq));
+                        let bytes = mqlink_proto::encode_envelope(env(seq));
                         t.insert(seq, bytes.as_slice()).unwrap();
                     }
                 }
