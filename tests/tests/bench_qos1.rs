@@ -9,7 +9,9 @@
 //! cargo nextest run --release -p mqlink-e2e --test bench_qos1 --run-ignored only --no-capture
 //! ```
 //!
-//! `MQLINK_BENCH_MESSAGES` sets the message count (default 100,000).
+//! `MQLINK_BENCH_MESSAGES` sets the message count per run (default
+//! 100,000), `MQLINK_BENCH_ROUNDS` the rounds (default 3): the setups
+//! stay up and take turns, and the table gives each one's median.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark: a failure should panic
 
@@ -93,26 +95,50 @@ async fn measure(publ: &Client, sub: &mut Client, n: u64) -> Run {
     }
 }
 
+/// One setup, kept up across rounds: its publisher and subscriber.
+struct Setup {
+    name: &'static str,
+    publ: Client,
+    sub: Client,
+    runs: Vec<Run>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run it on a release build with --run-ignored only"]
 async fn bench_qos1_one_broker_bridge_and_mqlink() {
-    let n: u64 = std::env::var("MQLINK_BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let mut rows = Vec::new();
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("MQLINK_BENCH_MESSAGES", 100_000);
+    let rounds = env("MQLINK_BENCH_ROUNDS", 3);
+    let sub_pub = |sub: Client, publ: Client, name| Setup {
+        name,
+        publ,
+        sub,
+        runs: Vec::new(),
+    };
+    async fn clients(sub_port: u16, pub_port: u16) -> (Client, Client) {
+        let mut sub = Client::connect(sub_port, "bench-sub").await.unwrap();
+        sub.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
+        let publ = Client::connect(pub_port, "bench-pub").await.unwrap();
+        (sub, publ)
+    }
 
-    // One broker.
+    // All three setups stay up; the rounds take turns, so a noisy moment
+    // of the machine hits every setup alike. One broker:
     let dir = scratch("bench-one");
     let one = LocalBroker::mosquitto(&dir, "one").unwrap();
-    let mut sub = Client::connect(one.port(), "bench-sub").await.unwrap();
-    sub.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
-    let publ = Client::connect(one.port(), "bench-pub").await.unwrap();
-    rows.push(("one broker", measure(&publ, &mut sub, n).await));
-    eprintln!("one broker: {:.0} msg/s", rows[0].1.rate);
-    one.stop().await;
-
-    // A Mosquitto bridge A -> B.
+    let (sub, publ) = clients(one.port(), one.port()).await;
+    let mut setups = vec![sub_pub(sub, publ, "one broker")];
+    // A Mosquitto bridge A -> B:
     let dir = scratch("bench-bridge");
     let b = LocalBroker::mosquitto(&dir, "b").unwrap();
     let bridge = format!(
@@ -120,15 +146,10 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
         b.port()
     );
     let a = LocalBroker::mosquitto_with(&dir, "a", &bridge).unwrap();
-    let mut sub = Client::connect(b.port(), "bench-sub").await.unwrap();
-    sub.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
-    let publ = Client::connect(a.port(), "bench-pub").await.unwrap();
-    rows.push(("Mosquitto bridge", measure(&publ, &mut sub, n).await));
-    eprintln!("bridge: {:.0} msg/s", rows[1].1.rate);
-    a.stop().await;
-    b.stop().await;
-
-    // mqlink: two agents (processes), custody and spool on.
+    let (sub, publ) = clients(b.port(), a.port()).await;
+    setups.push(sub_pub(sub, publ, "Mosquitto bridge"));
+    // mqlink: two agents (processes), custody, spool and durable dedupe
+    // marks on:
     let fed = ProcFederation::start(
         "bench-mqlink",
         &["a", "b"],
@@ -136,23 +157,46 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
         &[("b", "bench/#")],
     )
     .unwrap();
-    let mut sub = fed.client("b", "bench-sub").await.unwrap();
-    sub.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
-    let publ = fed.client("a", "bench-pub").await.unwrap();
-    rows.push(("mqlink", measure(&publ, &mut sub, n).await));
-    fed.stop().await;
+    let (sub, publ) = clients(fed.regions["b"].broker.port(), fed.regions["a"].broker.port()).await;
+    setups.push(sub_pub(sub, publ, "mqlink"));
 
-    let bridge_rate = rows[1].1.rate;
-    println!("\nQoS 1, {n} messages of 100 B over 100 topics, one publisher as fast as it goes:");
-    println!("| setup | delivered msg/s | vs bridge | lost | duplicates |");
-    println!("|---|---|---|---|---|");
-    for (name, r) in &rows {
+    for round in 0..rounds {
+        for s in &mut setups {
+            let r = measure(&s.publ, &mut s.sub, n).await;
+            eprintln!("round {}: {}: {:.0} msg/s", round + 1, s.name, r.rate);
+            s.runs.push(r);
+        }
+    }
+    fed.stop().await;
+    a.stop().await;
+    b.stop().await;
+    one.stop().await;
+
+    let rate = |s: &Setup| median(s.runs.iter().map(|r| r.rate).collect());
+    let bridge_rate = rate(&setups[1]);
+    println!(
+        "\nQoS 1, {n} messages of 100 B over 100 topics, one publisher as fast as it goes, \
+         {rounds} rounds taking turns (median; all rounds):"
+    );
+    println!("| setup | delivered msg/s | vs bridge | rounds | lost | duplicates |");
+    println!("|---|---|---|---|---|---|");
+    for s in &setups {
+        let all: Vec<String> = s.runs.iter().map(|r| format!("{:.0}", r.rate)).collect();
         println!(
-            "| {name} | {:.0} | {:.2}x | {} | {} |",
-            r.rate,
-            r.rate / bridge_rate,
-            r.lost,
-            r.duplicates
+            "| {} | {:.0} | {:.2}x | {} | {} | {} |",
+            s.name,
+            rate(s),
+            rate(s) / bridge_rate,
+            all.join(", "),
+            s.runs.iter().map(|r| r.lost).sum::<u64>(),
+            s.runs.iter().map(|r| r.duplicates).sum::<u64>()
+        );
+    }
+    for s in &setups {
+        assert!(
+            s.runs.iter().all(|r| r.lost == 0),
+            "{} lost QoS 1 messages",
+            s.name
         );
     }
 }
