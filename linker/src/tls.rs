@@ -154,6 +154,11 @@ impl Identity {
     }
 }
 
+/// Concurrent unidirectional streams a peer may open: the data shards
+/// plus large payloads in flight. Each stream's reader buffers up to one
+/// frame (`MAX_FRAME_LEN`), so this bounds what a peer can make us hold.
+pub const MAX_UNI_STREAMS: u32 = 32;
+
 /// Transport settings for links: keep-alives often enough that a dead
 /// link is noticed after `idle` (default about a second), and room for the
 /// data streams.
@@ -163,7 +168,7 @@ pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
-    t.max_concurrent_uni_streams(1024u32.into());
+    t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(8u32.into());
     Arc::new(t)
 }

@@ -185,12 +185,70 @@ fn protocol_violations_close_only_that_peer() {
         reasons,
         [
             "second hello",
-            "summary of 18446744073709551615 filters with 0 snapshots open exceeds the limits (1000000 filters, 10000 open)",
+            "summary of 18446744073709551615 filters with 0 snapshots (0 filters) open exceeds the limits (1000000 filters per table, 10000 open, 2000000 filters open)",
             "region `zz` is not a configured neighbour",
             "hello claims region `c` but the certificate says `b`"
         ]
     );
     assert_eq!(net.agent("a").stats().protocol_errors, 4);
+}
+
+/// A peer that floods: deltas that grow a table past the limit, the
+/// same snapshot requested again and again, snapshots announced beyond
+/// what may be buffered. Each is bounded: the first and last close the
+/// connection with a reason, the repeats get one snapshot.
+#[test]
+fn a_flooding_peer_is_bounded() {
+    let mut net = Net::new_with(&["a", "b"], &[("a", "b", 1)], |c| c.max_table_filters = 5);
+    for i in 0..6 {
+        net.subscribe("b", &format!("t/{i}"));
+    }
+    let now = net.now;
+    let b = net.id("a", "b").unwrap();
+    let own = mqlink_proto::TableId {
+        region: r("a"),
+        node: NodeName::new("a-a").unwrap(),
+        epoch: 1000,
+    };
+    for _ in 0..50 {
+        net.agent("a")
+            .handle_frame(now, &b, Frame::ResyncRequest { table: own.clone() });
+    }
+    let mut starts = 0;
+    while let Some((_, f)) = net.agent("a").poll_transmit() {
+        starts += usize::from(matches!(f, Frame::SummaryStart { .. }));
+    }
+    assert_eq!(starts, 1, "fifty requests, one snapshot");
+    for (i, count) in [5, 5, 1].into_iter().enumerate() {
+        let table = mqlink_proto::TableId {
+            region: r("b"),
+            node: NodeName::new(&format!("x-{i}")).unwrap(),
+            epoch: 1,
+        };
+        net.agent("a").handle_frame(
+            now,
+            &b,
+            Frame::SummaryStart {
+                table,
+                seq: 1,
+                count,
+            },
+        );
+    }
+    net.pump();
+    let reasons: Vec<&str> = net
+        .closed
+        .iter()
+        .filter(|(at, _, _)| at == "a")
+        .map(|(_, _, why)| why.as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "delta grows b/b-a's table to 6 filters, above the limit of 5",
+            "summary of 1 filters with 2 snapshots (10 filters) open exceeds the limits (5 filters per table, 10000 open, 10 filters open)",
+        ]
+    );
 }
 
 #[test]

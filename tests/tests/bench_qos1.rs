@@ -157,7 +157,11 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
         &[("b", "bench/#")],
     )
     .unwrap();
-    let (sub, publ) = clients(fed.regions["b"].broker.port(), fed.regions["a"].broker.port()).await;
+    let (sub, publ) = clients(
+        fed.regions["b"].broker.port(),
+        fed.regions["a"].broker.port(),
+    )
+    .await;
     setups.push(sub_pub(sub, publ, "mqlink"));
 
     for round in 0..rounds {

@@ -81,6 +81,17 @@ pub const WARM_AFTER_ALL_UP: Duration = Duration::from_millis(500);
 /// Most snapshots a peer may have in progress at once.
 pub const MAX_OPEN_SNAPSHOTS: usize = 10_000;
 
+/// Most filters buffered for one peer's snapshots in progress, together
+/// (announced counts): what a peer can make us hold before a table is
+/// complete.
+pub const MAX_INCOMING_FILTERS: u64 = 2 * MAX_TABLE_FILTERS;
+
+/// A peer asking again for a snapshot of a table we already sent it, at
+/// the same version, within this long gets nothing (the first one is
+/// still on its way): repeated requests cannot make us queue snapshot
+/// after snapshot.
+pub const RESYNC_HOLDOFF: Duration = Duration::from_secs(5);
+
 /// One connection to an agent of a neighbouring region, as the runtime
 /// names it: the region its certificate proved, and a number the runtime
 /// picks, unique among its live connections. A region with replicas is
@@ -175,6 +186,9 @@ pub struct AgentConfig {
     /// says the mark is durable ([`Agent::handle_marked`]), so a replay
     /// after our own restart is recognised ([`Agent::restore_marks`]).
     pub durable_marks: bool,
+    /// Most filters one interest table may hold ([`MAX_TABLE_FILTERS`]);
+    /// a peer whose snapshot or delta goes beyond it is closed.
+    pub max_table_filters: u64,
 }
 
 impl AgentConfig {
@@ -199,6 +213,7 @@ impl AgentConfig {
             spool: false,
             spool_replay: 4096,
             durable_marks: false,
+            max_table_filters: MAX_TABLE_FILTERS,
         }
     }
 }
@@ -393,6 +408,8 @@ struct Peer {
     hello: Option<Hello>,
     /// Snapshots in progress from it.
     incoming: BTreeMap<TableId, Incoming>,
+    /// Snapshots sent to it on request: table -> (its seq, when).
+    served: BTreeMap<TableId, (u64, Instant)>,
     /// Envelopes waiting to be sent, per data stream (shard), in order.
     pending: [VecDeque<Out>; DATA_SHARDS],
     /// QoS 0 envelopes among `pending` (bounded by `qos0_queue`).
@@ -415,6 +432,7 @@ impl Peer {
             incarnation,
             hello: None,
             incoming: BTreeMap::new(),
+            served: BTreeMap::new(),
             pending: std::array::from_fn(|_| VecDeque::new()),
             pending_qos0: 0,
             next_seq: 1,

@@ -80,11 +80,21 @@ impl Agent {
                 ),
             },
             (Some(_), Frame::SummaryStart { table, seq, count }) => {
-                let open = self.peers.get(from).map_or(0, |p| p.incoming.len());
-                if count > MAX_TABLE_FILTERS || open >= MAX_OPEN_SNAPSHOTS {
+                let (open, buffered) = self.peers.get(from).map_or((0, 0), |p| {
+                    (
+                        p.incoming.len(),
+                        p.incoming.values().map(|i| i.count).sum::<u64>(),
+                    )
+                });
+                let per_table = self.cfg.max_table_filters;
+                let all = per_table.saturating_mul(MAX_INCOMING_FILTERS / MAX_TABLE_FILTERS);
+                if count > per_table
+                    || open >= MAX_OPEN_SNAPSHOTS
+                    || buffered.saturating_add(count) > all
+                {
                     return self.close(
                         from,
-                        format!("summary of {count} filters with {open} snapshots open exceeds the limits ({MAX_TABLE_FILTERS} filters, {MAX_OPEN_SNAPSHOTS} open)"),
+                        format!("summary of {count} filters with {open} snapshots ({buffered} filters) open exceeds the limits ({per_table} filters per table, {MAX_OPEN_SNAPSHOTS} open, {all} filters open)"),
                     );
                 }
                 if let Some(p) = self.peers.get_mut(from) {
@@ -132,7 +142,7 @@ impl Agent {
             (Some(_), Frame::Digest { table, seq, digest }) => {
                 self.on_digest(from, table, seq, digest)
             }
-            (Some(_), Frame::ResyncRequest { table }) => self.send_snapshot_of(from, &table),
+            (Some(_), Frame::ResyncRequest { table }) => self.on_resync_request(from, table),
             (Some(_), Frame::DigestSum { tables, sum }) => {
                 if (tables, sum) != self.digest_sum() {
                     // Something differs: show the peer every table's digest;

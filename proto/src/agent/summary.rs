@@ -6,6 +6,34 @@ use super::*;
 
 impl Agent {
     /// Queue a snapshot of `table` (ours or one we follow) to `to`.
+    /// A peer asks for a table's snapshot: sent, unless the same version
+    /// went to it less than [`RESYNC_HOLDOFF`] ago.
+    pub(super) fn on_resync_request(&mut self, from: &PeerId, table: TableId) {
+        let now = self.last_now;
+        let seq = if table == table_id(self.local.version()) {
+            Some(self.local.version().seq)
+        } else {
+            self.router
+                .interests()
+                .table(&table.region, &table.node)
+                .map(|t| t.version().seq)
+        };
+        let Some(seq) = seq else { return };
+        let Some(p) = self.peers.get_mut(from) else {
+            return;
+        };
+        if let Some((s, at)) = p.served.get(&table)
+            && *s == seq
+            && now.saturating_duration_since(*at) < RESYNC_HOLDOFF
+        {
+            return;
+        }
+        p.served
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < RESYNC_HOLDOFF);
+        p.served.insert(table.clone(), (seq, now));
+        self.send_snapshot_of(from, &table);
+    }
+
     pub(super) fn send_snapshot_of(&mut self, to: &PeerId, table: &TableId) {
         let snapshot = if *table == table_id(self.local.version()) {
             Some(self.local.snapshot())
@@ -123,7 +151,26 @@ impl Agent {
             seq,
             ops,
         };
-        match self.router.handle_delta(&table.region, &table.node, &delta) {
+        let result = self.router.handle_delta(&table.region, &table.node, &delta);
+        let size = self
+            .router
+            .interests()
+            .table(&table.region, &table.node)
+            .map_or(0, |t| t.len() as u64);
+        let limit = self.cfg.max_table_filters;
+        if size > limit {
+            // Forget the table rather than hold it: the peer is closed, and
+            // a well-behaved one sends a snapshot within the limit.
+            self.router.remove_interest(&table.region, &table.node);
+            return self.close(
+                from,
+                format!(
+                    "delta grows {}/{}'s table to {size} filters, above the limit of {limit}",
+                    table.region, table.node
+                ),
+            );
+        }
+        match result {
             Ok(Applied::Changed(_)) => self.broadcast(
                 Some(from),
                 &Frame::SummaryDelta {

@@ -99,6 +99,15 @@ impl Net {
     /// Agents and region links `(a, b, cost)`; every agent of a region is
     /// connected to every agent of its neighbours.
     pub fn new(agents: &[&str], links: &[(&str, &str, u64)]) -> Self {
+        Self::new_with(agents, links, |_| {})
+    }
+
+    /// [`Self::new`] with every agent's config changed by `tweak`.
+    pub fn new_with(
+        agents: &[&str],
+        links: &[(&str, &str, u64)],
+        tweak: impl Fn(&mut AgentConfig),
+    ) -> Self {
         let now = Instant::now();
         let links: Vec<(String, String, u64)> = links
             .iter()
@@ -106,7 +115,8 @@ impl Net {
             .collect();
         let mut map = BTreeMap::new();
         for (i, name) in agents.iter().enumerate() {
-            let cfg = config(name, &links, 1000 + i as u64);
+            let mut cfg = config(name, &links, 1000 + i as u64);
+            tweak(&mut cfg);
             map.insert((*name).to_owned(), Agent::new(now, cfg));
         }
         let mut net = Net {
