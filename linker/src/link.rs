@@ -13,9 +13,12 @@
 //! - Data batches go on [`DATA_SHARDS`] long-lived unidirectional streams,
 //!   chosen by a hash of the topic, so one topic's messages stay in order
 //!   while a stalled topic does not block the others (one writer task per
-//!   stream, so QUIC flow control on one does not hold up the rest). A message whose
-//!   payload exceeds [`LARGE_PAYLOAD`] goes on a stream of its own, so it
-//!   never delays small ones.
+//!   stream, so QUIC flow control on one does not hold up the rest). A
+//!   message whose payload exceeds [`LARGE_PAYLOAD`](mqlink_proto::frame::LARGE_PAYLOAD) travels in a batch
+//!   of its own on its topic's stream: it keeps its place in the topic's
+//!   order (on a stream of its own it overtook, and was overtaken by, the
+//!   small messages around it), at the price of delaying the other topics
+//!   of that shard while it crosses.
 //! - Bytes that do not decode as a frame close the connection with the
 //!   decode error as reason (and a metric, counted by the core).
 //! - Peer endpoints are resolved again at every dial attempt with the
@@ -39,7 +42,6 @@ use crate::core::{Input, PeerOut};
 use crate::tls::peer_regions;
 
 pub use mqlink_proto::DATA_SHARDS;
-use mqlink_proto::frame::LARGE_PAYLOAD;
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -266,35 +268,15 @@ async fn write_data(
         for env in &mut batch.envelopes {
             env.transit_ms = env.transit_ms.saturating_add(half_rtt);
         }
-        // The core batches per stream and puts a large payload in a batch
-        // of its own, which goes on a stream of its own.
+        // Every batch goes on its topic's shard stream, large payloads
+        // too (the core sends one in a batch of its own): one topic, one
+        // stream, one order.
         let Some(first) = batch.envelopes.first() else {
             continue;
         };
-        let large = first.message.payload.len() > LARGE_PAYLOAD;
         let i = shard_of(&first.message.topic);
         encode(Frame::Data(batch), &mut buf);
         let bytes = buf.split().freeze();
-        if large {
-            let conn = conn.clone();
-            let bytes_out = bytes_out.clone();
-            tokio::spawn(async move {
-                let written = match conn.open_uni().await {
-                    Ok(mut s) => {
-                        let ok = s.write_all(&bytes).await.is_ok();
-                        let _ = s.finish();
-                        ok
-                    }
-                    Err(_) => false,
-                };
-                if written {
-                    bytes_out.increment(bytes.len() as u64);
-                } else {
-                    conn.close(3u32.into(), b"large payload stream failed");
-                }
-            });
-            continue;
-        }
         if writers[i].send(bytes).is_err() {
             break;
         }

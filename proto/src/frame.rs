@@ -29,8 +29,8 @@ pub fn shard_of(topic: &TopicName) -> usize {
     (h.finish() as usize) % DATA_SHARDS
 }
 
-/// Payloads above this many bytes travel in a batch (and on a stream) of
-/// their own, so they never delay small ones.
+/// Payloads above this many bytes travel in a batch of their own (on
+/// their topic's stream, so the topic's order holds).
 pub const LARGE_PAYLOAD: usize = 64 * 1024;
 
 /// Most ranges one [`Frame::Ack`] may carry.
