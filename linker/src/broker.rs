@@ -323,6 +323,7 @@ pub async fn run_session(
     let mut unsent: std::collections::VecDeque<Publish> = Default::default();
     let mut imports = Imports::default();
     let mut connected = false;
+    let mut draining = false;
     loop {
         // Acknowledgements the request channel could not take last time,
         // in order: stop at the first it still refuses.
@@ -354,7 +355,9 @@ pub async fn run_session(
                             .notify
                             .push_back(Input::Dropped(DropReason::ExpiredInTransit, c)),
                         (Publish_::Failed, Some(c)) => imports.notify.push_back(Input::DeliveryLost(c)),
-                        (Publish_::Failed, None) => {}
+                        (Publish_::Failed, None) => imports
+                            .notify
+                            .push_back(Input::Dropped(DropReason::BrokerUnavailable, None)),
                     }
                 }
                 None => return,
@@ -369,6 +372,7 @@ pub async fn run_session(
                     }
                 }
                 Some(ExportCmd::SetExport(new)) => set_export(&client, &export, new),
+                Some(ExportCmd::Drain) => draining = true,
                 None => return,
             },
             ev = events.poll() => match ev {
@@ -390,6 +394,15 @@ pub async fn run_session(
                         if core.send(input).await.is_err() {
                             return;
                         }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if draining => {
+                    // Not taken: a QoS >= 1 message stays the broker's
+                    // (unacknowledged, redelivered to our next session).
+                    if p.qos == QoS::AtMostOnce
+                        && core.send(Input::Dropped(DropReason::ShuttingDown, None)).await.is_err()
+                    {
+                        return;
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {

@@ -128,6 +128,10 @@ pub enum ExportCmd {
     Release(u64),
     /// Subscribe to exactly this set of filters.
     SetExport(BTreeSet<TopicFilter>),
+    /// Shutting down: take no more messages from the broker (QoS >= 1
+    /// ones stay with it, unacknowledged, for the next start), keep
+    /// acknowledging what the core releases.
+    Drain,
 }
 
 /// What the core asks the import session to do.

@@ -20,6 +20,9 @@ use crate::{broker, core, link, tls};
 /// How long a silent link lives before it is declared down.
 pub const LINK_IDLE: Duration = Duration::from_millis(1500);
 
+/// How long a shutdown waits for messages in custody to be passed on.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Running {
@@ -29,6 +32,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     /// Inputs to the core (for stats queries).
     inputs: mpsc::Sender<Input>,
+    /// To the export session (to drain it at shutdown).
+    export: mpsc::UnboundedSender<core::ExportCmd>,
     /// The QUIC endpoint, closed at shutdown.
     endpoint: quinn::Endpoint,
     /// Every task of the agent.
@@ -59,8 +64,23 @@ impl Running {
         }
     }
 
-    /// Stop every task and close the links.
+    /// Stop: take nothing more from the broker, give the messages in
+    /// custody up to [`DRAIN`] to be passed on and acknowledged, then close
+    /// the links and stop every task. What is still held then stays with
+    /// its upstream (the broker redelivers it to the next start; a
+    /// neighbour sends it again), so nothing is lost either way.
     pub async fn shutdown(self) {
+        let _ = self.export.send(core::ExportCmd::Drain);
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while tokio::time::Instant::now() < deadline {
+            match self.stats().await {
+                Some(r) if r.stats.held > r.stats.parked => {}
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The last acknowledgements reach the broker.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         self.endpoint.close(0u32.into(), b"shutting down");
         for t in &self.tasks {
             t.abort();
@@ -163,7 +183,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         .spawn(move || crate::spool::run(spool, marks, policy, spool_rx, spool_core))
         .context("starting the spool thread")?;
     let broker_tx = core::BrokerTx {
-        export: export_tx,
+        export: export_tx.clone(),
         import: import_tx,
         spool: spool_tx,
     };
@@ -210,6 +230,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         region: cfg.region.clone(),
         quic_addr,
         inputs: input_tx,
+        export: export_tx,
         endpoint,
         tasks,
         core_done: Some(core_done),

@@ -226,6 +226,35 @@ impl ProcFederation {
         r.broker.restart(down).await
     }
 
+    /// Stop `region`'s agent as a service manager does (SIGTERM, by PID)
+    /// and wait for it to exit; its exit status.
+    pub async fn terminate_agent(
+        &mut self,
+        region: &str,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let r = self.regions.get_mut(region).context("no such region")?;
+        let Some(mut agent) = r.agent.take() else {
+            bail!("{region}'s agent is not running");
+        };
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(agent.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = agent.0.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{region}'s agent did not exit within 15 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The value of metric `name` (first sample, any labels) on
     /// `region`'s agent, if it answers and has it.
     pub async fn metric(&self, region: &str, name: &str) -> Option<f64> {

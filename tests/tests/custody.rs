@@ -32,6 +32,8 @@ enum Act {
     Restore(&'static str),
     /// Stop a region's broker (SIGTERM) and start it again 3 s later.
     RestartBroker(&'static str),
+    /// Stop a region's agent with SIGTERM (it drains), checking it exits 0.
+    Terminate(&'static str),
 }
 
 /// A subscriber in `dest` on `t/#` at `qos` (and `probe/#`), a publisher
@@ -124,6 +126,10 @@ async fn drive(
                 Act::Restore(l) => {
                     fed.relays[*l].restore();
                     cuts -= 1;
+                }
+                Act::Terminate(r) => {
+                    let status = fed.terminate_agent(r).await.unwrap();
+                    assert!(status.success(), "{r}'s agent exited with {status}");
                 }
                 Act::RestartBroker(r) => {
                     fed.restart_broker(r, Duration::from_secs(3)).await.unwrap()
@@ -276,6 +282,29 @@ async fn restarting_the_destination_broker_loses_nothing() {
     // it to the subscriber) when it stopped is sent again (README).
     let (missing, _duplicates) = report(&fed, &got, N);
     assert_eq!(missing, 0, "every message arrives");
+    fed.stop().await;
+}
+
+/// The origin's agent is stopped with SIGTERM mid-stream and started
+/// again 3 s later: it drains (takes nothing more from its broker, passes
+/// on and acknowledges what it holds) before it exits, so unlike after a
+/// SIGKILL nothing crosses twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_origin_agent_drains_it() {
+    let mut fed = three("term-origin", 10);
+    let (publ, mut sub) = clients(&fed, "c", QoS::AtLeastOnce).await;
+    let acts = [
+        (Duration::from_millis(1500), Act::Terminate("a")),
+        (Duration::from_millis(4500), Act::Start("a")),
+    ];
+    let load = (N, QoS::AtLeastOnce, Some(RATE), 10);
+    let (got, _) = drive(&mut fed, &publ, &mut sub, load, &acts, None).await;
+    let (missing, duplicates) = report(&fed, &got, N);
+    assert_eq!(missing, 0, "every message arrives");
+    assert_eq!(
+        duplicates, 0,
+        "a drained agent leaves nothing to send twice"
+    );
     fed.stop().await;
 }
 

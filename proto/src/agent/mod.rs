@@ -254,11 +254,17 @@ pub enum DropReason {
     /// QoS >= 1 in the spool: dropped to make room for a newer message
     /// (`spool.full: drop-oldest`; counted by the runtime's spool).
     SpoolFull,
+    /// QoS 0 from the local broker while the agent shuts down (QoS >= 1
+    /// stays with the broker for the next start).
+    ShuttingDown,
+    /// QoS 0 import the local broker connection could not take (it was
+    /// down or its queue full).
+    BrokerUnavailable,
 }
 
 impl DropReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Reimport,
         DropReason::ImportPolicy,
         DropReason::Duplicate,
@@ -273,6 +279,8 @@ impl DropReason {
         DropReason::BadTopic,
         DropReason::ExpiredInTransit,
         DropReason::SpoolFull,
+        DropReason::ShuttingDown,
+        DropReason::BrokerUnavailable,
     ];
 
     /// The metric label: snake case, one style for every reason.
@@ -292,6 +300,8 @@ impl DropReason {
             DropReason::BadTopic => "bad_topic",
             DropReason::ExpiredInTransit => "expired_in_transit",
             DropReason::SpoolFull => "spool_full",
+            DropReason::ShuttingDown => "shutting_down",
+            DropReason::BrokerUnavailable => "broker_unavailable",
         }
     }
 }
