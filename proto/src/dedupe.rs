@@ -96,7 +96,15 @@ impl Window {
 struct Source {
     current: Window,
     previous: Option<Window>,
+    /// When it was last used (the dedupe's tick), to evict the stalest.
+    used: u64,
 }
+
+/// Most sources (origin region, origin node) tracked: 16 KiB each at
+/// most, so at most 64 MiB whatever origins peers name. Past it the
+/// least recently used source is forgotten (its later messages are
+/// [`Seen::Unknown`]: delivered and counted, never dropped).
+pub const MAX_SOURCES: usize = 4096;
 
 /// One message's dedupe key: its source and sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -130,20 +138,63 @@ pub struct WindowState {
 /// One window per (origin region, origin node) and epoch (the two newest).
 #[derive(Debug, Default, Clone)]
 pub struct Dedupe {
-    /// Windows by source.
-    sources: FxHashMap<(RegionName, NodeName), Source>,
+    /// Windows by origin region, then node.
+    sources: FxHashMap<RegionName, FxHashMap<NodeName, Source>>,
+    /// Sources tracked.
+    count: usize,
+    /// Bumped on every check (recency for eviction).
+    tick: u64,
 }
 
 impl Dedupe {
-    /// Record `(origin, node, epoch, seq)` and say whether it is new.
-    pub fn check(&mut self, origin: &RegionName, node: &NodeName, epoch: u64, seq: u64) -> Seen {
-        let source = self
-            .sources
-            .entry((origin.clone(), node.clone()))
-            .or_insert_with(|| Source {
+    /// Make sure (origin, node) is tracked, starting at `epoch` if new
+    /// (evicting the stalest source if [`MAX_SOURCES`] are tracked), and
+    /// mark it used.
+    fn ensure(&mut self, origin: &RegionName, node: &NodeName, epoch: u64) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(s) = self.sources.get_mut(origin).and_then(|n| n.get_mut(node)) {
+            s.used = tick;
+            return;
+        }
+        if self.count >= MAX_SOURCES {
+            self.evict_stalest();
+        }
+        self.count += 1;
+        self.sources.entry(origin.clone()).or_default().insert(
+            node.clone(),
+            Source {
                 current: Window::new(epoch),
                 previous: None,
-            });
+                used: tick,
+            },
+        );
+    }
+
+    fn evict_stalest(&mut self) {
+        let stalest = self
+            .sources
+            .iter()
+            .flat_map(|(r, nodes)| nodes.iter().map(move |(n, s)| (s.used, r, n)))
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, r, n)| (r.clone(), n.clone()));
+        if let Some((r, n)) = stalest
+            && let Some(nodes) = self.sources.get_mut(&r)
+        {
+            nodes.remove(&n);
+            self.count -= 1;
+            if nodes.is_empty() {
+                self.sources.remove(&r);
+            }
+        }
+    }
+
+    /// Record `(origin, node, epoch, seq)` and say whether it is new.
+    pub fn check(&mut self, origin: &RegionName, node: &NodeName, epoch: u64, seq: u64) -> Seen {
+        self.ensure(origin, node, epoch);
+        let Some(source) = self.sources.get_mut(origin).and_then(|n| n.get_mut(node)) else {
+            return Seen::Unknown;
+        };
         if epoch > source.current.epoch {
             let old = std::mem::replace(&mut source.current, Window::new(epoch));
             source.previous = Some(old);
@@ -170,7 +221,11 @@ impl Dedupe {
     /// Every window, for a durable copy.
     pub fn windows(&self) -> Vec<WindowState> {
         let mut out = Vec::new();
-        for ((origin, node), s) in &self.sources {
+        for (origin, node, s) in self
+            .sources
+            .iter()
+            .flat_map(|(r, nodes)| nodes.iter().map(move |(n, s)| (r, n, s)))
+        {
             for w in std::iter::once(&s.current).chain(s.previous.as_ref()) {
                 out.push(WindowState {
                     origin: origin.clone(),
@@ -196,15 +251,21 @@ impl Dedupe {
             top: w.top,
             bits: Box::new(bits),
         };
-        match self.sources.entry((w.origin, w.node)) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Source {
-                    current: window,
-                    previous: None,
-                });
-            }
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                let s = e.get_mut();
+        let tracked = self
+            .sources
+            .get(&w.origin)
+            .is_some_and(|n| n.contains_key(&w.node));
+        if !tracked {
+            self.ensure(&w.origin, &w.node, window.epoch);
+        }
+        match self
+            .sources
+            .get_mut(&w.origin)
+            .and_then(|n| n.get_mut(&w.node))
+        {
+            None => return false,
+            Some(s) if !tracked => s.current = window,
+            Some(s) => {
                 if window.epoch > s.current.epoch {
                     s.previous = Some(std::mem::replace(&mut s.current, window));
                 } else if window.epoch < s.current.epoch
@@ -219,17 +280,19 @@ impl Dedupe {
 
     /// Forget every source of `origin` (a region that left the federation).
     pub fn forget_region(&mut self, origin: &RegionName) {
-        self.sources.retain(|(r, _), _| r != origin);
+        if let Some(nodes) = self.sources.remove(origin) {
+            self.count -= nodes.len();
+        }
     }
 
     /// Sources tracked (for memory accounting and tests).
     pub fn len(&self) -> usize {
-        self.sources.len()
+        self.count
     }
 
     /// Whether no source is tracked.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.count == 0
     }
 }
 
@@ -293,6 +356,31 @@ mod tests {
         for s in order.iter().rev().take(1000) {
             assert_eq!(d.check(&r, &n, 1, *s), Seen::Duplicate, "seq {s}");
         }
+    }
+
+    /// A peer naming ever new origin nodes cannot grow the windows
+    /// without bound: past MAX_SOURCES the stalest source goes, and its
+    /// messages are then Unknown (delivered), never called duplicates.
+    #[test]
+    fn sources_are_bounded_and_the_stalest_goes_first() {
+        let r = RegionName::new("eu").unwrap();
+        let mut d = Dedupe::default();
+        let busy = NodeName::new("busy").unwrap();
+        assert_eq!(d.check(&r, &busy, 1, 1), Seen::New);
+        for i in 0..MAX_SOURCES + 100 {
+            let n = NodeName::new(&format!("n{i}")).unwrap();
+            assert_eq!(d.check(&r, &n, 1, 1), Seen::New);
+            // The busy source stays in use, so it is never the stalest.
+            d.check(&r, &busy, 1, 2 + i as u64);
+        }
+        assert_eq!(d.len(), MAX_SOURCES);
+        assert_eq!(d.check(&r, &busy, 1, 5), Seen::Duplicate, "kept");
+        let first = NodeName::new("n0").unwrap();
+        assert_ne!(
+            d.check(&r, &first, 1, 1),
+            Seen::Duplicate,
+            "evicted: not a duplicate"
+        );
     }
 
     #[test]
