@@ -77,9 +77,10 @@ pub(super) struct Held {
 pub(super) struct Custody {
     /// Entries by number (numbers grow with arrival, so they give the
     /// order to send again in).
-    pub(super) held: FxHashMap<u64, Held>,
+    /// (Boxed: an entry moves in and out of the map on every dispatch.)
+    pub(super) held: FxHashMap<u64, Box<Held>>,
     /// Entry of each message source key, so a replay joins its original.
-    by_key: FxHashMap<(RegionName, NodeName, u64, u64), u64>,
+    by_key: ByKey,
     /// Next entry number.
     next_id: u64,
     /// Entries with waiting destinations, in arrival order.
@@ -99,13 +100,42 @@ pub(super) struct Custody {
     replay_out: bool,
 }
 
-fn key_of(env: &Envelope) -> (RegionName, NodeName, u64, u64) {
-    (
-        env.origin.clone(),
-        env.origin_node.clone(),
-        env.epoch,
-        env.seq,
-    )
+/// Entries by message source key (origin, node, epoch, seq), looked up
+/// without allocating: by (epoch, seq), which almost never collide
+/// (an epoch is an agent's start time in ms), then by origin and node.
+#[derive(Debug, Default)]
+struct ByKey(FxHashMap<(u64, u64), Vec<(RegionName, NodeName, u64)>>);
+
+impl ByKey {
+    fn get(&self, env: &Envelope) -> Option<u64> {
+        self.0
+            .get(&(env.epoch, env.seq))?
+            .iter()
+            .find(|(r, n, _)| *r == env.origin && *n == env.origin_node)
+            .map(|(_, _, id)| *id)
+    }
+
+    fn insert(&mut self, env: &Envelope, id: u64) {
+        let v = self.0.entry((env.epoch, env.seq)).or_default();
+        match v
+            .iter_mut()
+            .find(|(r, n, _)| *r == env.origin && *n == env.origin_node)
+        {
+            Some(e) => e.2 = id,
+            None => v.push((env.origin.clone(), env.origin_node.clone(), id)),
+        }
+    }
+
+    /// Remove `env`'s entry if it is `id`.
+    fn remove(&mut self, env: &Envelope, id: u64) {
+        let k = (env.epoch, env.seq);
+        if let Some(v) = self.0.get_mut(&k) {
+            v.retain(|(r, n, i)| !(*r == env.origin && *n == env.origin_node && *i == id));
+            if v.is_empty() {
+                self.0.remove(&k);
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -130,10 +160,10 @@ impl Agent {
                 custody: Some(id),
             });
         }
-        self.custody.by_key.insert(key_of(&env), id);
+        self.custody.by_key.insert(&env, id);
         self.custody.held.insert(
             id,
-            Held {
+            Box::new(Held {
                 env,
                 upstream: upstream.into_iter().collect(),
                 local,
@@ -145,7 +175,7 @@ impl Agent {
                 reached: Vec::new(),
                 spooling: None,
                 marking: false,
-            },
+            }),
         );
         self.dispatch(id);
         self.finish_if_done(id);
@@ -161,7 +191,7 @@ impl Agent {
         upstream: Upstream,
         deliver: bool,
     ) -> bool {
-        let Some(&id) = self.custody.by_key.get(&key_of(env)) else {
+        let Some(id) = self.custody.by_key.get(env) else {
             return false;
         };
         let me = self.cfg.region.clone();
@@ -272,10 +302,7 @@ impl Agent {
         let Some(h) = self.custody.held.remove(&id) else {
             return;
         };
-        let key = key_of(&h.env);
-        if self.custody.by_key.get(&key) == Some(&id) {
-            self.custody.by_key.remove(&key);
-        }
+        self.custody.by_key.remove(&h.env, id);
         self.custody.parked.remove(&id);
         self.custody.bytes = self
             .custody
