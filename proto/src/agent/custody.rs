@@ -104,7 +104,10 @@ pub(super) struct Custody {
 /// without allocating: by (epoch, seq), which almost never collide
 /// (an epoch is an agent's start time in ms), then by origin and node.
 #[derive(Debug, Default)]
-struct ByKey(FxHashMap<(u64, u64), Vec<(RegionName, NodeName, u64)>>);
+struct ByKey(FxHashMap<(u64, u64), Vec<SourceEntry>>);
+
+/// (origin, node, custody entry).
+type SourceEntry = (RegionName, NodeName, u64);
 
 impl ByKey {
     fn get(&self, env: &Envelope) -> Option<u64> {
