@@ -175,12 +175,7 @@ fn protocol_violations_close_only_that_peer() {
         }),
     );
     net.pump();
-    let reasons: Vec<&str> = net
-        .closed
-        .iter()
-        .filter(|(at, _, _)| at == "a")
-        .map(|(_, _, why)| why.as_str())
-        .collect();
+    let reasons = net.close_reasons("a");
     assert_eq!(
         reasons,
         [
@@ -236,12 +231,7 @@ fn a_flooding_peer_is_bounded() {
         );
     }
     net.pump();
-    let reasons: Vec<&str> = net
-        .closed
-        .iter()
-        .filter(|(at, _, _)| at == "a")
-        .map(|(_, _, why)| why.as_str())
-        .collect();
+    let reasons = net.close_reasons("a");
     assert_eq!(
         reasons,
         [

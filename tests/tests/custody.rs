@@ -234,9 +234,9 @@ async fn killing_the_destination_agent_loses_nothing() {
     let mut fed = three("kill-destination", 10);
     let (publ, mut sub) = clients(&fed, "c", QoS::AtLeastOnce).await;
     let got = run_with_kill(&mut fed, &publ, &mut sub, "c", QoS::AtLeastOnce).await;
-    // Duplicates are possible here: what c's agent published to its broker
-    // but had not yet acknowledged upstream when it died is sent again,
-    // and the restarted agent's dedupe window starts empty (README).
+    // Duplicates are possible here, in a narrow window: a message c's
+    // broker had received but whose PUBACK (or whose durable dedupe mark)
+    // had not completed when the agent died is published again (README).
     let (missing, _duplicates) = report(&fed, &got, N);
     assert_eq!(missing, 0, "every message arrives");
     fed.stop().await;

@@ -156,6 +156,15 @@ impl Net {
         net
     }
 
+    /// Why `at` closed connections, in order.
+    pub fn close_reasons(&self, at: &str) -> Vec<&str> {
+        self.closed
+            .iter()
+            .filter(|(a, _, _)| a == at)
+            .map(|(_, _, why)| why.as_str())
+            .collect()
+    }
+
     pub fn agent(&mut self, name: &str) -> &mut Agent {
         self.agents.get_mut(name).unwrap()
     }
