@@ -23,12 +23,11 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use mqlink_proto::dedupe::{Dedupe, Mark, WindowState};
 use mqlink_topology::{NodeName, RegionName};
 use tracing::warn;
 
-use super::log;
+use super::{Result, SpoolError, log};
 
 /// Marks written to one file before it is replaced by a snapshot.
 pub const ROTATE: u64 = 65_536;
@@ -174,12 +173,15 @@ fn load(bytes: &[u8], into: &mut Dedupe, rec: &mut MarksRecovered) -> usize {
 impl Marks {
     /// Open (or create) the marks in `dir`: the windows they describe,
     /// for [`mqlink_proto::Agent::restore_marks`].
-    pub fn open(dir: &Path) -> anyhow::Result<(Self, Dedupe, MarksRecovered)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the marks directory {}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<(Self, Dedupe, MarksRecovered)> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SpoolError::io(format!("creating the marks directory {}", dir.display()), e)
+        })?;
         let mut numbers = Vec::new();
         for e in std::fs::read_dir(dir)
-            .with_context(|| format!("reading the marks directory {}", dir.display()))?
+            .map_err(|e| {
+                SpoolError::io(format!("reading the marks directory {}", dir.display()), e)
+            })?
             .filter_map(|e| e.ok())
         {
             let Ok(name) = e.file_name().into_string() else {
@@ -198,8 +200,8 @@ impl Marks {
         let number = numbers.last().copied().unwrap_or(1);
         let p = path(dir, number);
         if numbers.last().is_some() {
-            let bytes =
-                std::fs::read(&p).with_context(|| format!("reading marks {}", p.display()))?;
+            let bytes = std::fs::read(&p)
+                .map_err(|e| SpoolError::io(format!("reading marks {}", p.display()), e))?;
             let valid = load(&bytes, &mut windows, &mut rec);
             if valid < bytes.len() {
                 let f = OpenOptions::new().write(true).open(&p)?;
@@ -215,7 +217,7 @@ impl Marks {
             .create(true)
             .append(true)
             .open(&p)
-            .with_context(|| format!("opening marks {}", p.display()))?;
+            .map_err(|e| SpoolError::io(format!("opening marks {}", p.display()), e))?;
         let marks = Marks {
             dir: dir.to_owned(),
             mirror: windows.clone(),
@@ -228,7 +230,7 @@ impl Marks {
     }
 
     /// Append `mark`. Durable after [`Self::sync`].
-    pub fn add(&mut self, mark: &Mark) -> anyhow::Result<()> {
+    pub fn add(&mut self, mark: &Mark) -> Result<()> {
         if self.written >= ROTATE {
             self.rotate()?;
         }
@@ -242,7 +244,7 @@ impl Marks {
     }
 
     /// Make every mark so far durable.
-    pub fn sync(&mut self) -> anyhow::Result<()> {
+    pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
             self.file.sync_data()?;
             self.dirty = false;
@@ -251,7 +253,7 @@ impl Marks {
     }
 
     /// Start a new file with a snapshot of every window.
-    fn rotate(&mut self) -> anyhow::Result<()> {
+    fn rotate(&mut self) -> Result<()> {
         self.sync()?;
         let n = self.number + 1;
         let tmp = self.dir.join(format!("{n:016}.marks.tmp"));

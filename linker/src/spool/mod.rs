@@ -68,7 +68,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use mqlink_proto::dedupe::Mark;
 use mqlink_proto::{DropReason, Envelope, decode_envelope, encode_envelope};
 use mqlink_topology::RegionName;
@@ -79,6 +78,37 @@ use tracing::{info, warn};
 use crate::core::Input;
 pub use marks::Marks;
 pub use storage::{Dir, Storage};
+
+/// A spool or marks operation that failed: what was being done, and the
+/// I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct SpoolError {
+    /// What was being done.
+    pub context: String,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl SpoolError {
+    /// `source`, while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<std::io::Error> for SpoolError {
+    fn from(source: std::io::Error) -> Self {
+        Self::io("spool I/O", source)
+    }
+}
+
+/// Spool results.
+pub type Result<T> = std::result::Result<T, SpoolError>;
 
 /// Segment size at which a new one is started.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -190,17 +220,20 @@ fn now_ms() -> u64 {
 
 impl Spool<Dir> {
     /// Open (or create) the spool in `dir`, reading what is there.
-    pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<(Self, Recovered)> {
-        let store = Dir::open(dir)
-            .with_context(|| format!("opening the spool directory {}", dir.display()))?;
-        Self::open_in(store, max_bytes)
-            .with_context(|| format!("reading the spool in {}", dir.display()))
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, Recovered)> {
+        let store = Dir::open(dir).map_err(|e| {
+            SpoolError::io(format!("opening the spool directory {}", dir.display()), e)
+        })?;
+        Self::open_in(store, max_bytes).map_err(|e| SpoolError {
+            context: format!("{} in {}", e.context, dir.display()),
+            source: e.source,
+        })
     }
 }
 
 impl<S: Storage> Spool<S> {
     /// Open the spool kept in `store`, reading what is there.
-    pub fn open_in(mut store: S, max_bytes: u64) -> anyhow::Result<(Self, Recovered)> {
+    pub fn open_in(mut store: S, max_bytes: u64) -> Result<(Self, Recovered)> {
         let mut numbers = store.list()?;
         numbers.sort_unstable();
         let mut rec = Recovered::default();
@@ -211,7 +244,7 @@ impl<S: Storage> Spool<S> {
         for &n in &numbers {
             let bytes = store
                 .read_all(n)
-                .with_context(|| format!("reading spool segment {n}"))?;
+                .map_err(|e| SpoolError::io(format!("reading spool segment {n}"), e))?;
             let parsed = log::parse(&bytes);
             rec.corrupt += parsed.corrupt;
             for r in &parsed.records {
@@ -337,17 +370,13 @@ impl<S: Storage> Spool<S> {
     }
 
     /// Append `env`; `None` if the spool is full. Durable after [`Self::sync`].
-    pub fn put(&mut self, env: Envelope) -> anyhow::Result<Option<u64>> {
+    pub fn put(&mut self, env: Envelope) -> Result<Option<u64>> {
         Ok(self.put_evicting(env, false)?.0)
     }
 
     /// [`Self::put`]; with `evict`, a full spool first drops its oldest
     /// messages not yet handed back (returned second) to make room.
-    pub fn put_evicting(
-        &mut self,
-        env: Envelope,
-        evict: bool,
-    ) -> anyhow::Result<(Option<u64>, u64)> {
+    pub fn put_evicting(&mut self, env: Envelope, evict: bool) -> Result<(Option<u64>, u64)> {
         let ts = now_ms();
         let dests = self.sets.intern(&env.dests);
         let mut data = ts.to_le_bytes().to_vec();
@@ -389,7 +418,7 @@ impl<S: Storage> Spool<S> {
     }
 
     /// Mark `key` done. Durable after [`Self::sync`].
-    pub fn ack(&mut self, key: u64) -> anyhow::Result<()> {
+    pub fn ack(&mut self, key: u64) -> Result<()> {
         let Some(loc) = self.live.remove(&key) else {
             return Ok(());
         };
@@ -407,7 +436,7 @@ impl<S: Storage> Spool<S> {
     }
 
     /// Make every write so far durable.
-    pub fn sync(&mut self) -> anyhow::Result<()> {
+    pub fn sync(&mut self) -> Result<()> {
         self.store.sync(self.active.0)?;
         Ok(())
     }
@@ -415,7 +444,7 @@ impl<S: Storage> Spool<S> {
     /// Up to `max` live messages from the replay position, oldest first,
     /// with the time each spent in the spool. Records that cannot be read
     /// back are acknowledged (dropped) and counted in the second value.
-    pub fn replay(&mut self, max: usize) -> anyhow::Result<(Vec<Replayed>, u64)> {
+    pub fn replay(&mut self, max: usize) -> Result<(Vec<Replayed>, u64)> {
         let keys: Vec<(u64, Loc)> = self
             .live
             .range(self.cursor..)
@@ -451,7 +480,7 @@ impl<S: Storage> Spool<S> {
         Some((Duration::from_millis(now_ms().saturating_sub(ts)), env))
     }
 
-    fn rotate(&mut self) -> anyhow::Result<()> {
+    fn rotate(&mut self) -> Result<()> {
         self.store.sync(self.active.0)?;
         let n = self.active.0 + 1;
         self.store.create(n)?;
