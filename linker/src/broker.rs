@@ -151,11 +151,26 @@ pub const EXPORT_INFLIGHT: u16 = 1000;
 /// Most imports published and not yet acknowledged by the broker.
 pub const IMPORT_INFLIGHT: usize = 1000;
 
-fn options(cfg: &BrokerConfig, client_id: String) -> anyhow::Result<MqttOptions> {
+/// Why the broker session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// `mqtts://` is not implemented yet.
+    #[error("mqtts:// brokers are not supported yet; use mqtt:// on a local or private network")]
+    TlsUnsupported,
+    /// The password file could not be read.
+    #[error("reading the broker password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn options(cfg: &BrokerConfig, client_id: String) -> Result<MqttOptions, BrokerError> {
     if cfg.url.tls {
-        anyhow::bail!(
-            "mqtts:// brokers are not supported yet; use mqtt:// on a local or private network"
-        );
+        return Err(BrokerError::TlsUnsupported);
     }
     let mut opts = MqttOptions::new(
         client_id,
@@ -166,7 +181,13 @@ fn options(cfg: &BrokerConfig, client_id: String) -> anyhow::Result<MqttOptions>
     opts.set_max_packet_size(Some(256 * 1024 * 1024));
     if let Some(user) = &cfg.username {
         let password = match &cfg.password_file {
-            Some(p) => std::fs::read_to_string(p)?.trim_end().to_owned(),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| BrokerError::PasswordFile {
+                    path: p.clone(),
+                    source,
+                })?
+                .trim_end()
+                .to_owned(),
             None => String::new(),
         };
         opts.set_credentials(user.clone(), password);
@@ -178,7 +199,7 @@ fn options(cfg: &BrokerConfig, client_id: String) -> anyhow::Result<MqttOptions>
 pub fn connect(
     cfg: &BrokerConfig,
     session_expiry: Duration,
-) -> anyhow::Result<(AsyncClient, EventLoop)> {
+) -> Result<(AsyncClient, EventLoop), BrokerError> {
     let mut opts = options(cfg, cfg.client_id.clone())?;
     opts.set_clean_start(false);
     opts.set_manual_acks(true);

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use mqlink_config::{DynamicInterest, RegionConfig};
 use mqlink_proto::{Agent, AgentConfig, LinkPolicy};
 use mqlink_topology::RegionName;
@@ -22,6 +21,32 @@ pub const LINK_IDLE: Duration = Duration::from_millis(1500);
 
 /// How long a shutdown waits for messages in custody to be passed on.
 pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its certificate, key or CA.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC socket.
+    #[error("binding QUIC on {addr}: {source}")]
+    Bind {
+        /// The address in `listen.quic`.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spool or its dedupe marks.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The local broker session.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The spool thread.
+    #[error("starting the spool thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
 /// A running agent.
 #[derive(Debug)]
@@ -98,7 +123,7 @@ pub fn install_crypto() {
 }
 
 /// Start an agent for `cfg`.
-pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
+pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
     install_crypto();
     let identity = tls::Identity::load(&cfg.tls, &cfg.region)?;
     let transport = tls::transport(LINK_IDLE);
@@ -107,8 +132,14 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
         identity.server_config(transport.clone())?,
         identity.client_config(transport)?,
     )
-    .with_context(|| format!("binding QUIC on {}", cfg.listen.quic))?;
-    let quic_addr = endpoint.local_addr()?;
+    .map_err(|source| StartError::Bind {
+        addr: cfg.listen.quic,
+        source,
+    })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen.quic,
+        source,
+    })?;
 
     let epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -181,7 +212,7 @@ pub async fn start(cfg: &RegionConfig) -> anyhow::Result<Running> {
     std::thread::Builder::new()
         .name("mqlink-spool".into())
         .spawn(move || crate::spool::run(spool, marks, policy, spool_rx, spool_core))
-        .context("starting the spool thread")?;
+        .map_err(StartError::Thread)?;
     let broker_tx = core::BrokerTx {
         export: export_tx.clone(),
         import: import_tx,
