@@ -153,13 +153,27 @@ async fn resolve(e: &Endpoint) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
+/// Why a dial attempt failed (the last address's error).
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The endpoint's name resolved to nothing.
+    #[error("no address for {0}")]
+    NoAddress(RegionName),
+    /// The connection could not be started.
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake or the connection failed.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+}
+
 async fn connect_once(
     endpoint: &quinn::Endpoint,
     region: &RegionName,
     target: &Endpoint,
-) -> anyhow::Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream))> {
+) -> Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream)), DialError> {
     let addrs = resolve(target).await;
-    let mut last = anyhow::anyhow!("no address for {region}");
+    let mut last = DialError::NoAddress(region.clone());
     for addr in addrs {
         match endpoint.connect(addr, region.as_str()) {
             Ok(connecting) => match connecting.await {

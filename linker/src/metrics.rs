@@ -39,13 +39,26 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::Input;
 
+/// The metrics listener could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics listener on {addr}: {reason}")]
+pub struct MetricsError {
+    /// `listen.metrics`.
+    pub addr: SocketAddr,
+    /// What went wrong.
+    pub reason: String,
+}
+
 /// Install the process-wide Prometheus recorder and its HTTP listener.
 /// Call once per process, from inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))
+        .map_err(|e| MetricsError {
+            addr,
+            reason: e.to_string(),
+        })
 }
 
 /// Copy the core's counters into the recorder every second until the core stops.
