@@ -18,7 +18,8 @@
 //! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
-//! - [`spool`]: the durable on-disk spool (segment log, group commit).
+//! - [`spool`]: the durable on-disk spool (segment log over a storage
+//!   trait, group commit) and the durable dedupe marks.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`brokers`]: local brokers for the demo and tests (embedded `mqtt5`, or a
 //!   Mosquitto process).
