@@ -130,42 +130,35 @@ pub fn check(file: &Path, configs: &[RegionConfig]) -> Vec<Diagnostic> {
              `persistence_location`)",
         )),
     }
-    match number("max_queued_messages") {
-        Some((_, Some(n))) if n == 0 || n >= QUEUE_HINT => {}
-        found => {
-            let (f, pos, n) = match found {
-                Some((s, n)) => (s.file.as_path(), s.pos(), n.unwrap_or(0)),
-                None => (file, None, 1000),
-            };
-            diags.push(Diagnostic::warning(
-                f,
-                pos,
-                format!(
-                    "max_queued_messages {n}: while a path is down the broker queues at most \
-                     {n} messages for the agent and drops the rest; size it for the longest \
-                     outage to ride out at your rate (e.g. 100000; 0 = no limit)"
-                ),
-            ));
+    // A numeric setting below its floor (0 = no limit), or missing and
+    // left at Mosquitto's default: a warning saying what the value does.
+    let mut at_least = |key: &str, floor: u64, default: u64, what: &dyn Fn(u64) -> String| {
+        let (f, pos, n, fine) = match conf.get(key) {
+            Some(s) => {
+                let v = s.value.parse::<u64>().ok();
+                let fine = v.is_some_and(|n| n == 0 || n >= floor);
+                (s.file.as_path(), s.pos(), v.unwrap_or(0), fine)
+            }
+            None => (file, None, default, false),
+        };
+        if !fine {
+            diags.push(Diagnostic::warning(f, pos, what(n)));
         }
-    }
-    match number("max_inflight_messages") {
-        Some((_, Some(n))) if n == 0 || n >= AGENT_INFLIGHT => {}
-        found => {
-            let (f, pos, n) = match found {
-                Some((s, n)) => (s.file.as_path(), s.pos(), n.unwrap_or(0)),
-                None => (file, None, 20),
-            };
-            diags.push(Diagnostic::warning(
-                f,
-                pos,
-                format!(
-                    "max_inflight_messages {n}: the agent takes at most {n} QoS 1/2 messages \
-                     per federation round trip (set `max_inflight_messages {AGENT_INFLIGHT}`, \
-                     the agent's Receive Maximum)"
-                ),
-            ));
-        }
-    }
+    };
+    at_least("max_queued_messages", QUEUE_HINT, 1000, &|n| {
+        format!(
+            "max_queued_messages {n}: while a path is down the broker queues at most \
+             {n} messages for the agent and drops the rest; size it for the longest \
+             outage to ride out at your rate (e.g. 100000; 0 = no limit)"
+        )
+    });
+    at_least("max_inflight_messages", AGENT_INFLIGHT, 20, &|n| {
+        format!(
+            "max_inflight_messages {n}: the agent takes at most {n} QoS 1/2 messages \
+             per federation round trip (set `max_inflight_messages {AGENT_INFLIGHT}`, \
+             the agent's Receive Maximum)"
+        )
+    });
     if let Some((s, Some(n))) = number("max_queued_bytes")
         && n > 0
     {

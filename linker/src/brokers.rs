@@ -60,6 +60,34 @@ fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> anyhow::Result<
     Ok(())
 }
 
+/// Stop `child` as a service manager does (SIGTERM, by its PID) and wait
+/// up to `within` for it to exit; its exit status.
+pub async fn terminate(
+    child: &mut Child,
+    within: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {} failed", child.id());
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "process {} did not exit within {within:?} of SIGTERM",
+                child.id()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Start `mosquitto -c conf` (log appended to `log`) and wait until it
 /// listens on `port`.
 fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> anyhow::Result<Child> {
@@ -178,20 +206,7 @@ impl LocalBroker {
         else {
             bail!("only a Mosquitto broker can be restarted");
         };
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", child.id());
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                bail!("mosquitto did not stop within 10 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        terminate(child, Duration::from_secs(10)).await?;
         tokio::time::sleep(down).await;
         let (conf, log, port) = (conf.clone(), log.clone(), *port);
         let fresh =

@@ -100,6 +100,29 @@ struct Source {
     used: u64,
 }
 
+impl Source {
+    /// Record `seq` of `epoch` (a newer epoch becomes current, the
+    /// current one previous).
+    fn check(&mut self, epoch: u64, seq: u64) -> Seen {
+        if epoch > self.current.epoch {
+            let old = std::mem::replace(&mut self.current, Window::new(epoch));
+            self.previous = Some(old);
+        }
+        if epoch == self.current.epoch {
+            return self.current.check(seq);
+        }
+        match self.previous.as_mut() {
+            Some(w) if w.epoch == epoch => w.check(seq),
+            Some(w) if w.epoch < epoch => {
+                // Between the two tracked epochs: start tracking it instead.
+                *w = Window::new(epoch);
+                w.check(seq)
+            }
+            _ => Seen::Unknown,
+        }
+    }
+}
+
 /// Most sources (origin region, origin node) tracked: 16 KiB each at
 /// most, so at most 64 MiB whatever origins peers name. Past it the
 /// least recently used source is forgotten (its later messages are
@@ -147,16 +170,9 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
-    /// Make sure (origin, node) is tracked, starting at `epoch` if new
-    /// (evicting the stalest source if [`MAX_SOURCES`] are tracked), and
-    /// mark it used.
-    fn ensure(&mut self, origin: &RegionName, node: &NodeName, epoch: u64) {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some(s) = self.sources.get_mut(origin).and_then(|n| n.get_mut(node)) {
-            s.used = tick;
-            return;
-        }
+    /// Start tracking (origin, node) at `epoch` (evicting the stalest
+    /// source if [`MAX_SOURCES`] are tracked).
+    fn insert_source(&mut self, origin: &RegionName, node: &NodeName, epoch: u64) {
         if self.count >= MAX_SOURCES {
             self.evict_stalest();
         }
@@ -166,7 +182,7 @@ impl Dedupe {
             Source {
                 current: Window::new(epoch),
                 previous: None,
-                used: tick,
+                used: self.tick,
             },
         );
     }
@@ -191,26 +207,18 @@ impl Dedupe {
 
     /// Record `(origin, node, epoch, seq)` and say whether it is new.
     pub fn check(&mut self, origin: &RegionName, node: &NodeName, epoch: u64, seq: u64) -> Seen {
-        self.ensure(origin, node, epoch);
-        let Some(source) = self.sources.get_mut(origin).and_then(|n| n.get_mut(node)) else {
-            return Seen::Unknown;
-        };
-        if epoch > source.current.epoch {
-            let old = std::mem::replace(&mut source.current, Window::new(epoch));
-            source.previous = Some(old);
+        self.tick += 1;
+        let tick = self.tick;
+        // Known source: one lookup, no allocation.
+        if let Some(source) = self.sources.get_mut(origin).and_then(|n| n.get_mut(node)) {
+            source.used = tick;
+            return source.check(epoch, seq);
         }
-        if epoch == source.current.epoch {
-            return source.current.check(seq);
-        }
-        match source.previous.as_mut() {
-            Some(w) if w.epoch == epoch => w.check(seq),
-            Some(w) if w.epoch < epoch => {
-                // Between the two tracked epochs: start tracking it instead.
-                *w = Window::new(epoch);
-                w.check(seq)
-            }
-            _ => Seen::Unknown,
-        }
+        self.insert_source(origin, node, epoch);
+        self.sources
+            .get_mut(origin)
+            .and_then(|n| n.get_mut(node))
+            .map_or(Seen::Unknown, |s| s.check(epoch, seq))
     }
 
     /// Record `mark` (see [`Self::check`]).
@@ -256,7 +264,8 @@ impl Dedupe {
             .get(&w.origin)
             .is_some_and(|n| n.contains_key(&w.node));
         if !tracked {
-            self.ensure(&w.origin, &w.node, window.epoch);
+            self.tick += 1;
+            self.insert_source(&w.origin, &w.node, window.epoch);
         }
         match self
             .sources

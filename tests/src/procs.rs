@@ -236,23 +236,7 @@ impl ProcFederation {
         let Some(mut agent) = r.agent.take() else {
             bail!("{region}'s agent is not running");
         };
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(agent.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = agent.0.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("{region}'s agent did not exit within 15 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        mqlink::brokers::terminate(&mut agent.0, Duration::from_secs(15)).await
     }
 
     /// The value of metric `name` (first sample, any labels) on

@@ -294,7 +294,6 @@ impl Agent {
         let done = self.custody.held.get(&id).is_some_and(|h| {
             !h.local && h.sends.is_empty() && h.waiting.is_empty() && !h.unresolved
         });
-
         if done {
             self.discard(id);
         }

@@ -5,20 +5,22 @@
 use super::*;
 
 impl Agent {
-    /// Queue a snapshot of `table` (ours or one we follow) to `to`.
+    /// The table `table` names: ours, or one we follow.
+    fn table_of(&self, table: &TableId) -> Option<&InterestTable> {
+        if *table == table_id(self.local.version()) {
+            Some(&self.local)
+        } else {
+            self.router.interests().table(&table.region, &table.node)
+        }
+    }
+
     /// A peer asks for a table's snapshot: sent, unless the same version
     /// went to it less than [`RESYNC_HOLDOFF`] ago.
     pub(super) fn on_resync_request(&mut self, from: &PeerId, table: TableId) {
         let now = self.last_now;
-        let seq = if table == table_id(self.local.version()) {
-            Some(self.local.version().seq)
-        } else {
-            self.router
-                .interests()
-                .table(&table.region, &table.node)
-                .map(|t| t.version().seq)
+        let Some(seq) = self.table_of(&table).map(|t| t.version().seq) else {
+            return;
         };
-        let Some(seq) = seq else { return };
         let Some(p) = self.peers.get_mut(from) else {
             return;
         };
@@ -34,16 +36,11 @@ impl Agent {
         self.send_snapshot_of(from, &table);
     }
 
+    /// Queue a snapshot of `table` (ours or one we follow) to `to`.
     pub(super) fn send_snapshot_of(&mut self, to: &PeerId, table: &TableId) {
-        let snapshot = if *table == table_id(self.local.version()) {
-            Some(self.local.snapshot())
-        } else {
-            self.router
-                .interests()
-                .table(&table.region, &table.node)
-                .map(InterestTable::snapshot)
+        let Some(s) = self.table_of(table).map(InterestTable::snapshot) else {
+            return;
         };
-        let Some(s) = snapshot else { return };
         let frames = self.snapshot_frames(s);
         for f in frames {
             self.outbox.push_back((to.clone(), f));

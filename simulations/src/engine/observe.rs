@@ -29,6 +29,10 @@ impl Sim {
                 let mut spooled = Vec::new();
                 let mut replay = None;
                 while let Some(ev) = agent.poll_event() {
+                    // Every event the runtime acts on, as it does: the
+                    // broker acknowledges deliveries at once, forgets what
+                    // the agent releases, and a connection the agent
+                    // closes is closed.
                     match ev {
                         Event::Deliver { env, custody } => {
                             delivered.push(env);
