@@ -1,6 +1,30 @@
-//! The MQTT 5 client to the local broker (rumqttc): export subscriptions in,
-//! imports out. The core never sees rumqttc types: messages cross as
+//! The agent's MQTT 5 session with its local broker: export subscriptions
+//! in, imports out. The core never sees MQTT packets: messages cross as
 //! [`mqlink_proto::Message`].
+//!
+//! # Layout
+//!
+//! - this file: conversions between MQTT publishes and the core's
+//!   messages, the export subscriptions, the session's settings;
+//! - [`acks`]: packet-id bookkeeping both ways (pure, unit-tested);
+//! - [`session`]: the task that owns the TCP connection (our own MQTT 5
+//!   client over [`crate::mqtt::codec`]).
+//!
+//! # Why not rumqttc here
+//!
+//! DESIGN.md names rumqttc 0.25. The agent used it until the QoS 1
+//! benchmark (`tests/tests/bench_qos1.rs`) showed the broker session as
+//! the largest cost in the agent (35 % of its CPU at full load): rumqttc
+//! writes and flushes every outgoing packet on its own (one `write`
+//! syscall and one TCP segment per PUBACK and per import, each a wake-up
+//! for the broker too), moves each event through its channel and our
+//! `select!` by value, and leaves ack ordering and packet-id tracking of
+//! imports to us anyway (we learnt import ids from its `Outgoing` events).
+//! A session of our own writes everything that is due in one `write`,
+//! hands the core one batch per read, and keeps packet ids itself. The
+//! end-to-end tests' clients and the demo's still use rumqttc.
+//!
+//! # What it does
 //!
 //! - Export: the agent subscribes to the filters the core asks for, with
 //!   No Local (our own imports are not echoed back) and Retain As Published
@@ -20,108 +44,117 @@
 //! - Import: delivered envelopes are published with their topic, QoS,
 //!   retain flag and properties, plus `mqlink-origin: <region>:<epoch>:<seq>`;
 //!   message expiry is reduced by the time spent in transit, and a message
-//!   that expired in transit is not published.
-//! - On every (re)connect the export subscriptions are made again.
+//!   that expired in transit is not published. One larger than the broker's
+//!   Maximum Packet Size, or refused with a failure reason code, is
+//!   dropped and counted `broker_refused`.
+//! - On every (re)connect the export subscriptions are made again; a
+//!   SUBACK that refuses one is logged and counted
+//!   (`mqlink_broker_subscribe_failures_total`).
 //!
 //! Custody (QoS >= 1), on one persistent session (client id
 //! `broker.client_id`: clean start off, session expiry `spool.max_age`,
-//! or 0 with replicas, see `run.rs`; manual acks). One session, so No Local
-//! keeps our own imports from coming back:
+//! or 0 with replicas, see `run.rs`):
 //!
 //! - Export: a message is acknowledged (PUBACK / PUBREC) only when the
-//!   core releases it, in arrival order (MQTT requires it; rumqttc leaves
-//!   it to us), so a crashed or restarted agent gets every unacknowledged
-//!   message again, and a slow federation stops the acknowledgements: the
-//!   broker holds the messages and, past [`EXPORT_INFLIGHT`] (our Receive
-//!   Maximum), stops sending. A redelivery of a message the core still
-//!   holds (same packet id, DUP set, after a reconnect) is not handed to
-//!   the core twice.
-//! - Import: each publish's packet id is learnt from rumqttc's
-//!   `Outgoing::Publish` event (requests are processed in order; a
-//!   retransmission keeps its id) and its PUBACK (PUBCOMP for QoS 2) is
-//!   reported to the core, which releases custody upstream only then. If
-//!   the broker comes back without our session, whatever was in flight is
+//!   core releases it, in arrival order (MQTT 5 §4.6), so a crashed or
+//!   restarted agent gets every unacknowledged message again, and a slow
+//!   federation stops the acknowledgements: the broker holds the messages
+//!   and, past [`EXPORT_INFLIGHT`] (our Receive Maximum), stops sending. A
+//!   redelivery (DUP set, after a reconnect) of a message the core still
+//!   holds is not handed to the core twice, and one whose acknowledgement
+//!   was lost with the connection is acknowledged again.
+//! - Import: each import's packet id is ours; its PUBACK (PUBCOMP for
+//!   QoS 2) is reported to the core, which releases custody upstream only
+//!   then. When the session resumes, imports in flight are sent again
+//!   (DUP) and PUBRELs due are repeated; if the broker comes back without
+//!   our session, whatever was in flight is handed back to the core and
 //!   published again (a subscriber may then see a QoS 1 message twice).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
 use mqlink_config::BrokerConfig;
-use mqlink_proto::{DropReason, Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
+use mqlink_proto::{Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
 use mqlink_topology::{RegionName, TopicFilter, TopicName};
-use rumqttc::Outgoing;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, RetainForwardRule};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
 
-use crate::core::{ExportCmd, ImportCmd, Input};
-use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
+use crate::mqtt::codec::{Connect, Publish, PublishOut, Subscription};
 
-fn qos_in(q: QoS) -> Qos {
+pub mod acks;
+pub mod session;
+
+pub use session::{Channels, run as run_session};
+
+fn qos_in(q: u8) -> Qos {
     match q {
-        QoS::AtMostOnce => Qos::AtMostOnce,
-        QoS::AtLeastOnce => Qos::AtLeastOnce,
-        QoS::ExactlyOnce => Qos::ExactlyOnce,
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        _ => Qos::ExactlyOnce,
     }
 }
 
-fn qos_out(q: Qos) -> QoS {
+fn qos_out(q: Qos) -> u8 {
     match q {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
-        Qos::ExactlyOnce => QoS::ExactlyOnce,
+        Qos::AtMostOnce => 0,
+        Qos::AtLeastOnce => 1,
+        Qos::ExactlyOnce => 2,
     }
 }
 
-/// Convert a publish from the broker; `None` if the topic is not valid UTF-8
-/// or not a valid topic name (counted as a drop by the caller).
-pub fn message_of(p: &Publish) -> Option<Message> {
-    let topic = std::str::from_utf8(&p.topic)
-        .ok()
-        .and_then(|t| TopicName::new(t).ok())?;
-    let props = p.properties.clone().unwrap_or_default();
+/// Convert a publish from the broker; `None` if the topic is not a valid
+/// topic name (counted as a drop by the caller).
+pub fn message_of(p: Publish) -> Option<Message> {
+    let topic = TopicName::new(&p.topic).ok()?;
+    let props = p.props;
     Some(Message {
         topic,
-        payload: p.payload.clone(),
+        payload: p.payload,
         qos: qos_in(p.qos),
         retain: p.retain,
         properties: Properties {
-            user: props.user_properties,
+            user: props.user,
             content_type: props.content_type,
-            payload_utf8: props.payload_format_indicator.map(|v| v == 1),
+            payload_utf8: props.payload_format.map(|v| v == 1),
             response_topic: props.response_topic.and_then(|t| TopicName::new(&t).ok()),
-            correlation_data: props.correlation_data,
-            message_expiry_secs: props.message_expiry_interval,
+            correlation_data: props.correlation,
+            message_expiry_secs: props.expiry,
         },
     })
 }
 
-/// The publish properties for an import, or `None` if it expired in transit.
-fn import_properties(env: &Envelope) -> Option<PublishProperties> {
-    let p = &env.message.properties;
-    let transit_secs = u32::try_from(env.transit_ms.div_ceil(1000)).unwrap_or(u32::MAX);
-    let message_expiry_interval = match p.message_expiry_secs {
-        Some(e) if e <= transit_secs => return None,
-        Some(e) => Some(e - transit_secs),
-        None => None,
-    };
-    let mut user_properties = p.user.clone();
-    user_properties.push((
-        ORIGIN_PROPERTY.to_owned(),
-        format!("{}:{}:{}", env.origin, env.epoch, env.seq),
-    ));
-    Some(PublishProperties {
-        payload_format_indicator: p.payload_utf8.map(u8::from),
-        message_expiry_interval,
-        topic_alias: None,
-        response_topic: p.response_topic.as_ref().map(|t| t.to_string()),
-        correlation_data: p.correlation_data.clone(),
-        user_properties,
-        subscription_identifiers: Vec::new(),
-        content_type: p.content_type.clone(),
+/// Seconds `env` spent in transit, rounded up.
+fn transit_secs(env: &Envelope) -> u32 {
+    u32::try_from(env.transit_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// Whether `env`'s message expiry ran out in transit.
+pub fn expired(env: &Envelope) -> bool {
+    env.message
+        .properties
+        .message_expiry_secs
+        .is_some_and(|e| e <= transit_secs(env))
+}
+
+/// The PUBLISH for an import (with `origin` as its `mqlink-origin`
+/// property), or `None` if it expired in transit.
+pub fn import_out<'a>(env: &'a Envelope, pkid: u16, origin: &'a str) -> Option<PublishOut<'a>> {
+    if expired(env) {
+        return None;
+    }
+    let m = &env.message;
+    let p = &m.properties;
+    Some(PublishOut {
+        topic: m.topic.as_str(),
+        qos: qos_out(m.qos),
+        retain: m.retain,
+        pkid,
+        payload: &m.payload,
+        payload_format: p.payload_utf8.map(u8::from),
+        expiry: p.message_expiry_secs.map(|e| e - transit_secs(env)),
+        content_type: p.content_type.as_deref(),
+        response_topic: p.response_topic.as_ref().map(TopicName::as_str),
+        correlation: p.correlation_data.as_deref(),
+        user: &p.user,
+        extra_user: Some((ORIGIN_PROPERTY, origin)),
     })
 }
 
@@ -133,13 +166,12 @@ fn export_path(share: Option<&str>, f: &TopicFilter) -> String {
     }
 }
 
-fn export_filter(share: Option<&str>, f: &TopicFilter) -> Filter {
-    Filter {
-        path: export_path(share, f),
-        qos: QoS::ExactlyOnce,
-        nolocal: share.is_none(),
-        preserve_retain: true,
-        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+fn export_subscription(share: Option<&str>, f: &TopicFilter) -> Subscription {
+    Subscription {
+        filter: export_path(share, f),
+        qos: 2,
+        no_local: share.is_none(),
+        retain_as_published: true,
     }
 }
 
@@ -168,360 +200,49 @@ pub enum BrokerError {
     },
 }
 
-fn options(cfg: &BrokerConfig, client_id: String) -> Result<MqttOptions, BrokerError> {
+/// Where and how to connect: the broker's address and our CONNECT.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// The CONNECT sent on every connection.
+    pub connect: Connect,
+}
+
+/// The broker session: persistent for `session_expiry` (clean start off),
+/// our Receive Maximum [`EXPORT_INFLIGHT`].
+pub fn session(cfg: &BrokerConfig, session_expiry: Duration) -> Result<Session, BrokerError> {
     if cfg.url.tls {
         return Err(BrokerError::TlsUnsupported);
     }
-    let mut opts = MqttOptions::new(
-        client_id,
-        cfg.url.host.to_string().trim_matches(['[', ']']),
-        cfg.url.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(Some(256 * 1024 * 1024));
-    if let Some(user) = &cfg.username {
-        let password = match &cfg.password_file {
-            Some(p) => std::fs::read_to_string(p)
+    let password = match &cfg.password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
                 .map_err(|source| BrokerError::PasswordFile {
                     path: p.clone(),
                     source,
                 })?
                 .trim_end()
                 .to_owned(),
-            None => String::new(),
-        };
-        opts.set_credentials(user.clone(), password);
-    }
-    Ok(opts)
-}
-
-/// The broker session: persistent for `session_expiry`, manual acks.
-pub fn connect(
-    cfg: &BrokerConfig,
-    session_expiry: Duration,
-) -> Result<(AsyncClient, EventLoop), BrokerError> {
-    let mut opts = options(cfg, cfg.client_id.clone())?;
-    opts.set_clean_start(false);
-    opts.set_manual_acks(true);
-    opts.set_receive_maximum(Some(EXPORT_INFLIGHT));
-    opts.set_session_expiry_interval(Some(
-        u32::try_from(session_expiry.as_secs()).unwrap_or(u32::MAX),
-    ));
-    Ok(AsyncClient::new(
-        opts,
-        4 * EXPORT_INFLIGHT as usize + IMPORT_INFLIGHT,
-    ))
-}
-
-/// Broker messages handed to the core and not yet acknowledged, in
-/// arrival order: acknowledged from the front as the core releases them.
-#[derive(Debug, Default)]
-pub struct AckQueue {
-    /// (token, the publish to acknowledge, released yet).
-    queue: std::collections::VecDeque<(u64, Publish, bool)>,
-    /// Next token.
-    next: u64,
-}
-
-impl AckQueue {
-    /// Number a new message; returns its token.
-    pub fn push(&mut self, p: Publish) -> u64 {
-        self.next += 1;
-        self.queue.push_back((self.next, p, false));
-        self.next
-    }
-
-    /// The token of an outstanding message the broker sent again with the
-    /// same packet id (after a reconnect); its stored copy is replaced so
-    /// the acknowledgement goes out on the current connection.
-    pub fn redelivery(&mut self, p: &Publish) -> Option<u64> {
-        if !p.dup {
-            return None;
-        }
-        let e = self
-            .queue
-            .iter_mut()
-            .find(|(_, q, _)| q.pkid == p.pkid && q.topic == p.topic)?;
-        e.1 = p.clone();
-        Some(e.0)
-    }
-
-    /// The core released `token`. Tokens are consecutive from the front,
-    /// so this is an index, not a search.
-    pub fn release(&mut self, token: u64) {
-        let Some(front) = self.queue.front().map(|(t, _, _)| *t) else {
-            return;
-        };
-        if let Some(i) = token.checked_sub(front)
-            && let Some(e) = self.queue.get_mut(i as usize)
-            && e.0 == token
-        {
-            e.2 = true;
-        }
-    }
-
-    /// The publishes that may be acknowledged now, in order.
-    pub fn ready(&mut self) -> Vec<Publish> {
-        let mut out = Vec::new();
-        while self.queue.front().is_some_and(|(_, _, done)| *done) {
-            if let Some((_, p, _)) = self.queue.pop_front() {
-                out.push(p);
-            }
-        }
-        out
-    }
-
-    /// Outstanding messages.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Whether nothing is outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-}
-
-/// Custody numbers of imports between rumqttc and the broker.
-#[derive(Debug, Default)]
-struct Imports {
-    /// QoS >= 1 publishes handed to rumqttc, in order, until it assigns
-    /// their packet ids (`Outgoing::Publish`).
-    queued: std::collections::VecDeque<u64>,
-    /// Packet id -> custody number, until the broker acknowledges.
-    inflight: std::collections::HashMap<u16, u64>,
-    /// Notifications for the core, waiting for room in its channel.
-    notify: std::collections::VecDeque<Input>,
-}
-
-impl Imports {
-    fn room(&self) -> bool {
-        self.queued.len() + self.inflight.len() < IMPORT_INFLIGHT
-            && self.notify.len() < IMPORT_INFLIGHT
-    }
-
-    /// The broker acknowledged packet `pkid` (PUBACK, or PUBCOMP for QoS 2).
-    fn acked(&mut self, pkid: u16) {
-        if let Some(c) = self.inflight.remove(&pkid) {
-            self.notify.push_back(Input::Delivered(c));
-        }
-    }
-
-    /// A new session forgot everything in flight: publish it again.
-    fn lost(&mut self) {
-        let lost: Vec<u64> = self
-            .queued
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, c)| c))
-            .collect();
-        self.notify
-            .extend(lost.into_iter().map(Input::DeliveryLost));
-    }
-}
-
-/// Drive the broker session: hand export messages to the core (QoS >= 1
-/// with a token) and acknowledge them as the core releases them; follow
-/// the core's export set; publish imports and report the broker's
-/// acknowledgements; resubscribe after each connect; with `follower`,
-/// turn the broker's log lines into interest changes. Never blocks on the
-/// core while holding imports back: notifications wait in a queue bounded
-/// by the in-flight limit. Runs until the core goes away.
-pub async fn run_session(
-    mut events: EventLoop,
-    client: AsyncClient,
-    mut export_cmds: mpsc::UnboundedReceiver<ExportCmd>,
-    mut import_cmds: mpsc::Receiver<ImportCmd>,
-    export: ExportState,
-    mut follower: Option<LogFollower>,
-    core: mpsc::Sender<Input>,
-) {
-    let mut acks = AckQueue::default();
-    // Acknowledgements due, in order, that rumqttc's request channel has
-    // not taken yet. While any wait, no more releases are taken from the
-    // core (they wait in its channel) and the event loop gets to drain the
-    // requests: retrying every pending ack on every wake-up turned a full
-    // channel into a CPU-bound stall.
-    let mut unsent: std::collections::VecDeque<Publish> = Default::default();
-    let mut imports = Imports::default();
-    let mut connected = false;
-    let mut draining = false;
-    loop {
-        // Acknowledgements the request channel could not take last time,
-        // in order: stop at the first it still refuses.
-        while let Some(p) = unsent.front() {
-            if client.try_ack(p).is_err() {
-                break;
-            }
-            unsent.pop_front();
-        }
-        let room = connected && imports.room();
-        tokio::select! {
-            permit = core.reserve(), if !imports.notify.is_empty() => match permit {
-                Ok(permit) => {
-                    if let Some(n) = imports.notify.pop_front() {
-                        permit.send(n);
-                    }
-                }
-                Err(_) => return,
-            },
-            cmd = import_cmds.recv(), if room => match cmd {
-                Some(ImportCmd::Deliver { env, custody }) => {
-                    let outcome = publish_import(&client, &env);
-                    let tracked = env.message.qos != Qos::AtMostOnce;
-                    match (outcome, custody) {
-                        (Publish_::Sent, Some(c)) if tracked => imports.queued.push_back(c),
-                        (Publish_::Sent, Some(c)) => imports.notify.push_back(Input::Delivered(c)),
-                        (Publish_::Sent, None) => {}
-                        (Publish_::Expired, c) => imports
-                            .notify
-                            .push_back(Input::Dropped(DropReason::ExpiredInTransit, c)),
-                        (Publish_::Failed, Some(c)) => imports.notify.push_back(Input::DeliveryLost(c)),
-                        (Publish_::Failed, None) => imports
-                            .notify
-                            .push_back(Input::Dropped(DropReason::BrokerUnavailable, None)),
-                    }
-                }
-                None => return,
-            },
-            cmd = export_cmds.recv(), if unsent.is_empty() => match cmd {
-                Some(ExportCmd::Release(token)) => {
-                    acks.release(token);
-                    for p in acks.ready() {
-                        if !unsent.is_empty() || client.try_ack(&p).is_err() {
-                            unsent.push_back(p);
-                        }
-                    }
-                }
-                Some(ExportCmd::SetExport(new)) => set_export(&client, &export, new),
-                Some(ExportCmd::Drain) => draining = true,
-                None => return,
-            },
-            ev = events.poll() => match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(b"$SYS/broker/log/") => {
-                    let Some(follower) = follower.as_mut() else {
-                        continue;
-                    };
-                    let (Ok(topic), Ok(line)) = (
-                        std::str::from_utf8(&p.topic),
-                        std::str::from_utf8(&p.payload),
-                    ) else {
-                        continue;
-                    };
-                    for change in follower.handle_line(topic, line) {
-                        let input = match change {
-                            Change::Subscribe(f) => Input::Subscribe(f),
-                            Change::Unsubscribe(f) => Input::Unsubscribe(f),
-                        };
-                        if core.send(input).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if draining => {
-                    // Not taken: a QoS >= 1 message stays the broker's
-                    // (unacknowledged, redelivered to our next session).
-                    if p.qos == QoS::AtMostOnce
-                        && core.send(Input::Dropped(DropReason::ShuttingDown, None)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if p.qos != QoS::AtMostOnce && acks.redelivery(&p).is_some() {
-                        continue; // the core has it already
-                    }
-                    let Some(m) = message_of(&p) else {
-                        if core.send(Input::Dropped(DropReason::BadTopic, None)).await.is_err() {
-                            return;
-                        }
-                        if p.qos != QoS::AtMostOnce {
-                            // In order: it waits for its turn like any other.
-                            let token = acks.push(p);
-                            acks.release(token);
-                            unsent.extend(acks.ready());
-                        }
-                        continue;
-                    };
-                    let token = (p.qos != QoS::AtMostOnce).then(|| acks.push(p));
-                    if core.send(Input::Publish(m, token)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                    // A retransmission keeps its packet id (already mapped);
-                    // a first transmission takes the next queued import.
-                    if !imports.inflight.contains_key(&pkid)
-                        && let Some(c) = imports.queued.pop_front()
-                    {
-                        imports.inflight.insert(pkid, c);
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => imports.acked(ack.pkid),
-                Ok(Event::Incoming(Packet::PubComp(comp))) => imports.acked(comp.pkid),
-                Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                    debug!(session_present = connack.session_present, "connected to the local broker");
-                    connected = true;
-                    if !connack.session_present {
-                        // rumqttc dropped what it had pending: publish again.
-                        imports.lost();
-                    }
-                    if follower.is_some() {
-                        let logs = LOG_TOPICS.iter().map(|t| Filter::new(*t, QoS::AtMostOnce));
-                        let _ = client.try_subscribe_many(logs);
-                    }
-                    let filters = export.current();
-                    if !filters.is_empty() {
-                        let share = export.share();
-                        if let Err(e) = client
-                            .try_subscribe_many(filters.iter().map(|f| export_filter(share, f)))
-                        {
-                            warn!(error = %e, "export subscriptions not sent");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if core.is_closed() {
-                        return;
-                    }
-                    connected = false;
-                    warn!(error = %e, "local broker connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-        }
-    }
-}
-
-/// How handing an import to rumqttc went.
-enum Publish_ {
-    /// Queued for the broker.
-    Sent,
-    /// Expired in transit: not published.
-    Expired,
-    /// The request channel refused it.
-    Failed,
-}
-
-fn publish_import(client: &AsyncClient, env: &Envelope) -> Publish_ {
-    let Some(props) = import_properties(env) else {
-        return Publish_::Expired;
+        ),
+        None => cfg.username.as_ref().map(|_| String::new()),
     };
-    let m = &env.message;
-    let payload: Bytes = m.payload.clone();
-    match client.try_publish_with_properties(
-        m.topic.to_string(),
-        qos_out(m.qos),
-        m.retain,
-        payload,
-        props,
-    ) {
-        Ok(()) => Publish_::Sent,
-        Err(e) => {
-            warn!(error = %e, "publishing an import failed");
-            Publish_::Failed
-        }
-    }
+    Ok(Session {
+        host: cfg.url.host.to_string().trim_matches(['[', ']']).to_owned(),
+        port: cfg.url.port,
+        connect: Connect {
+            client_id: cfg.client_id.clone(),
+            clean_start: false,
+            keep_alive: 30,
+            session_expiry: u32::try_from(session_expiry.as_secs()).unwrap_or(u32::MAX),
+            receive_max: EXPORT_INFLIGHT,
+            max_packet: u32::try_from(session::MAX_PACKET).unwrap_or(u32::MAX),
+            username: cfg.username.clone(),
+            password,
+        },
+    })
 }
 
 /// The export subscriptions, shared between the command and event tasks.
@@ -542,15 +263,15 @@ impl ExportState {
         }
     }
 
-    fn share(&self) -> Option<&str> {
+    pub(crate) fn share(&self) -> Option<&str> {
         self.share.as_deref()
     }
 
-    fn current(&self) -> BTreeSet<TopicFilter> {
+    pub(crate) fn current(&self) -> BTreeSet<TopicFilter> {
         self.filters.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn replace(&self, new: BTreeSet<TopicFilter>) -> BTreeSet<TopicFilter> {
+    pub(crate) fn replace(&self, new: BTreeSet<TopicFilter>) -> BTreeSet<TopicFilter> {
         match self.filters.lock() {
             Ok(mut s) => std::mem::replace(&mut *s, new),
             Err(_) => BTreeSet::new(),
@@ -558,22 +279,3 @@ impl ExportState {
     }
 }
 
-/// Subscribe to what is new in `new`, unsubscribe from what left.
-fn set_export(client: &AsyncClient, export: &ExportState, new: BTreeSet<TopicFilter>) {
-    let old = export.replace(new.clone());
-    let share = export.share();
-    let added: Vec<Filter> = new
-        .difference(&old)
-        .map(|f| export_filter(share, f))
-        .collect();
-    if !added.is_empty()
-        && let Err(e) = client.try_subscribe_many(added)
-    {
-        warn!(error = %e, "export subscription not sent");
-    }
-    for gone in old.difference(&new) {
-        if let Err(e) = client.try_unsubscribe(export_path(share, gone)) {
-            warn!(error = %e, "export unsubscription not sent");
-        }
-    }
-}

@@ -84,6 +84,9 @@ pub enum Input {
     },
     /// Report the counters.
     Stats(oneshot::Sender<StatsReport>),
+    /// Several inputs at once (the broker session sends what one read
+    /// brought in one go: one channel operation, one wake-up).
+    Batch(Vec<Input>),
 }
 
 /// Counters and state for metrics and the demo summary.
@@ -124,8 +127,8 @@ pub struct PeerOut {
 /// waits on the core's inputs while the core waits on this channel.)
 #[derive(Debug)]
 pub enum ExportCmd {
-    /// Acknowledge the broker message with this token.
-    Release(u64),
+    /// Acknowledge the broker messages with these tokens.
+    Release(Vec<u64>),
     /// Subscribe to exactly this set of filters.
     SetExport(BTreeSet<TopicFilter>),
     /// Shutting down: take no more messages from the broker (QoS >= 1
@@ -204,13 +207,14 @@ pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: Br
 
 /// Reasons that lose a message someone wanted (the others are by design:
 /// duplicates, policy, imports coming back).
-const LOSSES: [DropReason; 6] = [
+const LOSSES: [DropReason; 7] = [
     DropReason::NoPeer,
     DropReason::PeerQueueFull,
     DropReason::LinkClosed,
     DropReason::Expired,
     DropReason::ExpiredInTransit,
     DropReason::HopLimit,
+    DropReason::BrokerRefused,
 ];
 
 /// Every loss shows in the log as well as in the counters, at most once
@@ -300,6 +304,11 @@ fn handle(
         Input::Spooled { custody, ok } => agent.handle_spooled(now, custody, ok),
         Input::Unspooled { key, env } => agent.handle_unspooled(now, key, *env),
         Input::ReplayDone { exhausted } => agent.handle_replay_done(now, exhausted),
+        Input::Batch(inputs) => {
+            for i in inputs {
+                handle(agent, peers, report, now, i);
+            }
+        }
         Input::Subscribe(filter) => agent.handle_subscribe(now, filter),
         Input::Unsubscribe(filter) => agent.handle_unsubscribe(now, &filter),
         Input::Stats(reply) => {
@@ -353,6 +362,8 @@ async fn drain(
     broker: &BrokerTx,
     now: Instant,
 ) {
+    // Broker acknowledgements due, sent as one command.
+    let mut releases = Vec::new();
     loop {
         let mut progressed = false;
         while let Some((id, frame)) = agent.poll_transmit() {
@@ -390,9 +401,7 @@ async fn drain(
                 Event::SpoolReplay(max) => {
                     let _ = broker.spool.send(SpoolCmd::Replay(max));
                 }
-                Event::Release(token) => {
-                    let _ = broker.export.send(ExportCmd::Release(token));
-                }
+                Event::Release(token) => releases.push(token),
                 Event::ExportChanged(set) => {
                     report.export = set.clone();
                     let _ = broker.export.send(ExportCmd::SetExport(set));
@@ -420,6 +429,9 @@ async fn drain(
             }
         }
         if !progressed {
+            if !releases.is_empty() {
+                let _ = broker.export.send(ExportCmd::Release(releases));
+            }
             return;
         }
     }

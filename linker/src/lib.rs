@@ -13,8 +13,10 @@
 //!   the certificate's SAN.
 //! - [`link`]: QUIC links (quinn): accept, dial with backoff, control
 //!   stream, sharded data streams, large payloads on their own streams.
-//! - [`broker`]: the MQTT 5 client to the local broker (rumqttc): export
-//!   subscriptions, imports with the `mqlink-origin` property.
+//! - [`broker`]: the MQTT 5 session with the local broker: export
+//!   subscriptions, imports with the `mqlink-origin` property, acks in
+//!   order (our own client over [`mqtt`]).
+//! - [`mqtt`]: the MQTT 5 packet codec (sans-IO).
 //! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
@@ -40,6 +42,7 @@ pub mod federation;
 pub mod link;
 pub mod metrics;
 pub mod mosquitto;
+pub mod mqtt;
 pub mod relay;
 pub mod run;
 pub mod spool;

@@ -199,7 +199,7 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
     } else {
         cfg.spool.max_age
     };
-    let (client, events) = broker::connect(&cfg.broker, session)?;
+    let session = broker::session(&cfg.broker, session)?;
     let export = broker::ExportState::new(&cfg.region, cfg.broker.shared);
     let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
@@ -225,13 +225,14 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
             let _ = core_tx.send(());
         }),
         tokio::spawn(broker::run_session(
-            events,
-            client,
-            export_rx,
-            import_rx,
+            session,
+            broker::Channels {
+                export: export_rx,
+                import: import_rx,
+                core: input_tx.clone(),
+            },
             export,
             follower,
-            input_tx.clone(),
         )),
     ];
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `MQLINK_BENCH_MESSAGES` sets the message count per run (default
-//! 100,000), `MQLINK_BENCH_ROUNDS` the rounds (default 3): the setups
+//! 100,000), `MQLINK_BENCH_ROUNDS` the rounds (default 3), `MQLINK_BENCH_IDLE_SECS` the silence that ends a run (default 5): the setups
 //! stay up and take turns, and the table gives each one's median.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark: a failure should panic
@@ -32,7 +32,7 @@ struct Run {
 }
 
 /// Publish `n` messages on `publ` as fast as it goes; count at `sub`.
-async fn measure(publ: &Client, sub: &mut Client, n: u64) -> Run {
+async fn measure(publ: &Client, sub: &mut Client, n: u64, idle: Duration) -> Run {
     // A warm-up message: the path is up before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -72,7 +72,7 @@ async fn measure(publ: &Client, sub: &mut Client, n: u64) -> Run {
     let mut last = start;
     loop {
         let wait = if (seen.len() as u64) < n {
-            Duration::from_secs(5)
+            idle
         } else {
             Duration::from_millis(500)
         };
@@ -119,6 +119,8 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
     };
     let n = env("MQLINK_BENCH_MESSAGES", 100_000);
     let rounds = env("MQLINK_BENCH_ROUNDS", 3);
+    // How long a silence ends a run (the messages not seen by then are lost).
+    let idle = Duration::from_secs(env("MQLINK_BENCH_IDLE_SECS", 5));
     let sub_pub = |sub: Client, publ: Client, name| Setup {
         name,
         publ,
@@ -166,7 +168,7 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
 
     for round in 0..rounds {
         for s in &mut setups {
-            let r = measure(&s.publ, &mut s.sub, n).await;
+            let r = measure(&s.publ, &mut s.sub, n, idle).await;
             eprintln!("round {}: {}: {:.0} msg/s", round + 1, s.name, r.rate);
             s.runs.push(r);
         }

@@ -260,11 +260,15 @@ pub enum DropReason {
     /// QoS 0 import the local broker connection could not take (it was
     /// down or its queue full).
     BrokerUnavailable,
+    /// The local broker refused an import: a failure reason code in its
+    /// PUBACK / PUBREC (not authorised, quota exceeded, ...), or larger
+    /// than its Maximum Packet Size.
+    BrokerRefused,
 }
 
 impl DropReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Reimport,
         DropReason::ImportPolicy,
         DropReason::Duplicate,
@@ -281,6 +285,7 @@ impl DropReason {
         DropReason::SpoolFull,
         DropReason::ShuttingDown,
         DropReason::BrokerUnavailable,
+        DropReason::BrokerRefused,
     ];
 
     /// The metric label: snake case, one style for every reason.
@@ -302,6 +307,7 @@ impl DropReason {
             DropReason::SpoolFull => "spool_full",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::BrokerUnavailable => "broker_unavailable",
+            DropReason::BrokerRefused => "broker_refused",
         }
     }
 }

@@ -1,0 +1,516 @@
+//! The broker session's task: one TCP connection to the local broker,
+//! reconnected with the same persistent session, carrying export
+//! messages in and imports out (see the module docs of [`super`] for the
+//! custody rules).
+//!
+//! Everything that happens between two wake-ups is written in one go: the
+//! acknowledgements the core released, the imports it handed over, the
+//! PUBRELs due. That is the point of this task over a general-purpose
+//! client, which writes and flushes each packet on its own (one syscall
+//! and one TCP segment per acknowledgement, and one read on the broker's
+//! side for each).
+//!
+//! Bounds: the broker sends at most our Receive Maximum of unacknowledged
+//! QoS >= 1 messages; notifications for the core wait in one queue, and
+//! while it holds [`NOTIFY_MAX`] the socket is not read (backpressure on
+//! the broker, also for QoS 0); imports are taken from the core only while
+//! fewer than [`IMPORT_INFLIGHT`](super::IMPORT_INFLIGHT) (and the broker's
+//! Receive Maximum) are in flight and the write buffer is below
+//! [`OUT_MAX`].
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mqlink_proto::{DropReason, Envelope, Qos};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::acks::{AckQueue, Arrival, Inflight, Outcome};
+use super::{ExportState, Session, import_out, message_of};
+use crate::core::{ExportCmd, ImportCmd, Input};
+use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
+use crate::mqtt::codec::{self, AckKind, CodecError, Incoming, Publish, Subscription};
+
+/// Most notifications waiting for the core before the socket is no
+/// longer read.
+pub const NOTIFY_MAX: usize = 4096;
+
+/// Most bytes waiting to be written before no more imports are taken.
+pub const OUT_MAX: usize = 1 << 20;
+
+/// Wait between connection attempts.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed packet from the broker: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the broker closed the connection")]
+    Closed,
+    #[error("the broker refused the connection (reason {reason:#x}{})", text.as_deref().map(|t| format!(": {t}")).unwrap_or_default())]
+    Refused { reason: u8, text: Option<String> },
+    #[error("the broker sent DISCONNECT (reason {0:#x})")]
+    Disconnected(u8),
+    #[error("no answer from the broker within the keep-alive")]
+    Timeout,
+    #[error("the core is gone")]
+    CoreGone,
+}
+
+/// The channels between the session and the core.
+pub struct Channels {
+    /// From the core: releases, export changes, drain.
+    pub export: mpsc::UnboundedReceiver<ExportCmd>,
+    /// From the core: imports to publish.
+    pub import: mpsc::Receiver<ImportCmd>,
+    /// To the core.
+    pub core: mpsc::Sender<Input>,
+}
+
+/// State that outlives a connection.
+struct State {
+    acks: AckQueue,
+    inflight: Inflight,
+    /// Notifications for the core, sent as one batch.
+    notify: Vec<Input>,
+    export: ExportState,
+    follower: Option<LogFollower>,
+    draining: bool,
+}
+
+/// Drive the broker session until the core goes away.
+pub async fn run(session: Session, mut ch: Channels, export: ExportState, follower: Option<LogFollower>) {
+    let mut st = State {
+        acks: AckQueue::default(),
+        inflight: Inflight::default(),
+        notify: Vec::new(),
+        export,
+        follower,
+        draining: false,
+    };
+    loop {
+        let err = match connect(&session).await {
+            Ok((stream, connack)) => {
+                debug!(session_present = connack.session_present, "connected to the local broker");
+                connected(&session, &mut st, &mut ch, stream, connack).await
+            }
+            Err(e) => e,
+        };
+        if matches!(err, ConnError::CoreGone) || ch.core.is_closed() {
+            return;
+        }
+        warn!(error = %err, "local broker connection failed; retrying in 1 s");
+        // While down: keep the core's releases (their acks are due on the
+        // next connection's redeliveries) and pass notifications on.
+        let until = Instant::now() + RETRY;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                cmd = ch.export.recv() => match cmd {
+                    Some(cmd) => export_cmd(&mut st, None, cmd),
+                    None => return,
+                },
+                permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
+                    Ok(p) => p.send(Input::Batch(std::mem::take(&mut st.notify))),
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+}
+
+/// TCP connect, CONNECT, CONNACK.
+async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck), ConnError> {
+    let stream = TcpStream::connect((s.host.as_str(), s.port)).await?;
+    stream.set_nodelay(true)?;
+    let mut stream = stream;
+    let mut buf = BytesMut::new();
+    codec::connect(&mut buf, &s.connect);
+    stream.write_all(&buf).await?;
+    buf.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(p) = codec::decode(&mut buf, MAX_PACKET)? {
+            return match p {
+                Incoming::ConnAck(a) if a.reason < 0x80 => Ok((stream, a)),
+                Incoming::ConnAck(a) => Err(ConnError::Refused {
+                    reason: a.reason,
+                    text: a.reason_string,
+                }),
+                Incoming::Disconnect(r) => Err(ConnError::Disconnected(r)),
+                _ => Err(ConnError::Codec(CodecError::Unexpected { kind: 0, flags: 0 })),
+            };
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(ConnError::Timeout),
+            Ok(Ok(0)) => return Err(ConnError::Closed),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Largest packet taken from the broker (what we announce in CONNECT).
+pub const MAX_PACKET: usize = 256 * 1024 * 1024;
+
+/// One connection's life.
+struct Conn {
+    out: BytesMut,
+    /// Most imports in flight on this connection.
+    import_max: usize,
+    /// Largest packet the broker takes.
+    broker_max: usize,
+    last_write: Instant,
+    ping_since: Option<Instant>,
+}
+
+async fn connected(
+    s: &Session,
+    st: &mut State,
+    ch: &mut Channels,
+    stream: TcpStream,
+    connack: codec::ConnAck,
+) -> ConnError {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut c = Conn {
+        out: BytesMut::with_capacity(64 * 1024),
+        import_max: super::IMPORT_INFLIGHT.min(usize::from(connack.receive_max.unwrap_or(u16::MAX))),
+        broker_max: connack.max_packet.map_or(MAX_PACKET, |m| m as usize),
+        last_write: Instant::now(),
+        ping_since: None,
+    };
+    if connack.session_present {
+        // Whatever the broker has not acknowledged goes again, in order.
+        for (pkid, bytes) in st.inflight.resend() {
+            match bytes {
+                Some(b) => {
+                    let start = c.out.len();
+                    c.out.extend_from_slice(&b);
+                    codec::set_dup(&mut c.out[start..]);
+                }
+                None => codec::ack(&mut c.out, AckKind::PubRel, pkid),
+            }
+        }
+    } else {
+        // The broker forgot us: imports in flight are published anew,
+        // and the ids of messages we hold from it are void.
+        for custody in st.inflight.lost() {
+            st.notify.push(Input::DeliveryLost(custody));
+        }
+        st.acks.session_lost();
+    }
+    subscribe_all(st, &mut c);
+    let keep_alive = Duration::from_secs(u64::from(
+        connack.server_keep_alive.unwrap_or(s.connect.keep_alive).max(1),
+    ));
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let import_room = c.inflight_room(st) && c.out.len() < OUT_MAX;
+        let read_room = st.notify.len() < NOTIFY_MAX;
+        let tick = c.last_write.max(c.ping_since.unwrap_or(c.last_write)) + keep_alive;
+        tokio::select! {
+            biased;
+            w = wr.write(&c.out), if !c.out.is_empty() => match w {
+                Ok(0) => return ConnError::Closed,
+                Ok(n) => {
+                    let _ = c.out.split_to(n);
+                    c.last_write = Instant::now();
+                }
+                Err(e) => return e.into(),
+            },
+            r = read(&mut rd, &mut rbuf), if read_room => match r {
+                Ok(()) => {
+                    if let Err(e) = incoming(st, &mut c, &mut rbuf) {
+                        return e;
+                    }
+                }
+                Err(e) => return e,
+            },
+            permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
+                Ok(p) => p.send(Input::Batch(std::mem::take(&mut st.notify))),
+                Err(_) => return ConnError::CoreGone,
+            },
+            cmd = ch.export.recv() => match cmd {
+                Some(cmd) => {
+                    export_cmd(st, Some(&mut c), cmd);
+                    while let Ok(cmd) = ch.export.try_recv() {
+                        export_cmd(st, Some(&mut c), cmd);
+                    }
+                }
+                None => return ConnError::CoreGone,
+            },
+            cmd = ch.import.recv(), if import_room => match cmd {
+                Some(cmd) => {
+                    import(st, &mut c, cmd);
+                    while c.inflight_room(st) && c.out.len() < OUT_MAX {
+                        let Ok(cmd) = ch.import.try_recv() else { break };
+                        import(st, &mut c, cmd);
+                    }
+                }
+                None => return ConnError::CoreGone,
+            },
+            () = tokio::time::sleep_until(tick) => {
+                if c.ping_since.is_some() {
+                    return ConnError::Timeout;
+                }
+                codec::pingreq(&mut c.out);
+                c.ping_since = Some(Instant::now());
+            },
+        }
+    }
+}
+
+impl Conn {
+    fn inflight_room(&self, st: &State) -> bool {
+        st.inflight.len() < self.import_max && st.notify.len() < NOTIFY_MAX
+    }
+}
+
+async fn read(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<(), ConnError> {
+    buf.reserve(64 * 1024);
+    match rd.read_buf(buf).await {
+        Ok(0) => Err(ConnError::Closed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every whole packet in `buf`.
+fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), ConnError> {
+    while let Some(p) = codec::decode(buf, MAX_PACKET)? {
+        c.ping_since = None;
+        match p {
+            Incoming::Publish(p) => publish(st, c, p),
+            Incoming::PubAck(id, r) | Incoming::PubComp(id, r) => {
+                let o = st.inflight.done(id, r);
+                outcome(st, o, id);
+            }
+            Incoming::PubRec(id, r) => match st.inflight.received(id, r) {
+                Outcome::Release => codec::ack(&mut c.out, AckKind::PubRel, id),
+                Outcome::Unknown => {
+                    // Not ours (any more): end the exchange on its side.
+                    codec::ack(&mut c.out, AckKind::PubRel, id);
+                }
+                o => outcome(st, o, id),
+            },
+            Incoming::PubRel(id, _) => {
+                st.acks.released_by_broker(id);
+                codec::ack(&mut c.out, AckKind::PubComp, id);
+            }
+            Incoming::SubAck(id, codes) | Incoming::UnsubAck(id, codes) => {
+                let filters = st.inflight.answered(id);
+                for (i, code) in codes.iter().enumerate() {
+                    if *code >= 0x80 {
+                        let f = filters.get(i).map_or("?", String::as_str);
+                        warn!(filter = f, reason = format!("{code:#x}"), "the local broker refused a (un)subscription");
+                        metrics::counter!("mqlink_broker_subscribe_failures_total").increment(1);
+                    }
+                }
+            }
+            Incoming::PingResp | Incoming::ConnAck(_) => {}
+            Incoming::Disconnect(r) => return Err(ConnError::Disconnected(r)),
+        }
+    }
+    Ok(())
+}
+
+fn outcome(st: &mut State, o: Outcome, pkid: u16) {
+    match o {
+        Outcome::Delivered(c) => st.notify.push(Input::Delivered(c)),
+        Outcome::Refused(c, reason) => {
+            warn!(pkid, reason = format!("{reason:#x}"), "the local broker refused an import");
+            st.notify.push(Input::Dropped(DropReason::BrokerRefused, Some(c)));
+        }
+        Outcome::Release | Outcome::Unknown => {}
+    }
+}
+
+fn publish(st: &mut State, c: &mut Conn, p: Publish) {
+    if p.topic.starts_with("$SYS/broker/log/") {
+        if let Some(f) = st.follower.as_mut()
+            && let Ok(line) = std::str::from_utf8(&p.payload)
+        {
+            for change in f.handle_line(&p.topic, line) {
+                st.notify.push(match change {
+                    Change::Subscribe(f) => Input::Subscribe(f),
+                    Change::Unsubscribe(f) => Input::Unsubscribe(f),
+                });
+            }
+        }
+        return;
+    }
+    if st.draining {
+        // Not taken: a QoS >= 1 message stays the broker's
+        // (unacknowledged, redelivered to our next session).
+        if p.qos == 0 {
+            st.notify.push(Input::Dropped(DropReason::ShuttingDown, None));
+        }
+        return;
+    }
+    let token = if p.qos == 0 {
+        None
+    } else {
+        match st.acks.arrive(p.pkid, p.qos, p.dup) {
+            Arrival::New(t) => Some(t),
+            Arrival::Held => return,
+            Arrival::AckAgain => {
+                send_ack(&mut c.out, p.pkid, p.qos);
+                return;
+            }
+        }
+    };
+    match message_of(p) {
+        Some(m) => st.notify.push(Input::Publish(m, token)),
+        None => {
+            st.notify.push(Input::Dropped(DropReason::BadTopic, None));
+            if let Some(t) = token {
+                // In order: it waits for its turn like any other.
+                st.acks.release(t);
+                ready_acks(st, Some(c));
+            }
+        }
+    }
+}
+
+fn send_ack(out: &mut BytesMut, pkid: u16, qos: u8) {
+    let kind = if qos == 2 {
+        AckKind::PubRec
+    } else {
+        AckKind::PubAck
+    };
+    codec::ack(out, kind, pkid);
+}
+
+/// Write the acknowledgements that are due (or, with no connection,
+/// record them as made: the broker redelivers those messages with DUP
+/// and they are acknowledged then).
+fn ready_acks(st: &mut State, c: Option<&mut Conn>) {
+    match c {
+        Some(c) => st.acks.ready(&mut |id, q| send_ack(&mut c.out, id, q)),
+        None => st.acks.ready(&mut |_, _| {}),
+    }
+}
+
+fn export_cmd(st: &mut State, mut c: Option<&mut Conn>, cmd: ExportCmd) {
+    match cmd {
+        ExportCmd::Release(tokens) => {
+            for t in tokens {
+                st.acks.release(t);
+            }
+            ready_acks(st, c);
+        }
+        ExportCmd::SetExport(new) => {
+            let old = st.export.replace(new.clone());
+            let Some(c) = c.as_deref_mut() else { return };
+            let share = st.export.share().map(str::to_owned);
+            let share = share.as_deref();
+            let added: Vec<Subscription> = new
+                .difference(&old)
+                .map(|f| super::export_subscription(share, f))
+                .collect();
+            subscribe(st, c, added);
+            let gone: Vec<String> = old
+                .difference(&new)
+                .map(|f| super::export_path(share, f))
+                .collect();
+            if !gone.is_empty()
+                && let Some(id) = st.inflight.pkid()
+            {
+                codec::unsubscribe(&mut c.out, id, &gone);
+                st.inflight.request(id, gone);
+            }
+        }
+        ExportCmd::Drain => st.draining = true,
+    }
+}
+
+fn subscribe(st: &mut State, c: &mut Conn, subs: Vec<Subscription>) {
+    // Many filters go in several packets, none near the broker's limit.
+    for chunk in subs.chunks(256) {
+        let Some(id) = st.inflight.pkid() else {
+            warn!("no packet id free for a subscription");
+            return;
+        };
+        codec::subscribe(&mut c.out, id, chunk);
+        st.inflight
+            .request(id, chunk.iter().map(|s| s.filter.clone()).collect());
+    }
+}
+
+/// After a connect: the log topics (dynamic interest) and every export
+/// subscription.
+fn subscribe_all(st: &mut State, c: &mut Conn) {
+    let mut subs: Vec<Subscription> = Vec::new();
+    if st.follower.is_some() {
+        subs.extend(LOG_TOPICS.iter().map(|t| Subscription {
+            filter: (*t).to_owned(),
+            qos: 0,
+            no_local: false,
+            retain_as_published: false,
+        }));
+    }
+    let share = st.export.share().map(str::to_owned);
+    let share = share.as_deref();
+    subs.extend(
+        st.export
+            .current()
+            .iter()
+            .map(|f| super::export_subscription(share, f)),
+    );
+    subscribe(st, c, subs);
+}
+
+fn import(st: &mut State, c: &mut Conn, cmd: ImportCmd) {
+    let ImportCmd::Deliver { env, custody } = cmd;
+    let tracked = env.message.qos != Qos::AtMostOnce;
+    let pkid = if tracked { st.inflight.pkid() } else { Some(0) };
+    let Some(pkid) = pkid else {
+        // 65,535 ids in use cannot happen below IMPORT_INFLIGHT; publish
+        // it again later rather than lose it.
+        if let Some(c) = custody {
+            st.notify.push(Input::DeliveryLost(c));
+        }
+        return;
+    };
+    let Some(bytes) = encode_import(&env, pkid, c.broker_max) else {
+        return drop_import(st, &env, custody);
+    };
+    c.out.extend_from_slice(&bytes);
+    match (tracked, custody) {
+        (true, Some(cu)) => st.inflight.sent(pkid, cu, bytes),
+        (false, Some(cu)) => st.notify.push(Input::Delivered(cu)),
+        (_, None) => {}
+    }
+}
+
+/// Why an import is not published: expired in transit, or too large for
+/// the broker.
+fn drop_import(st: &mut State, env: &Envelope, custody: Option<u64>) {
+    let reason = if super::expired(env) {
+        DropReason::ExpiredInTransit
+    } else {
+        warn!(topic = %env.message.topic, bytes = env.message.payload.len(), "an import exceeds the local broker's maximum packet size");
+        DropReason::BrokerRefused
+    };
+    st.notify.push(Input::Dropped(reason, custody));
+}
+
+/// The encoded PUBLISH, or `None` if it expired in transit or exceeds
+/// `max` bytes.
+fn encode_import(env: &Envelope, pkid: u16, max: usize) -> Option<Bytes> {
+    let origin = format!("{}:{}:{}", env.origin, env.epoch, env.seq);
+    let out = import_out(env, pkid, &origin)?;
+    if out.len() > max {
+        return None;
+    }
+    let mut b = BytesMut::with_capacity(out.len());
+    out.encode(&mut b);
+    Some(b.freeze())
+}
