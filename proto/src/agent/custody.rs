@@ -103,40 +103,83 @@ pub(super) struct Custody {
 /// Entries by message source key (origin, node, epoch, seq), looked up
 /// without allocating: by (epoch, seq), which almost never collide
 /// (an epoch is an agent's start time in ms), then by origin and node.
+/// The one entry of a key is stored inline (no allocation per message);
+/// the rare collisions spill into a vector.
 #[derive(Debug, Default)]
-struct ByKey(FxHashMap<(u64, u64), Vec<SourceEntry>>);
+struct ByKey(FxHashMap<(u64, u64), Slot>);
 
 /// (origin, node, custody entry).
 type SourceEntry = (RegionName, NodeName, u64);
+
+/// The entries of one (epoch, seq).
+#[derive(Debug)]
+enum Slot {
+    One(SourceEntry),
+    Many(Vec<SourceEntry>),
+}
+
+impl Slot {
+    fn entries(&self) -> &[SourceEntry] {
+        match self {
+            Slot::One(e) => std::slice::from_ref(e),
+            Slot::Many(v) => v,
+        }
+    }
+}
+
+fn same_source(e: &SourceEntry, env: &Envelope) -> bool {
+    e.0 == env.origin && e.1 == env.origin_node
+}
 
 impl ByKey {
     fn get(&self, env: &Envelope) -> Option<u64> {
         self.0
             .get(&(env.epoch, env.seq))?
+            .entries()
             .iter()
-            .find(|(r, n, _)| *r == env.origin && *n == env.origin_node)
-            .map(|(_, _, id)| *id)
+            .find(|e| same_source(e, env))
+            .map(|e| e.2)
     }
 
     fn insert(&mut self, env: &Envelope, id: u64) {
-        let v = self.0.entry((env.epoch, env.seq)).or_default();
-        match v
-            .iter_mut()
-            .find(|(r, n, _)| *r == env.origin && *n == env.origin_node)
-        {
-            Some(e) => e.2 = id,
-            None => v.push((env.origin.clone(), env.origin_node.clone(), id)),
+        let entry = || (env.origin.clone(), env.origin_node.clone(), id);
+        match self.0.entry((env.epoch, env.seq)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Slot::One(entry()));
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                if let Slot::One(e) = slot {
+                    if same_source(e, env) {
+                        e.2 = id;
+                        return;
+                    }
+                    let first = e.clone();
+                    *slot = Slot::Many(vec![first]);
+                }
+                if let Slot::Many(v) = slot {
+                    match v.iter_mut().find(|e| same_source(e, env)) {
+                        Some(e) => e.2 = id,
+                        None => v.push(entry()),
+                    }
+                }
+            }
         }
     }
 
     /// Remove `env`'s entry if it is `id`.
     fn remove(&mut self, env: &Envelope, id: u64) {
         let k = (env.epoch, env.seq);
-        if let Some(v) = self.0.get_mut(&k) {
-            v.retain(|(r, n, i)| !(*r == env.origin && *n == env.origin_node && *i == id));
-            if v.is_empty() {
-                self.0.remove(&k);
+        let empty = match self.0.get_mut(&k) {
+            Some(Slot::One(e)) => same_source(e, env) && e.2 == id,
+            Some(Slot::Many(v)) => {
+                v.retain(|e| !(same_source(e, env) && e.2 == id));
+                v.is_empty()
             }
+            None => false,
+        };
+        if empty {
+            self.0.remove(&k);
         }
     }
 }
@@ -709,5 +752,53 @@ impl Agent {
         stats.parked = self.custody.parked.len() as u64;
         stats.held_bytes = self.custody.bytes;
         stats.spool_unread = self.custody.spool_unread;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn env(origin: &str, node: &str, epoch: u64, seq: u64) -> Envelope {
+        Envelope {
+            origin: RegionName::new(origin).unwrap(),
+            origin_node: NodeName::new(node).unwrap(),
+            epoch,
+            seq,
+            hops: 0,
+            visited: Vec::new(),
+            transit_ms: 0,
+            dests: Vec::new(),
+            message: Message {
+                topic: TopicName::new("t").unwrap(),
+                payload: bytes::Bytes::new(),
+                qos: crate::frame::Qos::AtLeastOnce,
+                retain: false,
+                properties: crate::frame::Properties::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn source_keys_that_share_epoch_and_seq_stay_apart() {
+        let mut k = ByKey::default();
+        let (a, b, c) = (env("a", "n", 1, 7), env("b", "n", 1, 7), env("a", "m", 1, 7));
+        k.insert(&a, 1);
+        k.insert(&b, 2);
+        k.insert(&c, 3);
+        assert_eq!((k.get(&a), k.get(&b), k.get(&c)), (Some(1), Some(2), Some(3)));
+        k.insert(&b, 4);
+        assert_eq!(k.get(&b), Some(4), "a later entry of the same source replaces");
+        k.remove(&a, 99);
+        assert_eq!(k.get(&a), Some(1), "removed only if it is that entry");
+        k.remove(&a, 1);
+        k.remove(&b, 4);
+        assert_eq!((k.get(&a), k.get(&b), k.get(&c)), (None, None, Some(3)));
+        k.remove(&c, 3);
+        assert!(k.0.is_empty());
+        k.insert(&a, 5);
+        k.remove(&a, 5);
+        assert!(k.0.is_empty(), "an inline slot goes with its entry");
     }
 }
