@@ -330,8 +330,10 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_the_ones_in_use() {
-        let mut f = Inflight::default();
-        f.next_pkid = u16::MAX - 1;
+        let mut f = Inflight {
+            next_pkid: u16::MAX - 1,
+            ..Default::default()
+        };
         let a = f.pkid().unwrap();
         assert_eq!(a, u16::MAX);
         f.sent(a, 1, Bytes::new());

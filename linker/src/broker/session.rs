@@ -398,7 +398,7 @@ fn ready_acks(st: &mut State, c: Option<&mut Conn>) {
     }
 }
 
-fn export_cmd(st: &mut State, mut c: Option<&mut Conn>, cmd: ExportCmd) {
+fn export_cmd(st: &mut State, c: Option<&mut Conn>, cmd: ExportCmd) {
     match cmd {
         ExportCmd::Release(tokens) => {
             for t in tokens {
@@ -408,7 +408,7 @@ fn export_cmd(st: &mut State, mut c: Option<&mut Conn>, cmd: ExportCmd) {
         }
         ExportCmd::SetExport(new) => {
             let old = st.export.replace(new.clone());
-            let Some(c) = c.as_deref_mut() else { return };
+            let Some(c) = c else { return };
             let share = st.export.share().map(str::to_owned);
             let share = share.as_deref();
             let added: Vec<Subscription> = new
@@ -507,10 +507,10 @@ fn drop_import(st: &mut State, env: &Envelope, custody: Option<u64>) {
 fn encode_import(env: &Envelope, pkid: u16, max: usize) -> Option<Bytes> {
     let origin = format!("{}:{}:{}", env.origin, env.epoch, env.seq);
     let out = import_out(env, pkid, &origin)?;
-    if out.len() > max {
+    if out.encoded_len() > max {
         return None;
     }
-    let mut b = BytesMut::with_capacity(out.len());
+    let mut b = BytesMut::with_capacity(out.encoded_len());
     out.encode(&mut b);
     Some(b.freeze())
 }

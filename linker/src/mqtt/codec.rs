@@ -261,7 +261,7 @@ impl PublishOut<'_> {
     }
 
     /// Bytes the encoded packet takes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         let body = self.body_len();
         1 + varint_len(body) + body
     }
@@ -564,21 +564,15 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Incoming>, CodecE
     let packet = match (kind, flags) {
         (2, 0) => Incoming::ConnAck(connack(&mut c)?),
         (3, _) => Incoming::Publish(publish(&mut c, flags)?),
-        (4, 0) => {
-            let (id, r) = pub_ack(&mut c)?;
-            Incoming::PubAck(id, r)
-        }
-        (5, 0) => {
-            let (id, r) = pub_ack(&mut c)?;
-            Incoming::PubRec(id, r)
-        }
-        (6, 2) => {
-            let (id, r) = pub_ack(&mut c)?;
-            Incoming::PubRel(id, r)
-        }
-        (7, 0) => {
-            let (id, r) = pub_ack(&mut c)?;
-            Incoming::PubComp(id, r)
+        (4, 0) | (5, 0) | (6, 2) | (7, 0) => {
+            let id = c.u16("packet id")?;
+            let r = if c.is_empty() { 0 } else { c.u8("reason")? };
+            match kind {
+                4 => Incoming::PubAck(id, r),
+                5 => Incoming::PubRec(id, r),
+                6 => Incoming::PubRel(id, r),
+                _ => Incoming::PubComp(id, r),
+            }
         }
         (9, 0) | (11, 0) => {
             let id = c.u16("packet id")?;
@@ -618,12 +612,6 @@ fn connack(c: &mut Cur) -> Result<ConnAck, CodecError> {
         Ok(())
     })?;
     Ok(a)
-}
-
-fn pub_ack(c: &mut Cur) -> Result<(u16, u8), CodecError> {
-    let id = c.u16("packet id")?;
-    let reason = if c.is_empty() { 0 } else { c.u8("reason")? };
-    Ok((id, reason))
 }
 
 fn publish(c: &mut Cur, flags: u8) -> Result<Publish, CodecError> {
@@ -694,7 +682,7 @@ mod tests {
         };
         let mut buf = BytesMut::new();
         out.encode(&mut buf);
-        assert_eq!(buf.len(), out.len());
+        assert_eq!(buf.len(), out.encoded_len());
         let Some(Incoming::Publish(p)) = decode(&mut buf, 1 << 20).unwrap() else {
             panic!("not a publish");
         };
