@@ -258,12 +258,53 @@ pub enum Frame {
     Data(DataBatch),
 }
 
+/// Names seen on the wire, checked once: every envelope repeats its
+/// origin, node, visited regions and destinations, and checking and
+/// allocating each again was a measurable share of the receiving agent's
+/// time. Per thread (the decoders run on the runtime's threads), and
+/// bounded: past [`NAMES_MAX`] names a new one is checked and not kept,
+/// so a peer that invents names cannot grow it.
+struct Names {
+    regions: rustc_hash::FxHashMap<String, RegionName>,
+    nodes: rustc_hash::FxHashMap<String, NodeName>,
+}
+
+/// Most names of each kind kept per thread.
+const NAMES_MAX: usize = 4096;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<Names> = std::cell::RefCell::new(Names {
+        regions: Default::default(),
+        nodes: Default::default(),
+    });
+}
+
 fn region(field: &'static str, s: String) -> Result<RegionName, FrameError> {
-    RegionName::new(&s).map_err(|source| FrameError::Name { field, source })
+    NAMES.with(|n| {
+        let mut n = n.borrow_mut();
+        if let Some(r) = n.regions.get(&s) {
+            return Ok(r.clone());
+        }
+        let r = RegionName::new(&s).map_err(|source| FrameError::Name { field, source })?;
+        if n.regions.len() < NAMES_MAX {
+            n.regions.insert(s, r.clone());
+        }
+        Ok(r)
+    })
 }
 
 fn node(field: &'static str, s: String) -> Result<NodeName, FrameError> {
-    NodeName::new(&s).map_err(|source| FrameError::Name { field, source })
+    NAMES.with(|n| {
+        let mut n = n.borrow_mut();
+        if let Some(r) = n.nodes.get(&s) {
+            return Ok(r.clone());
+        }
+        let r = NodeName::new(&s).map_err(|source| FrameError::Name { field, source })?;
+        if n.nodes.len() < NAMES_MAX {
+            n.nodes.insert(s, r.clone());
+        }
+        Ok(r)
+    })
 }
 
 fn cut(s: &str) -> String {

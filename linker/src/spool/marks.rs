@@ -56,6 +56,9 @@ pub struct Marks {
     written: u64,
     /// Whether there are writes not yet synced.
     dirty: bool,
+    /// Marks added since the last sync, written in one go by it (one
+    /// `write` per group commit, not one per mark).
+    pending: Vec<u8>,
 }
 
 fn path(dir: &Path, n: u64) -> PathBuf {
@@ -225,6 +228,7 @@ impl Marks {
             number,
             written: rec.marks,
             dirty: false,
+            pending: Vec::new(),
         };
         Ok((marks, windows, rec))
     }
@@ -234,9 +238,7 @@ impl Marks {
         if self.written >= ROTATE {
             self.rotate()?;
         }
-        let mut buf = Vec::with_capacity(64);
-        log::encode(log::MARK, mark.seq, &mark_data(mark), &mut buf);
-        self.file.write_all(&buf)?;
+        log::encode(log::MARK, mark.seq, &mark_data(mark), &mut self.pending);
         self.mirror.check_mark(mark);
         self.written += 1;
         self.dirty = true;
@@ -245,6 +247,11 @@ impl Marks {
 
     /// Make every mark so far durable.
     pub fn sync(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            let written = self.file.write_all(&self.pending);
+            self.pending.clear();
+            written?;
+        }
         if self.dirty {
             self.file.sync_data()?;
             self.dirty = false;

@@ -13,6 +13,7 @@
 //! connections changes (a reroute, a peer's return).
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::*;
 
@@ -47,11 +48,13 @@ pub(super) struct Held {
     /// it arrived: each copy adds one).
     pub(super) env: Envelope,
     /// Whom to acknowledge when done.
-    upstream: Vec<Upstream>,
+    /// (Inline: almost every message has one upstream and one or two
+    /// copies; a vector each was two allocations per message.)
+    upstream: SmallVec<[Upstream; 1]>,
     /// Awaiting the local broker's acknowledgement.
     local: bool,
     /// Copies not yet acknowledged.
-    pub(super) sends: Vec<SendRec>,
+    pub(super) sends: SmallVec<[SendRec; 2]>,
     /// Next copy number.
     next_send: u64,
     /// Regions it must still reach, with no copy on the way.
@@ -213,7 +216,7 @@ impl Agent {
                 env,
                 upstream: upstream.into_iter().collect(),
                 local,
-                sends: Vec::new(),
+                sends: SmallVec::new(),
                 next_send: 1,
                 waiting: dests,
                 unresolved,
@@ -281,7 +284,7 @@ impl Agent {
             return;
         };
         let waiting = std::mem::take(&mut h.waiting);
-        let mut groups: Vec<(PeerId, Vec<RegionName>)> = Vec::new();
+        let mut groups: SmallVec<[(PeerId, Vec<RegionName>); 2]> = SmallVec::new();
         let mut hop_limited = false;
         for dest in waiting {
             if dest == self.cfg.region {
@@ -616,16 +619,25 @@ impl Agent {
     pub(super) fn custody_copy(&self, id: u64, send: u64) -> Option<Envelope> {
         let h = self.custody.held.get(&id)?;
         let s = h.sends.iter().find(|s| s.no == send)?;
-        let mut env = h.env.clone();
-        env.hops += 1;
-        env.dests = s.dests.clone();
         // Time in the federation grows by the time spent here (the link's
         // share is added by the runtime, which knows the path's RTT).
         let here = self.last_now.saturating_duration_since(h.since).as_millis();
-        env.transit_ms = env
-            .transit_ms
-            .saturating_add(u64::try_from(here).unwrap_or(u64::MAX));
-        Some(env)
+        let e = &h.env;
+        // Field by field: cloning the whole envelope cloned its `dests`
+        // only to replace them.
+        Some(Envelope {
+            origin: e.origin.clone(),
+            origin_node: e.origin_node.clone(),
+            epoch: e.epoch,
+            seq: e.seq,
+            hops: e.hops + 1,
+            visited: e.visited.clone(),
+            transit_ms: e
+                .transit_ms
+                .saturating_add(u64::try_from(here).unwrap_or(u64::MAX)),
+            dests: s.dests.clone(),
+            message: e.message.clone(),
+        })
     }
 
     /// Hand the parked entries to the spool (once each): what no path can
