@@ -11,6 +11,7 @@
 //! | `mqlink_drops_total` | reason | messages dropped, by reason (every drop is counted) |
 //! | `mqlink_delivered_total` | | imports published to the local broker |
 //! | `mqlink_dedupe_unknown_total` | | delivered although older than the dedupe window could tell |
+//! | `mqlink_regions_forgotten_total` | | regions whose interest was dropped after `spool.max_age` with no live agent |
 //! | `mqlink_custody_messages` | | QoS >= 1 messages held (not yet acknowledged upstream) |
 //! | `mqlink_custody_parked_messages` | | of those, waiting for a path to some region |
 //! | `mqlink_custody_bytes` | | payload bytes held |
@@ -84,6 +85,7 @@ pub async fn sample(core: mpsc::Sender<Input>) {
         metrics::counter!("mqlink_messages_published_total").absolute(r.stats.published);
         metrics::counter!("mqlink_delivered_total").absolute(r.stats.delivered);
         metrics::counter!("mqlink_dedupe_unknown_total").absolute(r.stats.dedupe_unknown);
+        metrics::counter!("mqlink_regions_forgotten_total").absolute(r.stats.regions_forgotten);
         metrics::gauge!("mqlink_custody_messages").set(r.stats.held as f64);
         metrics::gauge!("mqlink_custody_parked_messages").set(r.stats.parked as f64);
         metrics::gauge!("mqlink_custody_bytes").set(r.stats.held_bytes as f64);

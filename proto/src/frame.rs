@@ -680,6 +680,26 @@ mod tests {
         RegionName::new(s).unwrap()
     }
 
+    #[test]
+    fn wire_names_are_checked_once_and_the_cache_is_bounded() {
+        let a = region("f", "eu-west".into()).unwrap();
+        let b = region("f", "eu-west".into()).unwrap();
+        assert_eq!(a, b);
+        assert!(region("f", "EU!".into()).is_err(), "a bad name is never cached");
+        assert!(region("f", "EU!".into()).is_err());
+        for i in 0..NAMES_MAX + 100 {
+            region("f", format!("r{i}")).unwrap();
+            node("f", format!("n{i}")).unwrap();
+        }
+        NAMES.with(|n| {
+            let n = n.borrow();
+            assert_eq!(n.regions.len(), NAMES_MAX);
+            assert_eq!(n.nodes.len(), NAMES_MAX);
+        });
+        // Past the bound, names still decode (checked, not kept).
+        assert_eq!(region("f", "late".into()).unwrap(), r("late"));
+    }
+
     fn envelope() -> Envelope {
         Envelope {
             origin: r("eu"),

@@ -339,3 +339,33 @@ fn a_departed_replica_is_forgotten_but_a_departed_region_is_not() {
     net.advance(Duration::from_secs(300));
     assert_eq!(net.exports["b"], BTreeSet::from([f("t/#")]));
 }
+
+#[test]
+fn a_region_gone_for_good_is_forgotten_after_max_age_and_remembered_when_back() {
+    let mut net = Net::new_with(&["a", "b"], &[("a", "b", 10)], |c| {
+        c.max_age = Duration::from_secs(600);
+    });
+    net.subscribe("b", "x/#");
+    assert_eq!(net.exports["a"], BTreeSet::from([f("x/#")]));
+    net.kill("b");
+    // Interest outlives the link and the LSA: traffic for b waits.
+    net.advance(Duration::from_secs(300));
+    assert_eq!(net.exports["a"], BTreeSet::from([f("x/#")]), "still wanted");
+    assert_eq!(net.agent("a").stats().regions_forgotten, 0);
+    // Past max_age with no live agent of b: nothing would wait that long.
+    net.advance(Duration::from_secs(600));
+    assert!(net.exports["a"].is_empty(), "b's interest is gone");
+    assert_eq!(net.agent("a").stats().regions_forgotten, 1);
+    assert!(
+        net.agent("a")
+            .router()
+            .interests()
+            .tables()
+            .all(|t| t.version().region != r("b")),
+        "no table of b is held"
+    );
+    // b comes back: its summary is taken again.
+    net.revive("b", &["x/#"]);
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.exports["a"], BTreeSet::from([f("x/#")]));
+}

@@ -78,6 +78,9 @@ pub const MAX_TABLE_FILTERS: u64 = 1_000_000;
 /// ends (if that is sooner than `AgentConfig::warmup`).
 pub const WARM_AFTER_ALL_UP: Duration = Duration::from_millis(500);
 
+/// Most forgotten regions remembered as such (see `Agent::forget_gone`).
+pub const FORGOTTEN_MAX: usize = 4096;
+
 /// Most snapshots a peer may have in progress at once.
 pub const MAX_OPEN_SNAPSHOTS: usize = 10_000;
 
@@ -342,6 +345,9 @@ pub struct Stats {
     pub spool_unread: u64,
     /// Custody released upstream (broker or previous agent acknowledged).
     pub released: u64,
+    /// Regions whose interest was forgotten after `max_age` with no live
+    /// agent (gone for good, or down longer than anything would wait).
+    pub regions_forgotten: u64,
 }
 
 /// Something the runtime must act on.
@@ -505,6 +511,13 @@ pub struct Agent {
     digest_sum_cache: Option<(u64, (u64, u64))>,
     /// (LSDB version, interests revision) of the last departed-agent check.
     departed_checked: Option<(u64, u64)>,
+    /// Regions whose interest we hold but which have no live agent, since
+    /// when (see `forget_gone`).
+    silent_since: BTreeMap<RegionName, Instant>,
+    /// Regions forgotten after `max_age` of silence: a table of theirs
+    /// that a lagging peer sends again is dropped again, until the region
+    /// has a live agent. At most [`FORGOTTEN_MAX`].
+    forgotten: BTreeSet<RegionName>,
     /// QoS >= 1 messages in our custody.
     custody: custody::Custody,
     /// When parked entries are next handed to the spool.
@@ -550,6 +563,8 @@ impl Agent {
             export_due: None,
             digest_sum_cache: None,
             departed_checked: None,
+            silent_since: BTreeMap::new(),
+            forgotten: BTreeSet::new(),
             custody: custody::Custody::default(),
             warm_until: now + cfg.warmup,
             last_now: now,
@@ -650,7 +665,7 @@ impl Agent {
             self.originate(now);
         }
         self.router.handle_timeout(now);
-        if self.forget_departed() {
+        if self.forget_departed() | self.forget_gone(now) {
             self.note_interest(now);
         }
         if self.next_digest.is_some_and(|t| now >= t) {
@@ -674,6 +689,7 @@ impl Agent {
             self.export_due,
             self.router.poll_timeout(),
             self.custody_timeout(),
+            self.silent_since.values().min().map(|t| *t + self.cfg.max_age),
         ]
         .into_iter()
         .flatten()

@@ -275,6 +275,68 @@ impl Agent {
         !gone.is_empty()
     }
 
+    /// Forget regions gone for good. Interest outlives links, so a region
+    /// with no live agent keeps its tables (traffic for it waits in
+    /// custody and the spool) — but not for ever: once it has had no live
+    /// agent for `max_age`, everything held for it has expired anyway, so
+    /// its tables go (counted in [`Stats::regions_forgotten`]) and the
+    /// export subscriptions they caused with them. A region that comes
+    /// back (a live LSA) is remembered again from its summaries. Returns
+    /// whether anything was dropped.
+    pub(super) fn forget_gone(&mut self, now: Instant) -> bool {
+        let lsdb = self.router.lsdb();
+        let live: BTreeSet<RegionName> = lsdb.lsas().map(|l| l.origin.clone()).collect();
+        let held: BTreeSet<RegionName> = self
+            .router
+            .interests()
+            .tables()
+            .map(|t| t.version().region.clone())
+            .filter(|r| *r != self.cfg.region)
+            .collect();
+        self.forgotten.retain(|r| !live.contains(r));
+        self.silent_since
+            .retain(|r, _| held.contains(r) && !live.contains(r));
+        let max_age = self.cfg.max_age;
+        let mut gone = Vec::new();
+        for r in held.iter().filter(|r| !live.contains(*r)) {
+            let since = *self.silent_since.entry(r.clone()).or_insert(now);
+            if self.forgotten.contains(r) || now.saturating_duration_since(since) >= max_age {
+                gone.push(r.clone());
+            }
+        }
+        for r in &gone {
+            let nodes: Vec<NodeName> = self
+                .router
+                .interests()
+                .tables()
+                .filter(|t| t.version().region == *r)
+                .map(|t| t.version().node.clone())
+                .collect();
+            for n in &nodes {
+                self.router.remove_interest(r, n);
+            }
+            self.silent_since.remove(r);
+            if self.forgotten.insert(r.clone()) {
+                self.stats.regions_forgotten += 1;
+            }
+        }
+        if self.forgotten.len() > FORGOTTEN_MAX {
+            // Oldest names first would need times; any will do: a
+            // forgotten region that sends a table again is only kept for
+            // another `max_age`.
+            let extra: Vec<RegionName> = self
+                .forgotten
+                .iter()
+                .take(self.forgotten.len() - FORGOTTEN_MAX)
+                .cloned()
+                .collect();
+            for r in extra {
+                self.forgotten.remove(&r);
+            }
+        }
+        !gone.is_empty()
+    }
+
     /// (table, seq, digest) of every table held, our own included.
     pub(super) fn table_digests(&self) -> Vec<(TableId, u64, Digest)> {
         self.router
