@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 
 /// A broker this process started.
 pub enum LocalBroker {
@@ -45,15 +44,65 @@ impl std::fmt::Debug for LocalBroker {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Why a local broker could not be started, stopped or restarted.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalBrokerError {
+    /// A file, socket or process operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `mosquitto` binary could not be started.
+    #[error("starting mosquitto (install it with: apt-get install -y mosquitto)")]
+    NoMosquitto(#[source] std::io::Error),
+    /// It never listened on its port.
+    #[error("the broker on 127.0.0.1:{port} did not come up{log}")]
+    NotUp {
+        /// Its port.
+        port: u16,
+        /// " (see FILE)" for a Mosquitto log, else "".
+        log: String,
+    },
+    /// The embedded broker refused to start.
+    #[error("starting the embedded broker: {0}")]
+    Embedded(String),
+    /// SIGTERM could not be sent, or was not obeyed in time.
+    #[error("process {pid}: {what}")]
+    Stop {
+        /// The process.
+        pid: u32,
+        /// What went wrong.
+        what: String,
+    },
+    /// Only a Mosquitto process can be restarted.
+    #[error("only a Mosquitto broker can be restarted")]
+    NotRestartable,
+    /// A blocking helper task failed.
+    #[error("a helper task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> anyhow::Result<()> {
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LocalBrokerError {
+    move |source| LocalBrokerError::Io { what, source }
+}
+
+fn free_port() -> Result<u16, LocalBrokerError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> Result<(), LocalBrokerError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline || !alive() {
-            bail!("the broker on 127.0.0.1:{port} did not come up");
+            return Err(LocalBrokerError::NotUp {
+                port,
+                log: String::new(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -65,24 +114,29 @@ fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> anyhow::Result<
 pub async fn terminate(
     child: &mut Child,
     within: Duration,
-) -> anyhow::Result<std::process::ExitStatus> {
+) -> Result<std::process::ExitStatus, LocalBrokerError> {
+    let pid = child.id();
     let status = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()?;
+        .arg(pid.to_string())
+        .status()
+        .map_err(io("running kill"))?;
     if !status.success() {
-        bail!("kill -TERM {} failed", child.id());
+        return Err(LocalBrokerError::Stop {
+            pid,
+            what: "kill -TERM failed".into(),
+        });
     }
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait().map_err(io("waiting for a process"))? {
             return Ok(status);
         }
         if Instant::now() > deadline {
-            bail!(
-                "process {} did not exit within {within:?} of SIGTERM",
-                child.id()
-            );
+            return Err(LocalBrokerError::Stop {
+                pid,
+                what: format!("did not exit within {within:?} of SIGTERM"),
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -90,29 +144,33 @@ pub async fn terminate(
 
 /// Start `mosquitto -c conf` (log appended to `log`) and wait until it
 /// listens on `port`.
-fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> anyhow::Result<Child> {
+fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> Result<Child, LocalBrokerError> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)?;
+        .open(log)
+        .map_err(io("opening the broker log"))?;
     let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(conf)
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
-        .context("starting mosquitto (install it with: apt-get install -y mosquitto)")?;
-    if let Err(e) = wait_listening(port, || matches!(child.try_wait(), Ok(None))) {
+        .map_err(LocalBrokerError::NoMosquitto)?;
+    if wait_listening(port, || matches!(child.try_wait(), Ok(None))).is_err() {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(e.context(format!("see {}", log.display())));
+        return Err(LocalBrokerError::NotUp {
+            port,
+            log: format!(" (see {})", log.display()),
+        });
     }
     Ok(child)
 }
 
 impl LocalBroker {
     /// Start an embedded broker (in-memory storage) on a free port.
-    pub async fn embedded() -> anyhow::Result<Self> {
+    pub async fn embedded() -> Result<Self, LocalBrokerError> {
         use mqtt5::broker::config::{BrokerConfig, StorageBackend, StorageConfig};
         let port = free_port()?;
         let storage = StorageConfig {
@@ -126,7 +184,7 @@ impl LocalBroker {
             .with_sys_topics_enabled(false);
         let mut broker = mqtt5::broker::MqttBroker::with_config(config)
             .await
-            .context("starting the embedded broker")?;
+            .map_err(|e| LocalBrokerError::Embedded(e.to_string()))?;
         let shutdown = broker.shutdown_handle();
         let task = tokio::spawn(async move {
             let _ = broker.run().await;
@@ -141,18 +199,18 @@ impl LocalBroker {
 
     /// Start `mosquitto` with a config written to `dir`, publishing its
     /// subscribe/unsubscribe/connection log on `$SYS` for `dynamic: mosquitto`.
-    pub fn mosquitto(dir: &Path, name: &str) -> anyhow::Result<Self> {
+    pub fn mosquitto(dir: &Path, name: &str) -> Result<Self, LocalBrokerError> {
         Self::mosquitto_with(dir, name, "")
     }
 
     /// [`Self::mosquitto`] with `extra` configuration lines (e.g. a bridge).
-    pub fn mosquitto_with(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Self> {
+    pub fn mosquitto_with(dir: &Path, name: &str, extra: &str) -> Result<Self, LocalBrokerError> {
         Self::mosquitto_conf(dir, name, false, extra)
     }
 
     /// [`Self::mosquitto`] with persistence on (its database in `dir`), so
     /// that sessions and queued messages outlive [`Self::restart`].
-    pub fn mosquitto_persistent(dir: &Path, name: &str) -> anyhow::Result<Self> {
+    pub fn mosquitto_persistent(dir: &Path, name: &str) -> Result<Self, LocalBrokerError> {
         Self::mosquitto_conf(dir, name, true, "")
     }
 
@@ -161,16 +219,17 @@ impl LocalBroker {
         name: &str,
         persistence: bool,
         extra: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LocalBrokerError> {
         let port = free_port()?;
         let conf = dir.join(format!("{name}-mosquitto.conf"));
         let persistence = if persistence {
             let db = dir.join(format!("{name}-mosquitto-db"));
-            std::fs::create_dir_all(&db)?;
+            std::fs::create_dir_all(&db).map_err(io("creating the broker database directory"))?;
             // Mosquitto started as root runs as the `mosquitto` user: let
             // it write its database here whoever it runs as.
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o777))?;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o777))
+                .map_err(io("opening the broker database directory"))?;
             format!("persistence true\npersistence_location {}/\n", db.display())
         } else {
             "persistence false\n".to_owned()
@@ -182,7 +241,8 @@ impl LocalBroker {
                  log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n\
                  max_inflight_messages 1000\nmax_queued_messages 100000\n{extra}"
             ),
-        )?;
+        )
+        .map_err(io("writing the broker configuration"))?;
         let log = dir.join(format!("{name}-mosquitto.log"));
         let child = spawn_mosquitto(&conf, &log, port)?;
         Ok(LocalBroker::Mosquitto {
@@ -196,7 +256,7 @@ impl LocalBroker {
     /// Stop a Mosquitto broker as its service manager would (SIGTERM, by
     /// PID: it saves its persistent state), then start it again on the
     /// same port with the same config once `down` has passed.
-    pub async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+    pub async fn restart(&mut self, down: Duration) -> Result<(), LocalBrokerError> {
         let LocalBroker::Mosquitto {
             port,
             child,
@@ -204,7 +264,7 @@ impl LocalBroker {
             log,
         } = self
         else {
-            bail!("only a Mosquitto broker can be restarted");
+            return Err(LocalBrokerError::NotRestartable);
         };
         terminate(child, Duration::from_secs(10)).await?;
         tokio::time::sleep(down).await;

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use mqlink_topology::RegionName;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -53,18 +52,60 @@ fn civil_from_days(days: i64) -> (i32, u8, u8) {
     )
 }
 
+/// Why a certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    /// A file or directory could not be read or written.
+    #[error("{what} {}{hint}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What to do about it, if anything ("" otherwise).
+        hint: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `init` found a CA in the directory already.
+    #[error("{} already holds a CA (ca.pem / ca.key); remove them first to make a new one", .0.display())]
+    CaExists(PathBuf),
+    /// Key generation, parsing or signing failed.
+    #[error("{what}")]
+    Crypto {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertsError {
+    let path = path.to_path_buf();
+    move |source| CertsError::Io {
+        what,
+        path,
+        hint: "",
+        source,
+    }
+}
+
+fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertsError {
+    move |source| CertsError::Crypto { what, source }
+}
+
 /// Write DIR/ca.pem and DIR/ca.key. Refuses to overwrite an existing CA.
-pub fn init(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), CertsError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
     if cert_path.exists() || key_path.exists() {
-        anyhow::bail!(
-            "{} already holds a CA (ca.pem / ca.key); remove them first to make a new one",
-            dir.display()
-        );
+        return Err(CertsError::CaExists(dir.to_path_buf()));
     }
-    let key = KeyPair::generate().context("generating the CA key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    let key = KeyPair::generate().map_err(crypto("generating the CA key"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(crypto("CA parameters"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "mqlink development CA");
     dn.push(DnType::OrganizationName, "mqlink");
@@ -76,30 +117,29 @@ pub fn init(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         KeyUsagePurpose::DigitalSignature,
     ];
     validity(&mut params, CA_DAYS);
-    let cert = params.self_signed(&key).context("signing the CA")?;
+    let cert = params.self_signed(&key).map_err(crypto("signing the CA"))?;
     write_private(&key_path, &key.serialize_pem())?;
-    std::fs::write(&cert_path, cert.pem())
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(io("writing", &cert_path))?;
     Ok((cert_path, key_path))
 }
 
 /// Write DIR/REGION.pem and DIR/REGION.key, signed by DIR/ca.*.
-pub fn issue(region: &RegionName, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).with_context(|| {
-        format!(
-            "reading {}/ca.pem (run `mqlink certs init --out {}` first)",
-            dir.display(),
-            dir.display()
-        )
+pub fn issue(region: &RegionName, dir: &Path) -> Result<(PathBuf, PathBuf), CertsError> {
+    let ca = dir.join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca).map_err(|source| CertsError::Io {
+        what: "reading",
+        path: ca.clone(),
+        hint: " (run `mqlink certs init --out DIR` first)",
+        source,
     })?;
-    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
-        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing ca.key")?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("parsing ca.pem")?;
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("reading", &ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(crypto("parsing ca.key"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(crypto("parsing ca.pem"))?;
 
-    let key = KeyPair::generate().context("generating the region key")?;
-    let mut params =
-        CertificateParams::new(vec![region.to_string()]).context("certificate parameters")?;
+    let key = KeyPair::generate().map_err(crypto("generating the region key"))?;
+    let mut params = CertificateParams::new(vec![region.to_string()])
+        .map_err(crypto("certificate parameters"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, region.as_str());
     dn.push(DnType::OrganizationName, "mqlink");
@@ -113,19 +153,18 @@ pub fn issue(region: &RegionName, dir: &Path) -> anyhow::Result<(PathBuf, PathBu
     validity(&mut params, LEAF_DAYS);
     let cert = params
         .signed_by(&key, &issuer)
-        .context("signing the region certificate")?;
+        .map_err(crypto("signing the region certificate"))?;
     let (cert_path, key_path) = (
         dir.join(format!("{region}.pem")),
         dir.join(format!("{region}.key")),
     );
     write_private(&key_path, &key.serialize_pem())?;
-    std::fs::write(&cert_path, cert.pem())
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(io("writing", &cert_path))?;
     Ok((cert_path, key_path))
 }
 
 /// Write a private key readable by the owner only.
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+fn write_private(path: &Path, pem: &str) -> Result<(), CertsError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -134,9 +173,8 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(pem.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(io("writing", path))?;
+    f.write_all(pem.as_bytes()).map_err(io("writing", path))?;
     Ok(())
 }
 

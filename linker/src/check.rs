@@ -39,8 +39,9 @@ struct Report {
     diagnostics: Vec<Diagnostic>,
 }
 
-/// Run the check; returns whether it passed.
-pub fn run(args: &CheckArgs, out: &mut impl Write) -> anyhow::Result<bool> {
+/// Run the check; returns whether it passed. The only errors are those of
+/// writing the report to `out` (problems in the files are findings).
+pub fn run(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<bool> {
     let mut diagnostics = Vec::new();
     let mut configs: Vec<RegionConfig> = Vec::new();
     let mut files = Vec::new();

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use bytes::Bytes;
 use mqlink_topology::{RegionName, TopicFilter, TopicName};
 use rumqttc::v5::mqttbytes::QoS;
@@ -110,15 +109,43 @@ struct Received {
     origin: String,
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// `--regions` out of range.
+    #[error("--regions must be between 2 and {max}")]
+    Regions {
+        /// The most regions the demo names.
+        max: usize,
+    },
+    /// Setting up the federation.
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
+    /// The scratch directory.
+    #[error("creating the scratch directory")]
+    Io(#[from] std::io::Error),
+    /// A demo client (publisher or subscriber) failed.
+    #[error("demo client: {0}")]
+    Client(String),
+    /// The federation did not converge in time.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+fn client_err(e: impl std::fmt::Display) -> DemoError {
+    DemoError::Client(e.to_string())
+}
+
 /// Run the demo, narrating on stdout.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
+pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
     if !(2..=NAMES.len()).contains(&opts.regions) {
-        bail!("--regions must be between 2 and {}", NAMES.len());
+        return Err(DemoError::Regions { max: NAMES.len() });
     }
     let names: Vec<RegionName> = NAMES[..opts.regions]
         .iter()
         .map(|n| RegionName::new(n))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(crate::federation::FederationError::from)?;
     let subs = subscriptions(&names);
     let links = ring(&names);
     let dir = std::env::temp_dir().join(format!("mqlink-demo-{}", std::process::id()));
@@ -187,7 +214,7 @@ async fn narrate(
     subs: &[(RegionName, String, &'static str)],
     opts: &DemoOptions,
     started: Instant,
-) -> anyhow::Result<DemoReport> {
+) -> Result<DemoReport, DemoError> {
     fed.wait_links_up(Duration::from_secs(15)).await?;
     println!(
         "[{:>5.1}s] all {} links up",
@@ -223,7 +250,9 @@ async fn narrate(
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("{agent} never learned that {region} wants {filter}");
+                    return Err(DemoError::NotReady(format!(
+                        "{agent} never learned that {region} wants {filter}"
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -236,7 +265,9 @@ async fn narrate(
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{agent} never subscribed to what the other regions want");
+                return Err(DemoError::NotReady(format!(
+                    "{agent} never subscribed to what the other regions want"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -300,7 +331,9 @@ async fn narrate(
                         msgs.push((format!("alerts/{r}/overheat"), format!("n={round} line 3 at 92C")));
                     }
                     for (topic, payload) in msgs {
-                        c.publish(topic.clone(), QoS::AtLeastOnce, false, Bytes::from(payload)).await?;
+                        c.publish(topic.clone(), QoS::AtLeastOnce, false, Bytes::from(payload))
+                            .await
+                            .map_err(client_err)?;
                         if let Ok(t) = TopicName::new(&topic) {
                             published.push((r.clone(), t));
                         }
@@ -597,7 +630,7 @@ async fn summary(
 }
 
 /// An MQTT client on 127.0.0.1:`port`, connected.
-async fn client(port: u16, id: &str) -> anyhow::Result<AsyncClient> {
+async fn client(port: u16, id: &str) -> Result<AsyncClient, DemoError> {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (c, mut events) = AsyncClient::new(opts, 1024);
@@ -613,7 +646,9 @@ async fn client(port: u16, id: &str) -> anyhow::Result<AsyncClient> {
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(5), up.recv()).await?;
+    tokio::time::timeout(Duration::from_secs(5), up.recv())
+        .await
+        .map_err(|_| DemoError::Client(format!("{id}: no CONNACK within 5 s")))?;
     Ok(c)
 }
 
@@ -623,7 +658,7 @@ async fn subscriber(
     region: RegionName,
     filter: String,
     out: mpsc::UnboundedSender<Received>,
-) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
+) -> Result<(AsyncClient, tokio::task::JoinHandle<()>), DemoError> {
     let mut opts = MqttOptions::new(format!("demo-sub-{region}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (c, mut events) = AsyncClient::new(opts, 1024);
@@ -659,7 +694,11 @@ async fn subscriber(
             }
         }
     });
-    c.subscribe(filter, QoS::AtLeastOnce).await?;
-    tokio::time::timeout(Duration::from_secs(5), ack.recv()).await?;
+    c.subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .map_err(client_err)?;
+    tokio::time::timeout(Duration::from_secs(5), ack.recv())
+        .await
+        .map_err(|_| DemoError::Client("no SUBACK within 5 s".into()))?;
     Ok((c, task))
 }

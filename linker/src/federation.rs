@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use mqlink_topology::RegionName;
 
 use crate::brokers::LocalBroker;
@@ -39,9 +38,54 @@ pub struct RegionSpec {
     pub replicas: usize,
 }
 
+/// Why a local federation could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// A region name is not valid.
+    #[error(transparent)]
+    Name(#[from] mqlink_topology::NameError),
+    /// The development PKI.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
+    /// A broker.
+    #[error(transparent)]
+    Broker(#[from] crate::brokers::LocalBrokerError),
+    /// A relay's socket, or a generated config file.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A generated region config did not load (a bug: it names the file).
+    #[error("{0}")]
+    Config(String),
+    /// An agent did not start.
+    #[error("starting {agent}")]
+    Agent {
+        /// Which agent (`<region>-<k>`).
+        agent: String,
+        /// Why.
+        #[source]
+        source: crate::run::StartError,
+    },
+    /// A link did not come up in time.
+    #[error("link {a} <-> {b} did not come up within {limit:?}")]
+    LinkDown {
+        /// One end.
+        a: RegionName,
+        /// The other.
+        b: RegionName,
+        /// How long we waited.
+        limit: Duration,
+    },
+}
+
 impl RegionSpec {
     /// Region `name` with one agent and no static interest.
-    pub fn new(name: &str) -> anyhow::Result<Self> {
+    pub fn new(name: &str) -> Result<Self, FederationError> {
         Ok(Self {
             name: RegionName::new(name)?,
             static_interest: Vec::new(),
@@ -68,7 +112,7 @@ pub struct LinkSpec {
 
 impl LinkSpec {
     /// A link between `a` and `b`.
-    pub fn new(a: &str, b: &str, cost: Option<u32>) -> anyhow::Result<Self> {
+    pub fn new(a: &str, b: &str, cost: Option<u32>) -> Result<Self, FederationError> {
         Ok(Self {
             a: RegionName::new(a)?,
             b: RegionName::new(b)?,
@@ -101,7 +145,7 @@ impl LocalFederation {
         regions: &[RegionSpec],
         links: &[LinkSpec],
         kind: BrokerKind,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, FederationError> {
         let certs = dir.join("certs");
         crate::certs::init(&certs)?;
         for r in regions {
@@ -132,7 +176,12 @@ impl LocalFederation {
                 if crate::link::dials(&r.name, peer)
                     && let Some(target) = agents.get(peer).and_then(|v| v.first())
                 {
-                    let relay = Relay::start(target.quic_addr).await?;
+                    let relay = Relay::start(target.quic_addr).await.map_err(|source| {
+                        FederationError::Io {
+                            what: "starting a relay",
+                            source,
+                        }
+                    })?;
                     relays.insert((r.name.clone(), peer.clone()), relay);
                 }
             }
@@ -140,13 +189,18 @@ impl LocalFederation {
             for k in 1..=r.replicas.max(1) {
                 let path = dir.join(format!("{}-{k}.yaml", r.name));
                 let yaml = region_yaml(r, k, links, &brokers[&r.name], &agents, &relays);
-                std::fs::write(&path, yaml)?;
-                let cfg = mqlink_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-                replicas.push(
-                    crate::run::start(&cfg)
-                        .await
-                        .with_context(|| format!("starting {}-{k}", r.name))?,
-                );
+                std::fs::write(&path, yaml).map_err(|source| FederationError::Io {
+                    what: "writing a region config",
+                    source,
+                })?;
+                let cfg = mqlink_config::load(&path)
+                    .map_err(|e| FederationError::Config(e.to_string()))?;
+                replicas.push(crate::run::start(&cfg).await.map_err(|source| {
+                    FederationError::Agent {
+                        agent: format!("{}-{k}", r.name),
+                        source,
+                    }
+                })?);
             }
             agents.insert(r.name.clone(), replicas);
         }
@@ -199,7 +253,7 @@ impl LocalFederation {
     }
 
     /// Wait until every link is up on both sides, for every agent.
-    pub async fn wait_links_up(&self, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_links_up(&self, limit: Duration) -> Result<(), FederationError> {
         let deadline = Instant::now() + limit;
         for l in &self.links {
             loop {
@@ -208,7 +262,11 @@ impl LocalFederation {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("link {} <-> {} did not come up within {limit:?}", l.a, l.b);
+                    return Err(FederationError::LinkDown {
+                        a: l.a.clone(),
+                        b: l.b.clone(),
+                        limit,
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -11,7 +11,9 @@ use mqlink_topology::RegionName;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check(args) => mqlink::check::run(&args, &mut std::io::stdout().lock()),
+        Command::Check(args) => {
+            mqlink::check::run(&args, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
+        }
         Command::Certs { action } => certs(action).map(|()| true),
         Command::Run { config } => run(&config).map(|()| true),
         Command::Simulate {
@@ -146,6 +148,7 @@ fn demo(
         broker,
     }))
     .map(|_| ())
+    .map_err(anyhow::Error::from)
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {

@@ -223,7 +223,7 @@ impl ProcFederation {
     /// Stop `region`'s broker (SIGTERM) and start it again after `down`.
     pub async fn restart_broker(&mut self, region: &str, down: Duration) -> anyhow::Result<()> {
         let r = self.regions.get_mut(region).context("no such region")?;
-        r.broker.restart(down).await
+        Ok(r.broker.restart(down).await?)
     }
 
     /// Stop `region`'s agent as a service manager does (SIGTERM, by PID)
@@ -236,7 +236,7 @@ impl ProcFederation {
         let Some(mut agent) = r.agent.take() else {
             bail!("{region}'s agent is not running");
         };
-        mqlink::brokers::terminate(&mut agent.0, Duration::from_secs(15)).await
+        Ok(mqlink::brokers::terminate(&mut agent.0, Duration::from_secs(15)).await?)
     }
 
     /// The value of metric `name` (first sample, any labels) on
