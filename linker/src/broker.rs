@@ -92,7 +92,7 @@ fn qos_in(q: u8) -> Qos {
     }
 }
 
-fn qos_out(q: Qos) -> u8 {
+pub(crate) fn qos_out(q: Qos) -> u8 {
     match q {
         Qos::AtMostOnce => 0,
         Qos::AtLeastOnce => 1,

@@ -208,6 +208,11 @@ impl Inflight {
         self.other.insert(pkid, filters);
     }
 
+    /// A new connection: (UN)SUBSCRIBEs sent on the old one get no answer.
+    pub fn forget_requests(&mut self) {
+        self.other.clear();
+    }
+
     /// The filters of the (UN)SUBSCRIBE acknowledged with `pkid`.
     pub fn answered(&mut self, pkid: u16) -> Vec<String> {
         self.other.remove(&pkid).unwrap_or_default()

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mqlink_proto::{DropReason, Envelope, Qos};
+use mqlink_proto::{DropReason, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -97,9 +97,9 @@ pub async fn run(session: Session, mut ch: Channels, export: ExportState, follow
     };
     loop {
         let err = match connect(&session).await {
-            Ok((stream, connack)) => {
+            Ok((stream, connack, rest)) => {
                 debug!(session_present = connack.session_present, "connected to the local broker");
-                connected(&session, &mut st, &mut ch, stream, connack).await
+                connected(&session, &mut st, &mut ch, stream, connack, rest).await
             }
             Err(e) => e,
         };
@@ -126,8 +126,9 @@ pub async fn run(session: Session, mut ch: Channels, export: ExportState, follow
     }
 }
 
-/// TCP connect, CONNECT, CONNACK.
-async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck), ConnError> {
+/// TCP connect, CONNECT, CONNACK; also what arrived after the CONNACK in
+/// the same read (the broker may send queued messages right behind it).
+async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), ConnError> {
     let stream = TcpStream::connect((s.host.as_str(), s.port)).await?;
     stream.set_nodelay(true)?;
     let mut stream = stream;
@@ -139,7 +140,7 @@ async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck), ConnError> 
     loop {
         if let Some(p) = codec::decode(&mut buf, MAX_PACKET)? {
             return match p {
-                Incoming::ConnAck(a) if a.reason < 0x80 => Ok((stream, a)),
+                Incoming::ConnAck(a) if a.reason < 0x80 => Ok((stream, a, buf)),
                 Incoming::ConnAck(a) => Err(ConnError::Refused {
                     reason: a.reason,
                     text: a.reason_string,
@@ -167,6 +168,9 @@ struct Conn {
     import_max: usize,
     /// Largest packet the broker takes.
     broker_max: usize,
+    /// Highest QoS the broker accepts (CONNACK Maximum QoS): imports are
+    /// published at most at it (MQTT 5 §3.2.2.3.4).
+    max_qos: u8,
     last_write: Instant,
     ping_since: Option<Instant>,
 }
@@ -177,12 +181,17 @@ async fn connected(
     ch: &mut Channels,
     stream: TcpStream,
     connack: codec::ConnAck,
+    mut rbuf: BytesMut,
 ) -> ConnError {
     let (mut rd, mut wr) = stream.into_split();
+    // Subscriptions in flight died with the last connection; they are
+    // all made again below.
+    st.inflight.forget_requests();
     let mut c = Conn {
         out: BytesMut::with_capacity(64 * 1024),
         import_max: super::IMPORT_INFLIGHT.min(usize::from(connack.receive_max.unwrap_or(u16::MAX))),
         broker_max: connack.max_packet.map_or(MAX_PACKET, |m| m as usize),
+        max_qos: connack.max_qos.unwrap_or(2),
         last_write: Instant::now(),
         ping_since: None,
     };
@@ -210,7 +219,9 @@ async fn connected(
     let keep_alive = Duration::from_secs(u64::from(
         connack.server_keep_alive.unwrap_or(s.connect.keep_alive).max(1),
     ));
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    if let Err(e) = incoming(st, &mut c, &mut rbuf) {
+        return e;
+    }
     loop {
         let import_room = c.inflight_room(st) && c.out.len() < OUT_MAX;
         let read_room = st.notify.len() < NOTIFY_MAX;
@@ -469,7 +480,8 @@ fn subscribe_all(st: &mut State, c: &mut Conn) {
 
 fn import(st: &mut State, c: &mut Conn, cmd: ImportCmd) {
     let ImportCmd::Deliver { env, custody } = cmd;
-    let tracked = env.message.qos != Qos::AtMostOnce;
+    let qos = super::qos_out(env.message.qos).min(c.max_qos);
+    let tracked = qos > 0;
     let pkid = if tracked { st.inflight.pkid() } else { Some(0) };
     let Some(pkid) = pkid else {
         // 65,535 ids in use cannot happen below IMPORT_INFLIGHT; publish
@@ -479,7 +491,7 @@ fn import(st: &mut State, c: &mut Conn, cmd: ImportCmd) {
         }
         return;
     };
-    let Some(bytes) = encode_import(&env, pkid, c.broker_max) else {
+    let Some(bytes) = encode_import(&env, pkid, qos, c.broker_max) else {
         return drop_import(st, &env, custody);
     };
     c.out.extend_from_slice(&bytes);
@@ -504,13 +516,239 @@ fn drop_import(st: &mut State, env: &Envelope, custody: Option<u64>) {
 
 /// The encoded PUBLISH, or `None` if it expired in transit or exceeds
 /// `max` bytes.
-fn encode_import(env: &Envelope, pkid: u16, max: usize) -> Option<Bytes> {
+fn encode_import(env: &Envelope, pkid: u16, qos: u8, max: usize) -> Option<Bytes> {
     let origin = format!("{}:{}:{}", env.origin, env.epoch, env.seq);
-    let out = import_out(env, pkid, &origin)?;
+    let mut out = import_out(env, pkid, &origin)?;
+    out.qos = qos;
     if out.encoded_len() > max {
         return None;
     }
     let mut b = BytesMut::with_capacity(out.encoded_len());
     out.encode(&mut b);
     Some(b.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session against a scripted broker on 127.0.0.1: acks in
+    //! order, imports resent with DUP when the session resumes, a lost
+    //! acknowledgement made good, a lost session handing imports back.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use bytes::Buf;
+    use mqlink_proto::{Message, Properties, Qos};
+    use mqlink_topology::{NodeName, RegionName, TopicName};
+    use tokio::net::TcpListener;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A packet from the client: (type, flags, body).
+    async fn packet(s: &mut TcpStream, buf: &mut BytesMut) -> (u8, u8, Bytes) {
+        loop {
+            if buf.len() >= 2 {
+                let (mut len, mut i) = (0usize, 1);
+                while let Some(&b) = buf.get(i) {
+                    len |= usize::from(b & 0x7F) << (7 * (i - 1));
+                    i += 1;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                if buf.len() >= i + len && buf[i - 1] & 0x80 == 0 {
+                    let first = buf[0];
+                    buf.advance(i);
+                    return (first >> 4, first & 0xF, buf.split_to(len).freeze());
+                }
+            }
+            let n = tokio::time::timeout(WAIT, s.read_buf(buf)).await.unwrap().unwrap();
+            assert!(n > 0, "client closed");
+        }
+    }
+
+    /// Accept the session's connection; answer CONNECT.
+    async fn accept(l: &TcpListener, session_present: bool) -> (TcpStream, BytesMut) {
+        let (mut s, _) = tokio::time::timeout(WAIT, l.accept()).await.unwrap().unwrap();
+        let mut buf = BytesMut::new();
+        let (kind, _, body) = packet(&mut s, &mut buf).await;
+        assert_eq!(kind, 1, "CONNECT first");
+        assert_eq!(body[7] & 0x02, 0, "clean start off: a persistent session");
+        // CONNACK: receive maximum 10, maximum QoS 1.
+        s.write_all(&[0x20, 8, u8::from(session_present), 0, 5, 0x21, 0, 10, 0x24, 1])
+            .await
+            .unwrap();
+        (s, buf)
+    }
+
+    async fn publish(s: &mut TcpStream, topic: &str, pkid: u16, dup: bool) {
+        let mut b = BytesMut::new();
+        codec::PublishOut {
+            topic,
+            qos: 1,
+            pkid,
+            payload: b"x",
+            ..Default::default()
+        }
+        .encode(&mut b);
+        if dup {
+            codec::set_dup(&mut b);
+        }
+        s.write_all(&b).await.unwrap();
+    }
+
+    async fn core_input(rx: &mut mpsc::Receiver<Input>) -> Vec<Input> {
+        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Input::Batch(v) => v,
+            other => vec![other],
+        }
+    }
+
+    fn env(seq: u64) -> Box<Envelope> {
+        Box::new(Envelope {
+            origin: RegionName::new("eu").unwrap(),
+            origin_node: NodeName::new("eu-1").unwrap(),
+            epoch: 1,
+            seq,
+            hops: 1,
+            visited: Vec::new(),
+            transit_ms: 0,
+            dests: Vec::new(),
+            message: Message {
+                topic: TopicName::new("imp/1").unwrap(),
+                payload: Bytes::from_static(b"i"),
+                qos: Qos::ExactlyOnce,
+                retain: false,
+                properties: Properties::default(),
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn a_session_keeps_order_resends_and_recovers_across_reconnects() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let session = Session {
+            host: "127.0.0.1".into(),
+            port,
+            connect: codec::Connect {
+                client_id: "t".into(),
+                keep_alive: 30,
+                session_expiry: 60,
+                receive_max: 100,
+                max_packet: 1 << 20,
+                ..Default::default()
+            },
+        };
+        let (export_tx, export_rx) = mpsc::unbounded_channel();
+        let (import_tx, import_rx) = mpsc::channel(16);
+        let (core_tx, mut core_rx) = mpsc::channel(64);
+        let region = RegionName::new("eu").unwrap();
+        tokio::spawn(run(
+            session,
+            Channels {
+                export: export_rx,
+                import: import_rx,
+                core: core_tx,
+            },
+            ExportState::new(&region, false),
+            None,
+        ));
+
+        // 1. Two messages released out of order are acknowledged in order.
+        let (mut s, mut buf) = accept(&l, false).await;
+        publish(&mut s, "a/1", 1, false).await;
+        publish(&mut s, "a/2", 2, false).await;
+        let mut tokens = Vec::new();
+        while tokens.len() < 2 {
+            for i in core_input(&mut core_rx).await {
+                if let Input::Publish(m, Some(t)) = i {
+                    tokens.push((m.topic.to_string(), t));
+                }
+            }
+        }
+        assert_eq!(tokens[0].0, "a/1");
+        export_tx.send(ExportCmd::Release(vec![tokens[1].1])).unwrap();
+        export_tx.send(ExportCmd::Release(vec![tokens[0].1])).unwrap();
+        let acks: Vec<(u8, Bytes)> = [
+            packet(&mut s, &mut buf).await,
+            packet(&mut s, &mut buf).await,
+        ]
+        .into_iter()
+        .map(|(k, _, b)| (k, b))
+        .collect();
+        assert_eq!(acks, vec![(4, Bytes::from_static(&[0, 1])), (4, Bytes::from_static(&[0, 2]))]);
+
+        // 2. An import at QoS 2 goes out at the broker's maximum, QoS 1.
+        import_tx
+            .send(ImportCmd::Deliver {
+                env: env(1),
+                custody: Some(7),
+            })
+            .await
+            .unwrap();
+        let (kind, flags, first) = packet(&mut s, &mut buf).await;
+        assert_eq!((kind, flags), (3, 0x02), "PUBLISH, QoS 1, no DUP");
+        // A message whose acknowledgement will be lost with the connection.
+        publish(&mut s, "a/3", 3, false).await;
+        let t3 = loop {
+            if let Some(t) = core_input(&mut core_rx)
+                .await
+                .into_iter()
+                .find_map(|i| match i {
+                    Input::Publish(_, t) => t,
+                    _ => None,
+                })
+            {
+                break t;
+            }
+        };
+        drop(s);
+        export_tx.send(ExportCmd::Release(vec![t3])).unwrap();
+
+        // 3. The session resumes: the import comes again with DUP; the
+        // broker's redelivery of a/3 is acknowledged, not taken again.
+        let (mut s, mut buf) = accept(&l, true).await;
+        let (kind, flags, again) = packet(&mut s, &mut buf).await;
+        assert_eq!((kind, flags), (3, 0x0A), "PUBLISH, QoS 1, DUP");
+        assert_eq!(again, first);
+        let topic_len = usize::from(u16::from_be_bytes([again[0], again[1]]));
+        let pkid = u16::from_be_bytes([again[2 + topic_len], again[3 + topic_len]]);
+        publish(&mut s, "a/3", 3, true).await;
+        let (kind, _, body) = packet(&mut s, &mut buf).await;
+        assert_eq!((kind, &body[..]), (4, &[0u8, 3][..]), "a/3 acknowledged again");
+        s.write_all(&[0x40, 2, (pkid >> 8) as u8, pkid as u8]).await.unwrap();
+        publish(&mut s, "a/4", 4, false).await;
+        let mut seen = Vec::new();
+        while !(seen.iter().any(|i| matches!(i, Input::Publish(..)))
+            && seen.iter().any(|i| matches!(i, Input::Delivered(7))))
+        {
+            seen.extend(core_input(&mut core_rx).await);
+        }
+        let topics: Vec<String> = seen
+            .iter()
+            .filter_map(|i| match i {
+                Input::Publish(m, _) => Some(m.topic.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, vec!["a/4"], "the redelivered a/3 never reached the core");
+
+        // 4. The broker loses the session: an import in flight is handed back.
+        import_tx
+            .send(ImportCmd::Deliver {
+                env: env(2),
+                custody: Some(8),
+            })
+            .await
+            .unwrap();
+        let (kind, _, _) = packet(&mut s, &mut buf).await;
+        assert_eq!(kind, 3);
+        drop(s);
+        let (_s, _buf) = accept(&l, false).await;
+        loop {
+            let got = core_input(&mut core_rx).await;
+            if got.iter().any(|i| matches!(i, Input::DeliveryLost(8))) {
+                break;
+            }
+        }
+    }
 }
