@@ -279,32 +279,30 @@ thread_local! {
     });
 }
 
+/// `s` checked by `make`, from `cache` when seen before (kept if the
+/// cache has room).
+fn cached<T: Clone>(
+    cache: &mut rustc_hash::FxHashMap<String, T>,
+    field: &'static str,
+    s: String,
+    make: impl FnOnce(&str) -> Result<T, NameError>,
+) -> Result<T, FrameError> {
+    if let Some(v) = cache.get(&s) {
+        return Ok(v.clone());
+    }
+    let v = make(&s).map_err(|source| FrameError::Name { field, source })?;
+    if cache.len() < NAMES_MAX {
+        cache.insert(s, v.clone());
+    }
+    Ok(v)
+}
+
 fn region(field: &'static str, s: String) -> Result<RegionName, FrameError> {
-    NAMES.with(|n| {
-        let mut n = n.borrow_mut();
-        if let Some(r) = n.regions.get(&s) {
-            return Ok(r.clone());
-        }
-        let r = RegionName::new(&s).map_err(|source| FrameError::Name { field, source })?;
-        if n.regions.len() < NAMES_MAX {
-            n.regions.insert(s, r.clone());
-        }
-        Ok(r)
-    })
+    NAMES.with(|n| cached(&mut n.borrow_mut().regions, field, s, RegionName::new))
 }
 
 fn node(field: &'static str, s: String) -> Result<NodeName, FrameError> {
-    NAMES.with(|n| {
-        let mut n = n.borrow_mut();
-        if let Some(r) = n.nodes.get(&s) {
-            return Ok(r.clone());
-        }
-        let r = NodeName::new(&s).map_err(|source| FrameError::Name { field, source })?;
-        if n.nodes.len() < NAMES_MAX {
-            n.nodes.insert(s, r.clone());
-        }
-        Ok(r)
-    })
+    NAMES.with(|n| cached(&mut n.borrow_mut().nodes, field, s, NodeName::new))
 }
 
 fn cut(s: &str) -> String {
