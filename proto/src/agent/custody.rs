@@ -209,7 +209,12 @@ impl Agent {
                 custody: Some(id),
             });
         }
-        self.custody.by_key.insert(&env, id);
+        // Our own messages never come back from a peer (refused as
+        // `OwnOrigin`), so only another region's are indexed here; ours
+        // are indexed when they go to the spool, whose replay may join.
+        if env.origin != self.cfg.region {
+            self.custody.by_key.insert(&env, id);
+        }
         self.custody.held.insert(
             id,
             Box::new(Held {
@@ -451,12 +456,7 @@ impl Agent {
         };
         let mut done: Vec<(u64, u64)> = Vec::new();
         for &(first, last) in ranges {
-            let seqs: Vec<u64> = peer.unacked.range(first..=last).map(|(s, _)| *s).collect();
-            for s in seqs {
-                if let Some(Some(entry)) = peer.unacked.remove(&s) {
-                    done.push(entry);
-                }
-            }
+            peer.unacked.ack(first, last, &mut |c| done.extend(c));
         }
         for (id, no) in done {
             if let Some(h) = self.custody.held.get_mut(&id)
@@ -659,6 +659,7 @@ impl Agent {
             let mut env = h.env.clone();
             env.dests = h.waiting.clone();
             h.spooling = Some(h.waiting.clone());
+            self.custody.by_key.insert(&h.env, id);
             self.events.push_back(Event::Spool {
                 custody: id,
                 env: Box::new(env),

@@ -47,6 +47,8 @@
 //! - `summary`: interest summaries and the export subscriptions.
 //! - `forward`: the data path: envelopes in, routing, batches out.
 //! - `custody`: QoS >= 1 custody: held messages, acks, reroutes.
+//! - `window`: a connection's unacknowledged envelopes (a ring by link
+//!   sequence number).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -64,6 +66,7 @@ mod custody;
 mod forward;
 mod peers;
 mod summary;
+mod window;
 use crate::frame::{DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION, TableId};
 
 /// The user property that marks a message imported by mqlink: such a
@@ -441,7 +444,7 @@ struct Peer {
     /// Sent and not yet acknowledged, by link sequence number: the custody
     /// entry and copy it carries (None for QoS 0). Its size is the window
     /// in use.
-    unacked: BTreeMap<u64, Option<(u64, u64)>>,
+    unacked: window::Window,
     /// Link sequence numbers received from it whose acknowledgement is due.
     acks: Vec<u64>,
     /// Which connection under this id this is (numbers from the agent).
@@ -458,7 +461,7 @@ impl Peer {
             pending: std::array::from_fn(|_| VecDeque::new()),
             pending_qos0: 0,
             next_seq: 1,
-            unacked: BTreeMap::new(),
+            unacked: window::Window::default(),
             acks: Vec::new(),
         }
     }
