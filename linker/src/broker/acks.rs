@@ -7,12 +7,11 @@
 //!   connection) is acknowledged again instead of entering the federation
 //!   twice.
 //! - [`Inflight`]: our imports the broker has not acknowledged yet, with
-//!   their encoded bytes, so they can be sent again (DUP) when the session
+//!   what they carry, so they can be sent again (DUP) when the session
 //!   resumes, or handed back to the core when the broker lost the session.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 /// One message from the broker, waiting for the core.
@@ -133,12 +132,13 @@ impl AckQueue {
 
 /// One import the broker has not acknowledged.
 #[derive(Debug, Clone)]
-struct Out {
+struct Out<T> {
     custody: u64,
     /// Order of first transmission (resent in that order).
     order: u64,
-    /// The encoded PUBLISH.
-    bytes: Bytes,
+    /// What it carries (the session keeps the envelope, to encode it
+    /// again only if it must be resent).
+    item: T,
     /// QoS 2: PUBREC received, PUBREL sent.
     rel: bool,
 }
@@ -156,17 +156,28 @@ pub enum Outcome {
     Unknown,
 }
 
-/// Imports in flight to the broker, by packet id.
-#[derive(Debug, Default)]
-pub struct Inflight {
-    out: FxHashMap<u16, Out>,
+/// Imports in flight to the broker, by packet id, each with its `T`.
+#[derive(Debug)]
+pub struct Inflight<T> {
+    out: FxHashMap<u16, Out<T>>,
     /// Ids of SUBSCRIBE / UNSUBSCRIBE awaiting their ack (same id space).
     other: FxHashMap<u16, Vec<String>>,
     next_pkid: u16,
     order: u64,
 }
 
-impl Inflight {
+impl<T> Default for Inflight<T> {
+    fn default() -> Self {
+        Self {
+            out: FxHashMap::default(),
+            other: FxHashMap::default(),
+            next_pkid: 0,
+            order: 0,
+        }
+    }
+}
+
+impl<T> Inflight<T> {
     /// Imports in flight.
     pub fn len(&self) -> usize {
         self.out.len()
@@ -190,14 +201,14 @@ impl Inflight {
     }
 
     /// Record an import sent with `pkid`.
-    pub fn sent(&mut self, pkid: u16, custody: u64, bytes: Bytes) {
+    pub fn sent(&mut self, pkid: u16, custody: u64, item: T) {
         self.order += 1;
         self.out.insert(
             pkid,
             Out {
                 custody,
                 order: self.order,
-                bytes,
+                item,
                 rel: false,
             },
         );
@@ -242,20 +253,20 @@ impl Inflight {
     }
 
     /// The session resumed: what to send again, in the original order:
-    /// (packet id, `Some(bytes)` to resend the PUBLISH, `None` to resend
+    /// (packet id, `Some(item)` to resend the PUBLISH, `None` to resend
     /// the PUBREL).
-    pub fn resend(&self) -> Vec<(u16, Option<Bytes>)> {
-        let mut v: Vec<(&u16, &Out)> = self.out.iter().collect();
+    pub fn resend(&self) -> Vec<(u16, Option<&T>)> {
+        let mut v: Vec<(&u16, &Out<T>)> = self.out.iter().collect();
         v.sort_by_key(|(_, o)| o.order);
         v.into_iter()
-            .map(|(id, o)| (*id, (!o.rel).then(|| o.bytes.clone())))
+            .map(|(id, o)| (*id, (!o.rel).then_some(&o.item)))
             .collect()
     }
 
     /// The broker lost the session: the custody numbers of every import
     /// in flight (to be published again), oldest first.
     pub fn lost(&mut self) -> Vec<u64> {
-        let mut v: Vec<Out> = self.out.drain().map(|(_, o)| o).collect();
+        let mut v: Vec<Out<T>> = self.out.drain().map(|(_, o)| o).collect();
         v.sort_by_key(|o| o.order);
         self.other.clear();
         v.into_iter().map(|o| o.custody).collect()
@@ -321,13 +332,13 @@ mod tests {
     fn imports_resend_in_order_and_qos2_resends_pubrel() {
         let mut f = Inflight::default();
         let a = f.pkid().unwrap();
-        f.sent(a, 100, Bytes::from_static(b"a"));
+        f.sent(a, 100, "a");
         let b = f.pkid().unwrap();
-        f.sent(b, 101, Bytes::from_static(b"b"));
+        f.sent(b, 101, "b");
         assert_ne!(a, b);
         assert_eq!(f.received(b, 0), Outcome::Release);
         let r = f.resend();
-        assert_eq!(r, vec![(a, Some(Bytes::from_static(b"a"))), (b, None)]);
+        assert_eq!(r, vec![(a, Some(&"a")), (b, None)]);
         assert_eq!(f.done(b, 0), Outcome::Delivered(101));
         assert_eq!(f.done(a, 0x97), Outcome::Refused(100, 0x97));
         assert_eq!(f.done(a, 0), Outcome::Unknown);
@@ -335,13 +346,13 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_the_ones_in_use() {
-        let mut f = Inflight {
+        let mut f: Inflight<()> = Inflight {
             next_pkid: u16::MAX - 1,
             ..Default::default()
         };
         let a = f.pkid().unwrap();
         assert_eq!(a, u16::MAX);
-        f.sent(a, 1, Bytes::new());
+        f.sent(a, 1, ());
         assert_eq!(f.pkid(), Some(1), "wraps past 65,535 to 1, never 0");
         f.request(1, vec!["x".into()]);
         f.next_pkid = 0;

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mqlink_proto::{DropReason, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -77,7 +77,9 @@ pub struct Channels {
 /// State that outlives a connection.
 struct State {
     acks: AckQueue,
-    inflight: Inflight,
+    inflight: Inflight<Box<Envelope>>,
+    /// Scratch for the `mqlink-origin` value of each import.
+    origin: String,
     /// Notifications for the core, sent as one batch.
     notify: Vec<Input>,
     export: ExportState,
@@ -90,6 +92,7 @@ pub async fn run(session: Session, mut ch: Channels, export: ExportState, follow
     let mut st = State {
         acks: AckQueue::default(),
         inflight: Inflight::default(),
+        origin: String::new(),
         notify: Vec::new(),
         export,
         follower,
@@ -197,12 +200,14 @@ async fn connected(
     };
     if connack.session_present {
         // Whatever the broker has not acknowledged goes again, in order.
-        for (pkid, bytes) in st.inflight.resend() {
-            match bytes {
-                Some(b) => {
+        for (pkid, env) in st.inflight.resend() {
+            match env {
+                Some(env) => {
                     let start = c.out.len();
-                    c.out.extend_from_slice(&b);
-                    codec::set_dup(&mut c.out[start..]);
+                    let qos = super::qos_out(env.message.qos).min(c.max_qos);
+                    if encode_import(env, pkid, qos, c.broker_max, &mut st.origin, &mut c.out) {
+                        codec::set_dup(&mut c.out[start..]);
+                    }
                 }
                 None => codec::ack(&mut c.out, AckKind::PubRel, pkid),
             }
@@ -491,12 +496,11 @@ fn import(st: &mut State, c: &mut Conn, cmd: ImportCmd) {
         }
         return;
     };
-    let Some(bytes) = encode_import(&env, pkid, qos, c.broker_max) else {
+    if !encode_import(&env, pkid, qos, c.broker_max, &mut st.origin, &mut c.out) {
         return drop_import(st, &env, custody);
-    };
-    c.out.extend_from_slice(&bytes);
+    }
     match (tracked, custody) {
-        (true, Some(cu)) => st.inflight.sent(pkid, cu, bytes),
+        (true, Some(cu)) => st.inflight.sent(pkid, cu, env),
         (false, Some(cu)) => st.notify.push(Input::Delivered(cu)),
         (_, None) => {}
     }
@@ -514,18 +518,29 @@ fn drop_import(st: &mut State, env: &Envelope, custody: Option<u64>) {
     st.notify.push(Input::Dropped(reason, custody));
 }
 
-/// The encoded PUBLISH, or `None` if it expired in transit or exceeds
-/// `max` bytes.
-fn encode_import(env: &Envelope, pkid: u16, qos: u8, max: usize) -> Option<Bytes> {
-    let origin = format!("{}:{}:{}", env.origin, env.epoch, env.seq);
-    let mut out = import_out(env, pkid, &origin)?;
-    out.qos = qos;
-    if out.encoded_len() > max {
-        return None;
+/// Append the PUBLISH for `env` to `out` (with `origin` as scratch for
+/// its `mqlink-origin` value); false, and nothing appended, if it expired
+/// in transit or exceeds `max` bytes.
+fn encode_import(
+    env: &Envelope,
+    pkid: u16,
+    qos: u8,
+    max: usize,
+    origin: &mut String,
+    out: &mut BytesMut,
+) -> bool {
+    use std::fmt::Write as _;
+    origin.clear();
+    let _ = write!(origin, "{}:{}:{}", env.origin, env.epoch, env.seq);
+    let Some(mut p) = import_out(env, pkid, origin) else {
+        return false;
+    };
+    p.qos = qos;
+    if p.encoded_len() > max {
+        return false;
     }
-    let mut b = BytesMut::with_capacity(out.encoded_len());
-    out.encode(&mut b);
-    Some(b.freeze())
+    p.encode(out);
+    true
 }
 
 #[cfg(test)]
@@ -535,7 +550,7 @@ mod tests {
     //! acknowledgement made good, a lost session handing imports back.
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use bytes::Buf;
+    use bytes::{Buf, Bytes};
     use mqlink_proto::{Message, Properties, Qos};
     use mqlink_topology::{NodeName, RegionName, TopicName};
     use tokio::net::TcpListener;
