@@ -322,6 +322,19 @@ impl AgentProc {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// CPU time it has used (user + system), from `/proc/PID/stat`;
+    /// `None` where that cannot be read. Linux reports it in clock ticks of
+    /// `USER_HZ`, which is 100 on every mainstream kernel configuration.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.id())).ok()?;
+        // Fields after the command name (which may hold spaces), from 3 on.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
 }
 
 impl Drop for AgentProc {

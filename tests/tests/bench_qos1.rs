@@ -10,8 +10,13 @@
 //! ```
 //!
 //! `MQLINK_BENCH_MESSAGES` sets the message count per run (default
-//! 100,000), `MQLINK_BENCH_ROUNDS` the rounds (default 3), `MQLINK_BENCH_IDLE_SECS` the silence that ends a run (default 5): the setups
-//! stay up and take turns, and the table gives each one's median.
+//! 100,000), `MQLINK_BENCH_ROUNDS` the rounds (default 3),
+//! `MQLINK_BENCH_IDLE_SECS` the silence that ends a run (default 5): the
+//! setups stay up and take turns, and the table gives each one's median,
+//! with the agents' CPU time per message for mqlink (from `/proc`; steadier
+//! than the rates on a shared machine). Rebuild the `mqlink` binary in
+//! release first (`cargo build --release -p mqlink`): the agents are that
+//! binary, which `-p mqlink-e2e` does not rebuild.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark: a failure should panic
 
@@ -29,6 +34,8 @@ struct Run {
     rate: f64,
     lost: u64,
     duplicates: u64,
+    /// mqlink only: CPU time of each agent per message delivered, in µs.
+    agent_cpu_us: Option<(f64, f64)>,
 }
 
 /// Publish `n` messages on `publ` as fast as it goes; count at `sub`.
@@ -92,6 +99,7 @@ async fn measure(publ: &Client, sub: &mut Client, n: u64, idle: Duration) -> Run
         rate: seen.len() as f64 / secs,
         lost: n - seen.len() as u64,
         duplicates: total - seen.len() as u64,
+        agent_cpu_us: None,
     }
 }
 
@@ -166,9 +174,26 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
     .await;
     setups.push(sub_pub(sub, publ, "mqlink"));
 
+    let cpu = |fed: &ProcFederation, region: &str| {
+        fed.regions[region]
+            .agent
+            .as_ref()
+            .and_then(|a| a.cpu_time())
+            .unwrap_or_default()
+    };
     for round in 0..rounds {
         for s in &mut setups {
-            let r = measure(&s.publ, &mut s.sub, n, idle).await;
+            let before = (cpu(&fed, "a"), cpu(&fed, "b"));
+            let mut r = measure(&s.publ, &mut s.sub, n, idle).await;
+            if s.name == "mqlink" {
+                let per = |after: Duration, before: Duration| {
+                    (after - before).as_secs_f64() * 1e6 / n as f64
+                };
+                r.agent_cpu_us = Some((
+                    per(cpu(&fed, "a"), before.0),
+                    per(cpu(&fed, "b"), before.1),
+                ));
+            }
             eprintln!("round {}: {}: {:.0} msg/s", round + 1, s.name, r.rate);
             s.runs.push(r);
         }
@@ -184,18 +209,31 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
         "\nQoS 1, {n} messages of 100 B over 100 topics, one publisher as fast as it goes, \
          {rounds} rounds taking turns (median; all rounds):"
     );
-    println!("| setup | delivered msg/s | vs bridge | rounds | lost | duplicates |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| setup | delivered msg/s | vs bridge | rounds | lost | duplicates | agent CPU per message (a / b) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for s in &setups {
         let all: Vec<String> = s.runs.iter().map(|r| format!("{:.0}", r.rate)).collect();
+        let cpu: Vec<(f64, f64)> = s.runs.iter().filter_map(|r| r.agent_cpu_us).collect();
+        let cpu = if cpu.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.1} / {:.1} µs",
+                median(cpu.iter().map(|c| c.0).collect()),
+                median(cpu.iter().map(|c| c.1).collect())
+            )
+        };
         println!(
-            "| {} | {:.0} | {:.2}x | {} | {} | {} |",
+            "| {} | {:.0} | {:.2}x | {} | {} | {} | {} |",
             s.name,
             rate(s),
             rate(s) / bridge_rate,
             all.join(", "),
             s.runs.iter().map(|r| r.lost).sum::<u64>(),
-            s.runs.iter().map(|r| r.duplicates).sum::<u64>()
+            s.runs.iter().map(|r| r.duplicates).sum::<u64>(),
+            cpu
         );
     }
     for s in &setups {
