@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// A broker this process started.
 pub enum LocalBroker {
     /// In-process `mqtt5` broker.

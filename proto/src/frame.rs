@@ -683,7 +683,10 @@ mod tests {
         let a = region("f", "eu-west".into()).unwrap();
         let b = region("f", "eu-west".into()).unwrap();
         assert_eq!(a, b);
-        assert!(region("f", "EU!".into()).is_err(), "a bad name is never cached");
+        assert!(
+            region("f", "EU!".into()).is_err(),
+            "a bad name is never cached"
+        );
         assert!(region("f", "EU!".into()).is_err());
         for i in 0..NAMES_MAX + 100 {
             region("f", format!("r{i}")).unwrap();

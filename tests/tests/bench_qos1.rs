@@ -189,10 +189,8 @@ async fn bench_qos1_one_broker_bridge_and_mqlink() {
                 let per = |after: Duration, before: Duration| {
                     (after - before).as_secs_f64() * 1e6 / n as f64
                 };
-                r.agent_cpu_us = Some((
-                    per(cpu(&fed, "a"), before.0),
-                    per(cpu(&fed, "b"), before.1),
-                ));
+                r.agent_cpu_us =
+                    Some((per(cpu(&fed, "a"), before.0), per(cpu(&fed, "b"), before.1)));
             }
             eprintln!("round {}: {}: {:.0} msg/s", round + 1, s.name, r.rate);
             s.runs.push(r);

@@ -305,7 +305,9 @@ mod tests {
     #[test]
     fn a_redelivery_is_held_or_acknowledged_again_never_new() {
         let mut q = AckQueue::default();
-        let Arrival::New(a) = q.arrive(1, 1, false) else { panic!() };
+        let Arrival::New(a) = q.arrive(1, 1, false) else {
+            panic!()
+        };
         assert_eq!(q.arrive(1, 1, true), Arrival::Held);
         q.release(a);
         assert_eq!(ready(&mut q), vec![1]);
@@ -320,7 +322,9 @@ mod tests {
     #[test]
     fn a_lost_session_voids_the_ids_it_held() {
         let mut q = AckQueue::default();
-        let Arrival::New(a) = q.arrive(5, 1, false) else { panic!() };
+        let Arrival::New(a) = q.arrive(5, 1, false) else {
+            panic!()
+        };
         q.session_lost();
         // The new session's message 5 is another message.
         assert!(matches!(q.arrive(5, 1, true), Arrival::New(_)));

@@ -88,7 +88,12 @@ struct State {
 }
 
 /// Drive the broker session until the core goes away.
-pub async fn run(session: Session, mut ch: Channels, export: ExportState, follower: Option<LogFollower>) {
+pub async fn run(
+    session: Session,
+    mut ch: Channels,
+    export: ExportState,
+    follower: Option<LogFollower>,
+) {
     let mut st = State {
         acks: AckQueue::default(),
         inflight: Inflight::default(),
@@ -101,7 +106,10 @@ pub async fn run(session: Session, mut ch: Channels, export: ExportState, follow
     loop {
         let err = match connect(&session).await {
             Ok((stream, connack, rest)) => {
-                debug!(session_present = connack.session_present, "connected to the local broker");
+                debug!(
+                    session_present = connack.session_present,
+                    "connected to the local broker"
+                );
                 connected(&session, &mut st, &mut ch, stream, connack, rest).await
             }
             Err(e) => e,
@@ -149,7 +157,10 @@ async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), C
                     text: a.reason_string,
                 }),
                 Incoming::Disconnect(r) => Err(ConnError::Disconnected(r)),
-                _ => Err(ConnError::Codec(CodecError::Unexpected { kind: 0, flags: 0 })),
+                _ => Err(ConnError::Codec(CodecError::Unexpected {
+                    kind: 0,
+                    flags: 0,
+                })),
             };
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -192,7 +203,8 @@ async fn connected(
     st.inflight.forget_requests();
     let mut c = Conn {
         out: BytesMut::with_capacity(64 * 1024),
-        import_max: super::IMPORT_INFLIGHT.min(usize::from(connack.receive_max.unwrap_or(u16::MAX))),
+        import_max: super::IMPORT_INFLIGHT
+            .min(usize::from(connack.receive_max.unwrap_or(u16::MAX))),
         broker_max: connack.max_packet.map_or(MAX_PACKET, |m| m as usize),
         max_qos: connack.max_qos.unwrap_or(2),
         last_write: Instant::now(),
@@ -222,7 +234,10 @@ async fn connected(
     }
     subscribe_all(st, &mut c);
     let keep_alive = Duration::from_secs(u64::from(
-        connack.server_keep_alive.unwrap_or(s.connect.keep_alive).max(1),
+        connack
+            .server_keep_alive
+            .unwrap_or(s.connect.keep_alive)
+            .max(1),
     ));
     if let Err(e) = incoming(st, &mut c, &mut rbuf) {
         return e;
@@ -325,7 +340,11 @@ fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), Conn
                 for (i, code) in codes.iter().enumerate() {
                     if *code >= 0x80 {
                         let f = filters.get(i).map_or("?", String::as_str);
-                        warn!(filter = f, reason = format!("{code:#x}"), "the local broker refused a (un)subscription");
+                        warn!(
+                            filter = f,
+                            reason = format!("{code:#x}"),
+                            "the local broker refused a (un)subscription"
+                        );
                         metrics::counter!("mqlink_broker_subscribe_failures_total").increment(1);
                     }
                 }
@@ -341,8 +360,13 @@ fn outcome(st: &mut State, o: Outcome, pkid: u16) {
     match o {
         Outcome::Delivered(c) => st.notify.push(Input::Delivered(c)),
         Outcome::Refused(c, reason) => {
-            warn!(pkid, reason = format!("{reason:#x}"), "the local broker refused an import");
-            st.notify.push(Input::Dropped(DropReason::BrokerRefused, Some(c)));
+            warn!(
+                pkid,
+                reason = format!("{reason:#x}"),
+                "the local broker refused an import"
+            );
+            st.notify
+                .push(Input::Dropped(DropReason::BrokerRefused, Some(c)));
         }
         Outcome::Release | Outcome::Unknown => {}
     }
@@ -366,7 +390,8 @@ fn publish(st: &mut State, c: &mut Conn, p: Publish) {
         // Not taken: a QoS >= 1 message stays the broker's
         // (unacknowledged, redelivered to our next session).
         if p.qos == 0 {
-            st.notify.push(Input::Dropped(DropReason::ShuttingDown, None));
+            st.notify
+                .push(Input::Dropped(DropReason::ShuttingDown, None));
         }
         return;
     }
@@ -575,22 +600,39 @@ mod tests {
                     return (first >> 4, first & 0xF, buf.split_to(len).freeze());
                 }
             }
-            let n = tokio::time::timeout(WAIT, s.read_buf(buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(WAIT, s.read_buf(buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "client closed");
         }
     }
 
     /// Accept the session's connection; answer CONNECT.
     async fn accept(l: &TcpListener, session_present: bool) -> (TcpStream, BytesMut) {
-        let (mut s, _) = tokio::time::timeout(WAIT, l.accept()).await.unwrap().unwrap();
+        let (mut s, _) = tokio::time::timeout(WAIT, l.accept())
+            .await
+            .unwrap()
+            .unwrap();
         let mut buf = BytesMut::new();
         let (kind, _, body) = packet(&mut s, &mut buf).await;
         assert_eq!(kind, 1, "CONNECT first");
         assert_eq!(body[7] & 0x02, 0, "clean start off: a persistent session");
         // CONNACK: receive maximum 10, maximum QoS 1.
-        s.write_all(&[0x20, 8, u8::from(session_present), 0, 5, 0x21, 0, 10, 0x24, 1])
-            .await
-            .unwrap();
+        s.write_all(&[
+            0x20,
+            8,
+            u8::from(session_present),
+            0,
+            5,
+            0x21,
+            0,
+            10,
+            0x24,
+            1,
+        ])
+        .await
+        .unwrap();
         (s, buf)
     }
 
@@ -611,7 +653,11 @@ mod tests {
     }
 
     async fn core_input(rx: &mut mpsc::Receiver<Input>) -> Vec<Input> {
-        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Input::Batch(v) => v,
             other => vec![other],
         }
@@ -681,8 +727,12 @@ mod tests {
             }
         }
         assert_eq!(tokens[0].0, "a/1");
-        export_tx.send(ExportCmd::Release(vec![tokens[1].1])).unwrap();
-        export_tx.send(ExportCmd::Release(vec![tokens[0].1])).unwrap();
+        export_tx
+            .send(ExportCmd::Release(vec![tokens[1].1]))
+            .unwrap();
+        export_tx
+            .send(ExportCmd::Release(vec![tokens[0].1]))
+            .unwrap();
         let acks: Vec<(u8, Bytes)> = [
             packet(&mut s, &mut buf).await,
             packet(&mut s, &mut buf).await,
@@ -690,7 +740,13 @@ mod tests {
         .into_iter()
         .map(|(k, _, b)| (k, b))
         .collect();
-        assert_eq!(acks, vec![(4, Bytes::from_static(&[0, 1])), (4, Bytes::from_static(&[0, 2]))]);
+        assert_eq!(
+            acks,
+            vec![
+                (4, Bytes::from_static(&[0, 1])),
+                (4, Bytes::from_static(&[0, 2]))
+            ]
+        );
 
         // 2. An import at QoS 2 goes out at the broker's maximum, QoS 1.
         import_tx
@@ -729,8 +785,14 @@ mod tests {
         let pkid = u16::from_be_bytes([again[2 + topic_len], again[3 + topic_len]]);
         publish(&mut s, "a/3", 3, true).await;
         let (kind, _, body) = packet(&mut s, &mut buf).await;
-        assert_eq!((kind, &body[..]), (4, &[0u8, 3][..]), "a/3 acknowledged again");
-        s.write_all(&[0x40, 2, (pkid >> 8) as u8, pkid as u8]).await.unwrap();
+        assert_eq!(
+            (kind, &body[..]),
+            (4, &[0u8, 3][..]),
+            "a/3 acknowledged again"
+        );
+        s.write_all(&[0x40, 2, (pkid >> 8) as u8, pkid as u8])
+            .await
+            .unwrap();
         publish(&mut s, "a/4", 4, false).await;
         let mut seen = Vec::new();
         while !(seen.iter().any(|i| matches!(i, Input::Publish(..)))
@@ -745,7 +807,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(topics, vec!["a/4"], "the redelivered a/3 never reached the core");
+        assert_eq!(
+            topics,
+            vec!["a/4"],
+            "the redelivered a/3 never reached the core"
+        );
 
         // 4. The broker loses the session: an import in flight is handed back.
         import_tx

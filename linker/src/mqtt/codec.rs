@@ -397,10 +397,12 @@ pub fn ack(buf: &mut BytesMut, kind: AckKind, pkid: u16) {
 
 /// Append a SUBSCRIBE.
 pub fn subscribe(buf: &mut BytesMut, pkid: u16, subs: &[Subscription]) {
-    let len = 2 + 1 + subs
-        .iter()
-        .map(|s| str_len(s.filter.as_bytes()) + 1)
-        .sum::<usize>();
+    let len = 2
+        + 1
+        + subs
+            .iter()
+            .map(|s| str_len(s.filter.as_bytes()) + 1)
+            .sum::<usize>();
     packet(buf, 0x82, len, |b| {
         b.put_u16(pkid);
         put_varint(b, 0);
@@ -511,7 +513,9 @@ fn props(c: &mut Cur, mut f: impl FnMut(Prop) -> Result<(), CodecError>) -> Resu
     while !p.is_empty() {
         let id = p.u8("property id")?;
         let prop = match id {
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => Prop::Byte(id, p.u8("property")?),
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+                Prop::Byte(id, p.u8("property")?)
+            }
             0x13 | 0x21 | 0x22 | 0x23 => Prop::Short(id, p.u16("property")?),
             0x02 | 0x11 | 0x18 | 0x27 => Prop::Int(id, p.u32("property")?),
             0x0B => Prop::Int(id, p.varint("subscription identifier")?),
@@ -753,7 +757,10 @@ mod tests {
         assert_eq!(a.max_qos, Some(1));
         assert_eq!(a.reason_string.as_deref(), Some("ok"));
         // MQTT 3-style short CONNACK (no properties) also decodes.
-        assert!(matches!(one(&[0x20, 2, 0, 0]), Ok(Some(Incoming::ConnAck(_)))));
+        assert!(matches!(
+            one(&[0x20, 2, 0, 0]),
+            Ok(Some(Incoming::ConnAck(_)))
+        ));
     }
 
     #[test]
@@ -763,7 +770,10 @@ mod tests {
             one(&[0x40, 4, 0, 5, 0x87, 0]).unwrap(),
             Some(Incoming::PubAck(5, 0x87))
         );
-        assert_eq!(one(&[0x62, 2, 1, 0]).unwrap(), Some(Incoming::PubRel(256, 0)));
+        assert_eq!(
+            one(&[0x62, 2, 1, 0]).unwrap(),
+            Some(Incoming::PubRel(256, 0))
+        );
         assert_eq!(
             one(&[0x90, 5, 0, 9, 0, 1, 0x80]).unwrap(),
             Some(Incoming::SubAck(9, vec![1, 0x80]))
@@ -778,7 +788,10 @@ mod tests {
             one(&[0x10, 0]),
             Err(CodecError::Unexpected { kind: 1, flags: 0 })
         );
-        assert_eq!(one(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 1]), Err(CodecError::BadLength));
+        assert_eq!(
+            one(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 1]),
+            Err(CodecError::BadLength)
+        );
         assert!(matches!(
             one(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]),
             Err(CodecError::TooLarge { .. })

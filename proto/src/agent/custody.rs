@@ -796,13 +796,24 @@ mod tests {
     #[test]
     fn source_keys_that_share_epoch_and_seq_stay_apart() {
         let mut k = ByKey::default();
-        let (a, b, c) = (env("a", "n", 1, 7), env("b", "n", 1, 7), env("a", "m", 1, 7));
+        let (a, b, c) = (
+            env("a", "n", 1, 7),
+            env("b", "n", 1, 7),
+            env("a", "m", 1, 7),
+        );
         k.insert(&a, 1);
         k.insert(&b, 2);
         k.insert(&c, 3);
-        assert_eq!((k.get(&a), k.get(&b), k.get(&c)), (Some(1), Some(2), Some(3)));
+        assert_eq!(
+            (k.get(&a), k.get(&b), k.get(&c)),
+            (Some(1), Some(2), Some(3))
+        );
         k.insert(&b, 4);
-        assert_eq!(k.get(&b), Some(4), "a later entry of the same source replaces");
+        assert_eq!(
+            k.get(&b),
+            Some(4),
+            "a later entry of the same source replaces"
+        );
         k.remove(&a, 99);
         assert_eq!(k.get(&a), Some(1), "removed only if it is that entry");
         k.remove(&a, 1);

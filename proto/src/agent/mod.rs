@@ -692,7 +692,10 @@ impl Agent {
             self.export_due,
             self.router.poll_timeout(),
             self.custody_timeout(),
-            self.silent_since.values().min().map(|t| *t + self.cfg.max_age),
+            self.silent_since
+                .values()
+                .min()
+                .map(|t| *t + self.cfg.max_age),
         ]
         .into_iter()
         .flatten()
