@@ -58,6 +58,8 @@ enum ConnError {
     Refused { reason: u8, text: Option<String> },
     #[error("the broker sent DISCONNECT (reason {0:#x})")]
     Disconnected(u8),
+    #[error("the broker answered CONNECT with something other than CONNACK")]
+    NoConnAck,
     #[error("no answer from the broker within the keep-alive")]
     Timeout,
     #[error("the core is gone")]
@@ -140,9 +142,8 @@ pub async fn run(
 /// TCP connect, CONNECT, CONNACK; also what arrived after the CONNACK in
 /// the same read (the broker may send queued messages right behind it).
 async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), ConnError> {
-    let stream = TcpStream::connect((s.host.as_str(), s.port)).await?;
+    let mut stream = TcpStream::connect((s.host.as_str(), s.port)).await?;
     stream.set_nodelay(true)?;
-    let mut stream = stream;
     let mut buf = BytesMut::new();
     codec::connect(&mut buf, &s.connect);
     stream.write_all(&buf).await?;
@@ -157,10 +158,7 @@ async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), C
                     text: a.reason_string,
                 }),
                 Incoming::Disconnect(r) => Err(ConnError::Disconnected(r)),
-                _ => Err(ConnError::Codec(CodecError::Unexpected {
-                    kind: 0,
-                    flags: 0,
-                })),
+                _ => Err(ConnError::NoConnAck),
             };
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -652,15 +650,27 @@ mod tests {
         s.write_all(&b).await.unwrap();
     }
 
-    async fn core_input(rx: &mut mpsc::Receiver<Input>) -> Vec<Input> {
-        match tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Input::Batch(v) => v,
-            other => vec![other],
+    /// Inputs to the core, gathered until `done` holds for all of them.
+    async fn inputs_until(
+        rx: &mut mpsc::Receiver<Input>,
+        done: impl Fn(&[Input]) -> bool,
+    ) -> Vec<Input> {
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Input::Batch(v) => seen.extend(v),
+                other => seen.push(other),
+            }
         }
+        seen
+    }
+
+    fn is_publish(i: &Input) -> bool {
+        matches!(i, Input::Publish(..))
     }
 
     fn env(seq: u64) -> Box<Envelope> {
@@ -718,14 +728,17 @@ mod tests {
         let (mut s, mut buf) = accept(&l, false).await;
         publish(&mut s, "a/1", 1, false).await;
         publish(&mut s, "a/2", 2, false).await;
-        let mut tokens = Vec::new();
-        while tokens.len() < 2 {
-            for i in core_input(&mut core_rx).await {
-                if let Input::Publish(m, Some(t)) = i {
-                    tokens.push((m.topic.to_string(), t));
-                }
-            }
-        }
+        let seen = inputs_until(&mut core_rx, |v| {
+            v.iter().filter(|i| is_publish(i)).count() >= 2
+        })
+        .await;
+        let tokens: Vec<(String, u64)> = seen
+            .into_iter()
+            .filter_map(|i| match i {
+                Input::Publish(m, Some(t)) => Some((m.topic.to_string(), t)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(tokens[0].0, "a/1");
         export_tx
             .send(ExportCmd::Release(vec![tokens[1].1]))
@@ -760,18 +773,14 @@ mod tests {
         assert_eq!((kind, flags), (3, 0x02), "PUBLISH, QoS 1, no DUP");
         // A message whose acknowledgement will be lost with the connection.
         publish(&mut s, "a/3", 3, false).await;
-        let t3 = loop {
-            if let Some(t) = core_input(&mut core_rx)
-                .await
-                .into_iter()
-                .find_map(|i| match i {
-                    Input::Publish(_, t) => t,
-                    _ => None,
-                })
-            {
-                break t;
-            }
-        };
+        let t3 = inputs_until(&mut core_rx, |v| v.iter().any(is_publish))
+            .await
+            .into_iter()
+            .find_map(|i| match i {
+                Input::Publish(_, t) => t,
+                _ => None,
+            })
+            .unwrap();
         drop(s);
         export_tx.send(ExportCmd::Release(vec![t3])).unwrap();
 
@@ -794,12 +803,10 @@ mod tests {
             .await
             .unwrap();
         publish(&mut s, "a/4", 4, false).await;
-        let mut seen = Vec::new();
-        while !(seen.iter().any(|i| matches!(i, Input::Publish(..)))
-            && seen.iter().any(|i| matches!(i, Input::Delivered(7))))
-        {
-            seen.extend(core_input(&mut core_rx).await);
-        }
+        let seen = inputs_until(&mut core_rx, |v| {
+            v.iter().any(is_publish) && v.iter().any(|i| matches!(i, Input::Delivered(7)))
+        })
+        .await;
         let topics: Vec<String> = seen
             .iter()
             .filter_map(|i| match i {
@@ -825,11 +832,9 @@ mod tests {
         assert_eq!(kind, 3);
         drop(s);
         let (_s, _buf) = accept(&l, false).await;
-        loop {
-            let got = core_input(&mut core_rx).await;
-            if got.iter().any(|i| matches!(i, Input::DeliveryLost(8))) {
-                break;
-            }
-        }
+        inputs_until(&mut core_rx, |v| {
+            v.iter().any(|i| matches!(i, Input::DeliveryLost(8)))
+        })
+        .await;
     }
 }

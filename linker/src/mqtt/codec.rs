@@ -507,7 +507,7 @@ enum Prop {
 }
 
 /// Read a property block (length, then properties) and hand each to `f`.
-fn props(c: &mut Cur, mut f: impl FnMut(Prop) -> Result<(), CodecError>) -> Result<(), CodecError> {
+fn props(c: &mut Cur, mut f: impl FnMut(Prop)) -> Result<(), CodecError> {
     let n = c.varint("property length")? as usize;
     let mut p = c.take(n, "properties")?;
     while !p.is_empty() {
@@ -524,7 +524,7 @@ fn props(c: &mut Cur, mut f: impl FnMut(Prop) -> Result<(), CodecError>) -> Resu
             0x26 => Prop::Pair(p.string("user property")?, p.string("user property")?),
             other => return Err(CodecError::UnknownProperty(other)),
         };
-        f(prop)?;
+        f(prop);
     }
     Ok(())
 }
@@ -580,7 +580,7 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Incoming>, CodecE
         }
         (9, 0) | (11, 0) => {
             let id = c.u16("packet id")?;
-            props(&mut c, |_| Ok(()))?;
+            props(&mut c, |_| {})?;
             let codes = c.rest().to_vec();
             if kind == 9 {
                 Incoming::SubAck(id, codes)
@@ -604,16 +604,13 @@ fn connack(c: &mut Cur) -> Result<ConnAck, CodecError> {
     if c.is_empty() {
         return Ok(a);
     }
-    props(c, |p| {
-        match p {
-            Prop::Short(0x21, v) => a.receive_max = Some(v),
-            Prop::Int(0x27, v) => a.max_packet = Some(v),
-            Prop::Byte(0x24, v) => a.max_qos = Some(v),
-            Prop::Str(0x1F, s) => a.reason_string = Some(s),
-            Prop::Short(0x13, v) => a.server_keep_alive = Some(v),
-            _ => {}
-        }
-        Ok(())
+    props(c, |p| match p {
+        Prop::Short(0x21, v) => a.receive_max = Some(v),
+        Prop::Int(0x27, v) => a.max_packet = Some(v),
+        Prop::Byte(0x24, v) => a.max_qos = Some(v),
+        Prop::Str(0x1F, s) => a.reason_string = Some(s),
+        Prop::Short(0x13, v) => a.server_keep_alive = Some(v),
+        _ => {}
     })?;
     Ok(a)
 }
@@ -635,19 +632,16 @@ fn publish(c: &mut Cur, flags: u8) -> Result<Publish, CodecError> {
     }
     let mut alias = false;
     let pr = &mut p.props;
-    props(c, |prop| {
-        match prop {
-            Prop::Byte(0x01, v) => pr.payload_format = Some(v),
-            Prop::Int(0x02, v) => pr.expiry = Some(v),
-            Prop::Str(0x03, s) => pr.content_type = Some(s),
-            Prop::Str(0x08, s) => pr.response_topic = Some(s),
-            Prop::Bin(0x09, b) => pr.correlation = Some(b),
-            Prop::Pair(k, v) => pr.user.push((k, v)),
-            Prop::Int(0x0B, v) => pr.sub_ids.push(v),
-            Prop::Short(0x23, _) => alias = true,
-            _ => {}
-        }
-        Ok(())
+    props(c, |prop| match prop {
+        Prop::Byte(0x01, v) => pr.payload_format = Some(v),
+        Prop::Int(0x02, v) => pr.expiry = Some(v),
+        Prop::Str(0x03, s) => pr.content_type = Some(s),
+        Prop::Str(0x08, s) => pr.response_topic = Some(s),
+        Prop::Bin(0x09, b) => pr.correlation = Some(b),
+        Prop::Pair(k, v) => pr.user.push((k, v)),
+        Prop::Int(0x0B, v) => pr.sub_ids.push(v),
+        Prop::Short(0x23, _) => alias = true,
+        _ => {}
     })?;
     if alias {
         return Err(CodecError::TopicAlias);

@@ -106,29 +106,12 @@ pub(super) struct Custody {
 /// Entries by message source key (origin, node, epoch, seq), looked up
 /// without allocating: by (epoch, seq), which almost never collide
 /// (an epoch is an agent's start time in ms), then by origin and node.
-/// The one entry of a key is stored inline (no allocation per message);
-/// the rare collisions spill into a vector.
+/// The one entry of a key is stored inline (no allocation per message).
 #[derive(Debug, Default)]
-struct ByKey(FxHashMap<(u64, u64), Slot>);
+struct ByKey(FxHashMap<(u64, u64), SmallVec<[SourceEntry; 1]>>);
 
 /// (origin, node, custody entry).
 type SourceEntry = (RegionName, NodeName, u64);
-
-/// The entries of one (epoch, seq).
-#[derive(Debug)]
-enum Slot {
-    One(SourceEntry),
-    Many(Vec<SourceEntry>),
-}
-
-impl Slot {
-    fn entries(&self) -> &[SourceEntry] {
-        match self {
-            Slot::One(e) => std::slice::from_ref(e),
-            Slot::Many(v) => v,
-        }
-    }
-}
 
 fn same_source(e: &SourceEntry, env: &Envelope) -> bool {
     e.0 == env.origin && e.1 == env.origin_node
@@ -138,51 +121,27 @@ impl ByKey {
     fn get(&self, env: &Envelope) -> Option<u64> {
         self.0
             .get(&(env.epoch, env.seq))?
-            .entries()
             .iter()
             .find(|e| same_source(e, env))
             .map(|e| e.2)
     }
 
     fn insert(&mut self, env: &Envelope, id: u64) {
-        let entry = || (env.origin.clone(), env.origin_node.clone(), id);
-        match self.0.entry((env.epoch, env.seq)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Slot::One(entry()));
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let slot = o.get_mut();
-                if let Slot::One(e) = slot {
-                    if same_source(e, env) {
-                        e.2 = id;
-                        return;
-                    }
-                    let first = e.clone();
-                    *slot = Slot::Many(vec![first]);
-                }
-                if let Slot::Many(v) = slot {
-                    match v.iter_mut().find(|e| same_source(e, env)) {
-                        Some(e) => e.2 = id,
-                        None => v.push(entry()),
-                    }
-                }
-            }
+        let v = self.0.entry((env.epoch, env.seq)).or_default();
+        match v.iter_mut().find(|e| same_source(e, env)) {
+            Some(e) => e.2 = id,
+            None => v.push((env.origin.clone(), env.origin_node.clone(), id)),
         }
     }
 
     /// Remove `env`'s entry if it is `id`.
     fn remove(&mut self, env: &Envelope, id: u64) {
         let k = (env.epoch, env.seq);
-        let empty = match self.0.get_mut(&k) {
-            Some(Slot::One(e)) => same_source(e, env) && e.2 == id,
-            Some(Slot::Many(v)) => {
-                v.retain(|e| !(same_source(e, env) && e.2 == id));
-                v.is_empty()
+        if let Some(v) = self.0.get_mut(&k) {
+            v.retain(|e| !(same_source(e, env) && e.2 == id));
+            if v.is_empty() {
+                self.0.remove(&k);
             }
-            None => false,
-        };
-        if empty {
-            self.0.remove(&k);
         }
     }
 }

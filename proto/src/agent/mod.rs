@@ -517,6 +517,8 @@ pub struct Agent {
     /// Regions whose interest we hold but which have no live agent, since
     /// when (see `forget_gone`).
     silent_since: BTreeMap<RegionName, Instant>,
+    /// (LSDB version, interests revision) of the last look for gone regions.
+    gone_checked: Option<(u64, u64)>,
     /// Regions forgotten after `max_age` of silence: a table of theirs
     /// that a lagging peer sends again is dropped again, until the region
     /// has a live agent. At most [`FORGOTTEN_MAX`].
@@ -567,6 +569,7 @@ impl Agent {
             digest_sum_cache: None,
             departed_checked: None,
             silent_since: BTreeMap::new(),
+            gone_checked: None,
             forgotten: BTreeSet::new(),
             custody: custody::Custody::default(),
             warm_until: now + cfg.warmup,

@@ -284,6 +284,20 @@ impl Agent {
     /// back (a live LSA) is remembered again from its summaries. Returns
     /// whether anything was dropped.
     pub(super) fn forget_gone(&mut self, now: Instant) -> bool {
+        // Nothing to do while the LSAs and tables are as at the last look
+        // and no silent region is due (this runs on every timeout).
+        let state = (
+            self.router.lsdb().version(),
+            self.router.interests().revision(),
+        );
+        let due = self
+            .silent_since
+            .values()
+            .min()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.cfg.max_age);
+        if self.gone_checked == Some(state) && !due {
+            return false;
+        }
         let lsdb = self.router.lsdb();
         let live: BTreeSet<RegionName> = lsdb.lsas().map(|l| l.origin.clone()).collect();
         let held: BTreeSet<RegionName> = self
@@ -334,6 +348,10 @@ impl Agent {
                 self.forgotten.remove(&r);
             }
         }
+        self.gone_checked = Some((
+            self.router.lsdb().version(),
+            self.router.interests().revision(),
+        ));
         !gone.is_empty()
     }
 
