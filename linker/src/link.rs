@@ -19,6 +19,10 @@
 //!   order (on a stream of its own it overtook, and was overtaken by, the
 //!   small messages around it), at the price of delaying the other topics
 //!   of that shard while it crosses.
+//! - Batches use the lean encoding of `mqlink_proto::frame` (names once
+//!   per batch, topics aliased per stream): the data writer keeps one
+//!   alias table per stream and each stream's reader rebuilds it, both for
+//!   the stream's life.
 //! - Bytes that do not decode as a frame close the connection with the
 //!   decode error as reason (and a metric, counted by the core).
 //! - Peer endpoints are resolved again at every dial attempt with the
@@ -33,7 +37,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqlink_config::Endpoint;
-use mqlink_proto::{Frame, PeerId, decode, encode, shard_of};
+use mqlink_proto::{Frame, PeerId, TopicAliases, decode_with, encode, encode_with, shard_of};
 use mqlink_topology::RegionName;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -271,6 +275,8 @@ async fn write_data(
             bytes_out.clone(),
         )));
     }
+    // Each stream's topic aliases, as its reader will rebuild them.
+    let mut aliases: [TopicAliases; DATA_SHARDS] = Default::default();
     let mut buf = BytesMut::new();
     while let Some(frame) = frames.recv().await {
         let Frame::Data(mut batch) = frame else {
@@ -289,7 +295,7 @@ async fn write_data(
             continue;
         };
         let i = shard_of(&first.message.topic);
-        encode(Frame::Data(batch), &mut buf);
+        encode_with(Frame::Data(batch), &mut aliases[i], &mut buf);
         let bytes = buf.split().freeze();
         if writers[i].send(bytes).is_err() {
             break;
@@ -335,6 +341,7 @@ async fn accept_data(conn: quinn::Connection, peer: PeerId, core: mpsc::Sender<I
 async fn read_stream(mut recv: quinn::RecvStream, peer: PeerId, core: mpsc::Sender<Input>) {
     let bytes_in = metrics::counter!("mqlink_bytes_in_total", "peer" => peer.region.to_string());
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut aliases = TopicAliases::default();
     loop {
         match recv.read_chunk(256 * 1024, true).await {
             Ok(Some(chunk)) => {
@@ -344,7 +351,7 @@ async fn read_stream(mut recv: quinn::RecvStream, peer: PeerId, core: mpsc::Send
             Ok(None) | Err(_) => return,
         }
         loop {
-            match decode(&mut buf) {
+            match decode_with(&mut buf, &mut aliases) {
                 Ok(Some(frame)) => {
                     if core
                         .send(Input::Frame {

@@ -4,11 +4,14 @@
 //!
 //! # Layout
 //!
-//! - `link.proto` (crate root): the wire format, compiled by `build.rs` with
-//!   prost + protox (no system `protoc`) into the private `wire` module.
+//! - `link.proto` (crate root): the wire format of control frames,
+//!   compiled by `build.rs` with prost + protox (no system `protoc`) into
+//!   the private `wire` module.
 //! - [`frame`]: domain frames ([`Frame`], [`Envelope`], ...), their checked
 //!   conversion from the wire types (bad peer input becomes a
-//!   [`FrameError`], never a panic), and length-prefixed encode/decode.
+//!   [`FrameError`], never a panic), and length-prefixed encode/decode;
+//!   `frame/data.rs`: the lean encoding of data batches (tables of names
+//!   per batch, topic aliases per stream).
 //!
 //! - [`agent`]: the protocol core ([`Agent`]): hello, LSA flooding,
 //!   summary exchange (snapshot, deltas, digests, resync), envelope
@@ -36,7 +39,7 @@ pub use agent::{
     Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, PeerId, Stats,
 };
 pub use frame::{
-    DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES, MAX_FRAME_LEN,
-    Message, PROTOCOL_VERSION, Properties, Qos, TableId, decode, decode_envelope, encode,
-    encode_envelope, encoded_len, shard_of,
+    ALIASES_MAX, DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES,
+    MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Properties, Qos, TableId, TopicAliases, decode,
+    decode_envelope, decode_with, encode, encode_envelope, encode_with, encoded_len, shard_of,
 };

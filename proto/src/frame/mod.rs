@@ -13,8 +13,13 @@ use prost::Message as _;
 
 use crate::wire as pb;
 
-/// Protocol version spoken by this build (2: LSAs are per agent, for replicas).
-pub const PROTOCOL_VERSION: u32 = 3;
+mod data;
+
+pub use data::{ALIASES_MAX, TopicAliases};
+
+/// Protocol version spoken by this build (2: LSAs are per agent, for
+/// replicas; 3: acks by ranges; 4: the lean data batch of [`data`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Data streams per connection: envelopes are batched per stream by a
 /// hash of their topic ([`shard_of`]), so one topic keeps its order while a
@@ -80,6 +85,9 @@ pub enum FrameError {
     /// or too many of them.
     #[error("malformed ack ranges ({0} values)")]
     AckRanges(usize),
+    /// A data batch that does not follow its encoding (see `frame/data.rs`).
+    #[error("malformed data batch: {0}")]
+    Data(&'static str),
 }
 
 /// MQTT quality of service.
@@ -524,100 +532,89 @@ impl TryFrom<pb::Frame> for Frame {
                 }
                 Frame::Ack { ranges }
             }
-            Kind::Data(d) => Frame::Data(DataBatch {
-                first_seq: d.batch_seq,
-                envelopes: d
-                    .envelopes
-                    .into_iter()
-                    .map(Envelope::try_from)
-                    .collect::<Result<_, _>>()?,
-            }),
         })
     }
 }
 
-impl From<Frame> for pb::Frame {
-    fn from(f: Frame) -> Self {
-        use pb::frame::Kind;
-        let strings = |v: Vec<TopicFilter>| v.into_iter().map(String::from).collect();
-        let kind = match f {
-            Frame::Hello(h) => Kind::Hello(pb::Hello {
-                region: h.region.into(),
-                node: h.node.into(),
-                epoch: h.epoch,
-                version: h.version,
-            }),
-            Frame::Lsa(l) => Kind::Lsa(pb::Lsa {
-                origin: l.origin.into(),
-                node: l.node.into(),
-                seq: l.seq,
-                links: l
-                    .links
-                    .into_iter()
-                    .map(|k| pb::LsaLink {
-                        peer: k.peer.into(),
-                        cost: k.cost.get(),
-                        up: k.up,
-                    })
-                    .collect(),
-            }),
-            Frame::SummaryStart { table, seq, count } => Kind::SummaryStart(pb::SummaryStart {
-                table: table_pb(table),
-                seq,
-                count,
-            }),
-            Frame::SummaryEntries { table, filters } => Kind::SummaryEntries(pb::SummaryEntries {
-                table: table_pb(table),
-                filters: strings(filters),
-            }),
-            Frame::SummaryEnd { table, digest } => Kind::SummaryEnd(pb::SummaryEnd {
-                table: table_pb(table),
-                digest_count: digest.count,
-                digest_sum: digest.sum,
-            }),
-            Frame::SummaryDelta {
-                table,
-                seq,
-                add,
-                remove,
-            } => Kind::SummaryDelta(pb::SummaryDelta {
-                table: table_pb(table),
-                seq,
-                add: strings(add),
-                remove: strings(remove),
-            }),
-            Frame::Digest { table, seq, digest } => Kind::Digest(pb::Digest {
-                table: table_pb(table),
-                seq,
-                count: digest.count,
-                sum: digest.sum,
-            }),
-            Frame::ResyncRequest { table } => Kind::ResyncRequest(pb::ResyncRequest {
-                table: table_pb(table),
-            }),
-            Frame::DigestSum { tables, sum } => Kind::DigestSum(pb::DigestSum { tables, sum }),
-            Frame::DigestBatch(entries) => Kind::DigestBatch(pb::DigestBatch {
-                digests: entries
-                    .into_iter()
-                    .map(|(t, seq, d)| pb::Digest {
-                        table: table_pb(t),
-                        seq,
-                        count: d.count,
-                        sum: d.sum,
-                    })
-                    .collect(),
-            }),
-            Frame::Ack { ranges } => Kind::Ack(pb::Ack {
-                up_to: 0,
-                ranges: ranges.into_iter().flat_map(|(a, b)| [a, b]).collect(),
-            }),
-            Frame::Data(d) => Kind::Data(pb::DataBatch {
-                batch_seq: d.first_seq,
-                envelopes: d.envelopes.into_iter().map(Into::into).collect(),
-            }),
-        };
-        pb::Frame { kind: Some(kind) }
-    }
+/// A control frame in its protobuf form; a data batch back as `Err` (it
+/// has an encoding of its own, [`data`]).
+fn control_pb(f: Frame) -> Result<pb::Frame, DataBatch> {
+    use pb::frame::Kind;
+    let strings = |v: Vec<TopicFilter>| v.into_iter().map(String::from).collect();
+    let kind = match f {
+        Frame::Hello(h) => Kind::Hello(pb::Hello {
+            region: h.region.into(),
+            node: h.node.into(),
+            epoch: h.epoch,
+            version: h.version,
+        }),
+        Frame::Lsa(l) => Kind::Lsa(pb::Lsa {
+            origin: l.origin.into(),
+            node: l.node.into(),
+            seq: l.seq,
+            links: l
+                .links
+                .into_iter()
+                .map(|k| pb::LsaLink {
+                    peer: k.peer.into(),
+                    cost: k.cost.get(),
+                    up: k.up,
+                })
+                .collect(),
+        }),
+        Frame::SummaryStart { table, seq, count } => Kind::SummaryStart(pb::SummaryStart {
+            table: table_pb(table),
+            seq,
+            count,
+        }),
+        Frame::SummaryEntries { table, filters } => Kind::SummaryEntries(pb::SummaryEntries {
+            table: table_pb(table),
+            filters: strings(filters),
+        }),
+        Frame::SummaryEnd { table, digest } => Kind::SummaryEnd(pb::SummaryEnd {
+            table: table_pb(table),
+            digest_count: digest.count,
+            digest_sum: digest.sum,
+        }),
+        Frame::SummaryDelta {
+            table,
+            seq,
+            add,
+            remove,
+        } => Kind::SummaryDelta(pb::SummaryDelta {
+            table: table_pb(table),
+            seq,
+            add: strings(add),
+            remove: strings(remove),
+        }),
+        Frame::Digest { table, seq, digest } => Kind::Digest(pb::Digest {
+            table: table_pb(table),
+            seq,
+            count: digest.count,
+            sum: digest.sum,
+        }),
+        Frame::ResyncRequest { table } => Kind::ResyncRequest(pb::ResyncRequest {
+            table: table_pb(table),
+        }),
+        Frame::DigestSum { tables, sum } => Kind::DigestSum(pb::DigestSum { tables, sum }),
+        Frame::DigestBatch(entries) => Kind::DigestBatch(pb::DigestBatch {
+            digests: entries
+                .into_iter()
+                .map(|(t, seq, d)| pb::Digest {
+                    table: table_pb(t),
+                    seq,
+                    count: d.count,
+                    sum: d.sum,
+                })
+                .collect(),
+        }),
+        Frame::Ack { ranges } => Kind::Ack(pb::Ack {
+            up_to: 0,
+            ranges: ranges.into_iter().flat_map(|(a, b)| [a, b]).collect(),
+        }),
+        Frame::Data(d) => return Err(d),
+    };
+    Ok(pb::Frame { kind: Some(kind) })
 }
 
 /// One envelope in the wire encoding, for storage (the spool).
@@ -633,22 +630,53 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, FrameError> {
 /// Size of `frame` on the wire, length prefix included (for the simulator's
 /// byte accounting).
 pub fn encoded_len(frame: &Frame) -> usize {
-    let len = pb::Frame::from(frame.clone()).encoded_len();
-    len + prost::length_delimiter_len(len)
+    match control_pb(frame.clone()) {
+        Ok(msg) => {
+            let len = msg.encoded_len();
+            len + prost::length_delimiter_len(len)
+        }
+        Err(batch) => {
+            let mut buf = BytesMut::new();
+            data::encode(&batch, &mut TopicAliases::default(), &mut buf);
+            buf.len()
+        }
+    }
 }
 
-/// Append `frame` to `out`, prefixed by its length.
+/// Append `frame` to `out`, prefixed by its length: a data batch in its
+/// lean encoding ([`data`]), self-contained (topics spelled out), every
+/// other frame as a protobuf `Frame`.
 pub fn encode(frame: Frame, out: &mut BytesMut) {
-    let msg = pb::Frame::from(frame);
-    let len = msg.encoded_len();
-    out.reserve(len + prost::length_delimiter_len(len));
-    // Encoding into a BytesMut with enough reserved space cannot fail.
-    let _ = msg.encode_length_delimited(out);
+    encode_with(frame, &mut TopicAliases::default(), out);
+}
+
+/// [`encode`] on a stream whose topic aliases the sender keeps in
+/// `aliases`: a topic already sent on it costs its alias only.
+pub fn encode_with(frame: Frame, aliases: &mut TopicAliases, out: &mut BytesMut) {
+    match control_pb(frame) {
+        Ok(msg) => {
+            let len = msg.encoded_len();
+            out.reserve(len + prost::length_delimiter_len(len));
+            // Encoding into a BytesMut with enough reserved space cannot fail.
+            let _ = msg.encode_length_delimited(out);
+        }
+        Err(batch) => data::encode(&batch, aliases, out),
+    }
 }
 
 /// Take one whole frame off the front of `buf`, if one is there.
-/// `Ok(None)`: more bytes are needed.
+/// `Ok(None)`: more bytes are needed. Data batches must be self-contained
+/// (as [`encode`] writes them).
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    decode_with(buf, &mut TopicAliases::default())
+}
+
+/// [`decode`] on a stream whose topic aliases the receiver keeps in
+/// `aliases` (one per stream, for its life).
+pub fn decode_with(
+    buf: &mut BytesMut,
+    aliases: &mut TopicAliases,
+) -> Result<Option<Frame>, FrameError> {
     let mut peek = &buf[..];
     let len = match prost::decode_length_delimiter(&mut peek) {
         Ok(len) => len,
@@ -665,6 +693,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     }
     buf.advance(prefix);
     let body = buf.split_to(len).freeze();
+    if body.first() == Some(&data::MARKER) {
+        return data::decode(body, aliases).map(|b| Some(Frame::Data(b)));
+    }
     let msg = pb::Frame::decode(body)?;
     Frame::try_from(msg).map(Some)
 }
@@ -811,16 +842,8 @@ mod tests {
     fn bad_input_is_an_error_not_a_panic() {
         let mut bad_topic = pb::Envelope::from(envelope());
         bad_topic.topic = "a/+/b".into();
-        let frame = pb::Frame {
-            kind: Some(pb::frame::Kind::Data(pb::DataBatch {
-                batch_seq: 1,
-                envelopes: vec![bad_topic],
-            })),
-        };
-        let mut buf = BytesMut::new();
-        let _ = frame.encode_length_delimited(&mut buf);
         assert!(matches!(
-            decode(&mut buf),
+            decode_envelope(&bad_topic.encode_to_vec()),
             Err(FrameError::Topic { field: "topic", .. })
         ));
 
