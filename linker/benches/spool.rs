@@ -31,9 +31,9 @@ fn env(seq: u64) -> Envelope {
         epoch: 1,
         seq,
         hops: 1,
-        visited: vec![RegionName::new("eu-west").unwrap()],
+        visited: [RegionName::new("eu-west").unwrap()].into_iter().collect(),
         transit_ms: 0,
-        dests: vec![RegionName::new("us-east").unwrap()],
+        dests: [RegionName::new("us-east").unwrap()].into_iter().collect(),
         message: Message {
             topic: TopicName::new(&format!("bench/{}", seq % 100)).unwrap(),
             payload: Bytes::from(vec![7u8; 100]),

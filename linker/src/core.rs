@@ -143,8 +143,8 @@ pub enum ImportCmd {
     /// Publish an imported message locally; report the broker's ack for
     /// `custody`.
     Deliver {
-        /// The message.
-        env: Box<Envelope>,
+        /// The message (shared with the core's custody entry).
+        env: std::sync::Arc<Envelope>,
         /// The custody number (QoS >= 1).
         custody: Option<u64>,
     },

@@ -40,6 +40,7 @@ pub use agent::{
 };
 pub use frame::{
     ALIASES_MAX, DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES,
-    MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Properties, Qos, TableId, TopicAliases, decode,
-    decode_envelope, decode_with, encode, encode_envelope, encode_with, encoded_len, shard_of,
+    MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Properties, Qos, Regions, TableId, TopicAliases,
+    decode, decode_envelope, decode_with, encode, encode_envelope, encode_with, encoded_len,
+    shard_of,
 };

@@ -28,7 +28,7 @@ fn two_regions_forward_only_what_is_wanted() {
     let env = &net.delivered["b"][0];
     assert_eq!(env.origin, r("a"));
     assert_eq!(env.hops, 1);
-    assert_eq!(env.visited, vec![r("a"), r("b")]);
+    assert_eq!(env.visited.as_slice(), [r("a"), r("b")]);
     assert!(net.closed.is_empty());
 }
 
@@ -74,8 +74,8 @@ fn line_of_four_transits_and_interest_comes_and_goes() {
         "transit regions do not deliver"
     );
     assert_eq!(
-        net.delivered["d"][0].visited,
-        vec![r("a"), r("b"), r("c"), r("d")]
+        net.delivered["d"][0].visited.as_slice(),
+        [r("a"), r("b"), r("c"), r("d")]
     );
     net.unsubscribe("d", "x/+");
     net.publish("a", "x/1");

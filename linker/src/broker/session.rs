@@ -79,7 +79,7 @@ pub struct Channels {
 /// State that outlives a connection.
 struct State {
     acks: AckQueue,
-    inflight: Inflight<Box<Envelope>>,
+    inflight: Inflight<std::sync::Arc<Envelope>>,
     /// Scratch for the `mqlink-origin` value of each import.
     origin: String,
     /// Notifications for the core, sent as one batch.
@@ -673,16 +673,16 @@ mod tests {
         matches!(i, Input::Publish(..))
     }
 
-    fn env(seq: u64) -> Box<Envelope> {
-        Box::new(Envelope {
+    fn env(seq: u64) -> std::sync::Arc<Envelope> {
+        std::sync::Arc::new(Envelope {
             origin: RegionName::new("eu").unwrap(),
             origin_node: NodeName::new("eu-1").unwrap(),
             epoch: 1,
             seq,
             hops: 1,
-            visited: Vec::new(),
+            visited: Default::default(),
             transit_ms: 0,
-            dests: Vec::new(),
+            dests: Default::default(),
             message: Message {
                 topic: TopicName::new("imp/1").unwrap(),
                 payload: Bytes::from_static(b"i"),

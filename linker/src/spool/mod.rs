@@ -710,9 +710,9 @@ mod tests {
             epoch: 1,
             seq,
             hops: 0,
-            visited: vec![RegionName::new("a").unwrap()],
+            visited: [RegionName::new("a").unwrap()].into_iter().collect(),
             transit_ms: 0,
-            dests: vec![RegionName::new("c").unwrap()],
+            dests: [RegionName::new("c").unwrap()].into_iter().collect(),
             message: Message {
                 topic: TopicName::new(&format!("t/{}", seq % 3)).unwrap(),
                 payload: Bytes::from(vec![7u8; 100]),

@@ -38,7 +38,7 @@ pub(super) struct SendRec {
     /// The neighbouring region it went to.
     pub(super) region: RegionName,
     /// The regions it covers (handed on as the envelope's `dests`).
-    pub(super) dests: Vec<RegionName>,
+    pub(super) dests: Regions,
 }
 
 /// A message in custody.
@@ -46,7 +46,8 @@ pub(super) struct SendRec {
 pub(super) struct Held {
     /// The envelope as it leaves here (our region in `visited`; `hops` as
     /// it arrived: each copy adds one).
-    pub(super) env: Envelope,
+    /// (Shared with [`Event::Deliver`]: a delivery is not a copy.)
+    pub(super) env: Arc<Envelope>,
     /// Whom to acknowledge when done.
     /// (Inline: almost every message has one upstream and one or two
     /// copies; a vector each was two allocations per message.)
@@ -58,7 +59,7 @@ pub(super) struct Held {
     /// Next copy number.
     next_send: u64,
     /// Regions it must still reach, with no copy on the way.
-    waiting: Vec<RegionName>,
+    waiting: Regions,
     /// The destinations are not known yet (published before the peers'
     /// summaries arrived): decided when the warm-up ends.
     unresolved: bool,
@@ -69,7 +70,7 @@ pub(super) struct Held {
     reached: Vec<RegionName>,
     /// The destinations being written to the spool (awaiting
     /// `handle_spooled`).
-    spooling: Option<Vec<RegionName>>,
+    spooling: Option<Regions>,
     /// The broker acknowledged the local delivery; its dedupe mark is
     /// being made durable (awaiting `handle_marked`).
     marking: bool,
@@ -155,16 +156,17 @@ impl Agent {
         env: Envelope,
         upstream: Option<Upstream>,
         local: bool,
-        dests: Vec<RegionName>,
+        dests: Regions,
         unresolved: bool,
     ) {
         let id = self.custody.next_id;
         self.custody.next_id += 1;
         self.custody.bytes += env.message.payload.len() as u64;
+        let env = Arc::new(env);
         if local {
             self.stats.delivered += 1;
             self.events.push_back(Event::Deliver {
-                env: Box::new(env.clone()),
+                env: env.clone(),
                 custody: Some(id),
             });
         }
@@ -226,7 +228,7 @@ impl Agent {
             h.local = true;
             self.stats.delivered += 1;
             self.events.push_back(Event::Deliver {
-                env: Box::new(h.env.clone()),
+                env: h.env.clone(),
                 custody: Some(id),
             });
         }
@@ -248,7 +250,7 @@ impl Agent {
             return;
         };
         let waiting = std::mem::take(&mut h.waiting);
-        let mut groups: SmallVec<[(PeerId, Vec<RegionName>); 2]> = SmallVec::new();
+        let mut groups: SmallVec<[(PeerId, Regions); 2]> = SmallVec::new();
         let mut hop_limited = false;
         for dest in waiting {
             if dest == self.cfg.region {
@@ -272,7 +274,7 @@ impl Agent {
             };
             match groups.iter_mut().find(|(p, _)| *p == peer) {
                 Some((_, ds)) => ds.push(dest),
-                None => groups.push((peer, vec![dest])),
+                None => groups.push((peer, smallvec::smallvec![dest])),
             }
         }
         if hop_limited {
@@ -402,7 +404,7 @@ impl Agent {
             && !h.marking
         {
             self.events.push_back(Event::Deliver {
-                env: Box::new(h.env.clone()),
+                env: h.env.clone(),
                 custody: Some(custody),
             });
         }
@@ -615,7 +617,7 @@ impl Agent {
             if from_spool || h.spooling.is_some() || h.unresolved || h.waiting.is_empty() {
                 continue;
             }
-            let mut env = h.env.clone();
+            let mut env = Envelope::clone(&h.env);
             env.dests = h.waiting.clone();
             h.spooling = Some(h.waiting.clone());
             self.custody.by_key.insert(&h.env, id);
@@ -668,7 +670,7 @@ impl Agent {
         if !env.visited.contains(&me) {
             env.visited.push(me.clone());
         }
-        let dests: Vec<RegionName> = env.dests.iter().filter(|d| **d != me).cloned().collect();
+        let dests: Regions = env.dests.iter().filter(|d| **d != me).cloned().collect();
         // Still held from before it was spooled (its other destinations
         // are not done): the spool's destinations join that entry, which
         // acknowledges the record once they are covered too.
@@ -739,9 +741,9 @@ mod tests {
             epoch,
             seq,
             hops: 0,
-            visited: Vec::new(),
+            visited: Regions::new(),
             transit_ms: 0,
-            dests: Vec::new(),
+            dests: Regions::new(),
             message: Message {
                 topic: TopicName::new("t").unwrap(),
                 payload: bytes::Bytes::new(),

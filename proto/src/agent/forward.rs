@@ -114,7 +114,7 @@ impl Agent {
     fn forward_custody(&mut self, mut env: Envelope, up: Upstream, deliver: bool) {
         let me = self.cfg.region.clone();
         let local = deliver;
-        let dests: Vec<RegionName> = env.dests.iter().filter(|d| **d != me).cloned().collect();
+        let dests: Regions = env.dests.iter().filter(|d| **d != me).cloned().collect();
         if !local && dests.is_empty() {
             self.release(up);
             return;
@@ -163,7 +163,7 @@ impl Agent {
         if d.deliver_local && origin != self.cfg.region {
             self.stats.delivered += 1;
             self.events.push_back(Event::Deliver {
-                env: Box::new(env),
+                env: Arc::new(env),
                 custody: None,
             });
         }
@@ -197,9 +197,9 @@ impl Agent {
             epoch: self.cfg.epoch,
             seq: self.next_seq,
             hops: 0,
-            visited: vec![me.clone()],
+            visited: smallvec::smallvec![me.clone()],
             transit_ms: 0,
-            dests: Vec::new(),
+            dests: Regions::new(),
             message,
         };
         self.next_seq += 1;
@@ -210,7 +210,7 @@ impl Agent {
             }
             return true;
         }
-        let dests: Vec<RegionName> = self
+        let dests: Regions = self
             .router
             .wanting(&env.message.topic)
             .into_iter()

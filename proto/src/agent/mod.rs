@@ -51,6 +51,7 @@
 //!   sequence number).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqlink_topology::{
@@ -67,7 +68,9 @@ mod forward;
 mod peers;
 mod summary;
 mod window;
-use crate::frame::{DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION, TableId};
+use crate::frame::{
+    DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION, Regions, TableId,
+};
 
 /// The user property that marks a message imported by mqlink: such a
 /// message is never exported again (DESIGN step 5d).
@@ -381,8 +384,9 @@ pub enum Event {
     /// holds it until the runtime reports the broker's acknowledgement
     /// ([`Agent::handle_delivered`] with this number).
     Deliver {
-        /// The message.
-        env: Box<Envelope>,
+        /// The message (shared with the custody entry, which keeps it for
+        /// a resend: no copy per delivery).
+        env: Arc<Envelope>,
         /// QoS >= 1: the custody number to report back.
         custody: Option<u64>,
     },

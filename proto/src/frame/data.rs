@@ -55,7 +55,9 @@ use mqlink_topology::{NodeName, RegionName, TopicName};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use super::{DataBatch, Envelope, FrameError, Message, Properties, Qos, node, region, topic};
+use super::{
+    DataBatch, Envelope, FrameError, Message, Properties, Qos, Regions, node, region, topic,
+};
 
 /// First byte of a lean data batch's body.
 pub(super) const MARKER: u8 = 0x00;
@@ -384,13 +386,13 @@ pub(super) fn decode(body: Bytes, aliases: &mut TopicAliases) -> Result<DataBatc
     let nodes: Vec<NodeName> = r.table(|r| node("data.nodes", r.str()?))?;
     let sources: Vec<(usize, usize, u64)> =
         r.table(|r| Ok((r.index(regions.len())?, r.index(nodes.len())?, r.varint()?)))?;
-    let list = |r: &mut Reader| -> Result<Vec<RegionName>, FrameError> {
+    let list = |r: &mut Reader| -> Result<Regions, FrameError> {
         let n = r.count()?;
         (0..n)
             .map(|_| Ok(regions[r.index(regions.len())?].clone()))
             .collect()
     };
-    let routes: Vec<(usize, Vec<RegionName>, Vec<RegionName>)> =
+    let routes: Vec<(usize, Regions, Regions)> =
         r.table(|r| Ok((r.index(sources.len())?, list(r)?, list(r)?)))?;
     let fresh = r.count()?;
     for _ in 0..fresh {
@@ -412,7 +414,7 @@ pub(super) fn decode(body: Bytes, aliases: &mut TopicAliases) -> Result<DataBatc
         let seq = last_seq[*s].wrapping_add(unzigzag(r.varint()?) as u64);
         last_seq[*s] = seq;
         let origin = regions[origin].clone();
-        let mut visited = Vec::with_capacity(after.len() + 1);
+        let mut visited = Regions::with_capacity(after.len() + 1);
         if flags & AFTER_ORIGIN != 0 {
             visited.push(origin.clone());
         }
@@ -495,9 +497,9 @@ mod tests {
             epoch,
             seq,
             hops: 1,
-            visited: vec![r(origin)],
+            visited: [r(origin)].into_iter().collect(),
             transit_ms: 3,
-            dests: Vec::new(),
+            dests: Regions::new(),
             message: Message {
                 topic: TopicName::new(topic).unwrap(),
                 payload: Bytes::from(vec![7u8; 100]),
@@ -524,11 +526,11 @@ mod tests {
         let mut a = env("eu", "eu-1", 9, 1000, "t/1");
         a.message.qos = Qos::AtLeastOnce;
         a.message.retain = true;
-        a.dests = vec![r("ap"), r("us")];
-        a.visited = vec![r("eu"), r("us")];
+        a.dests = [r("ap"), r("us")].into_iter().collect();
+        a.visited = [r("eu"), r("us")].into_iter().collect();
         a.hops = 2;
         let mut b = env("us", "us-2", u64::MAX, 3, "t/2");
-        b.visited = vec![r("ap")]; // not starting with its origin
+        b.visited = [r("ap")].into_iter().collect(); // not starting with its origin
         b.message.qos = Qos::ExactlyOnce;
         b.message.properties = Properties {
             user: vec![("k".into(), "v".into()), ("k".into(), "".into())],
@@ -540,7 +542,7 @@ mod tests {
         };
         let mut c = env("eu", "eu-1", 9, 999, "t/1"); // seq goes back
         c.message.payload = Bytes::new();
-        c.visited = Vec::new();
+        c.visited = Regions::new();
         let mut d = env("eu", "eu-1", 10, u64::MAX, "t/3"); // another epoch
         d.message.properties.payload_utf8 = Some(true);
         let batch = DataBatch {
@@ -589,7 +591,7 @@ mod tests {
                         );
                         e.message.qos = qos;
                         if qos != Qos::AtMostOnce {
-                            e.dests = vec![r("us-east")];
+                            e.dests = [r("us-east")].into_iter().collect();
                         }
                         e
                     })
@@ -652,7 +654,7 @@ mod tests {
     #[test]
     fn every_truncation_and_bad_index_is_an_error() {
         let mut e = env("eu", "eu-1", 9, 5, "t/1");
-        e.dests = vec![r("us")];
+        e.dests = [r("us")].into_iter().collect();
         e.message.properties.content_type = Some("x".into());
         e.message.payload = Bytes::from_static(b"21.5");
         let mut buf = BytesMut::new();

@@ -157,6 +157,11 @@ pub struct Message {
     pub properties: Properties,
 }
 
+/// A short list of regions (an envelope's visited regions, its
+/// destinations): two inline, since most messages cross one or two
+/// links and a vector each was two allocations per message at every hop.
+pub type Regions = smallvec::SmallVec<[RegionName; 2]>;
+
 /// A message in flight between regions, with its loop-prevention fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -171,13 +176,13 @@ pub struct Envelope {
     /// Links crossed so far.
     pub hops: u32,
     /// Regions visited so far, origin first.
-    pub visited: Vec<RegionName>,
+    pub visited: Regions,
     /// Milliseconds spent in the federation so far.
     pub transit_ms: u64,
     /// QoS >= 1: the regions this copy must reach (its sender's custody
     /// obligation, handed on). Empty for QoS 0, which is routed by interest
     /// at every hop.
-    pub dests: Vec<RegionName>,
+    pub dests: Regions,
     /// The message.
     pub message: Message,
 }
@@ -739,9 +744,9 @@ mod tests {
             epoch: 7,
             seq: 42,
             hops: 1,
-            visited: vec![r("eu"), r("us")],
+            visited: [r("eu"), r("us")].into_iter().collect(),
             transit_ms: 15,
-            dests: vec![r("ap")],
+            dests: [r("ap")].into_iter().collect(),
             message: Message {
                 topic: TopicName::new("factory/1/temp").unwrap(),
                 payload: Bytes::from_static(b"21.5"),

@@ -240,7 +240,10 @@ impl Net {
                     moved = true;
                     match ev {
                         Event::Deliver { env, custody } => {
-                            self.delivered.entry(from.clone()).or_default().push(*env);
+                            self.delivered
+                                .entry(from.clone())
+                                .or_default()
+                                .push(Envelope::clone(&env));
                             if let Some(c) = custody {
                                 if self.slow_brokers.contains(from) {
                                     self.unacked.entry(from.clone()).or_default().push(c);
