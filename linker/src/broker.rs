@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use mqlink_config::BrokerConfig;
 use mqlink_proto::{Envelope, Message, ORIGIN_PROPERTY, Properties, Qos};
-use mqlink_topology::{RegionName, TopicFilter, TopicName};
+use mqlink_topology::{RegionName, TopicCache, TopicFilter, TopicName};
 
 use crate::mqtt::codec::{Connect, Publish, PublishOut, Subscription};
 
@@ -102,8 +102,8 @@ pub(crate) fn qos_out(q: Qos) -> u8 {
 
 /// Convert a publish from the broker; `None` if the topic is not a valid
 /// topic name (counted as a drop by the caller).
-pub fn message_of(p: Publish) -> Option<Message> {
-    let topic = TopicName::new(&p.topic).ok()?;
+pub fn message_of(p: Publish, topics: &mut TopicCache) -> Option<Message> {
+    let topic = topics.name(&p.topic).ok()?;
     let props = p.props;
     Some(Message {
         topic,

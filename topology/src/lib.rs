@@ -40,4 +40,6 @@ pub use lsdb::{Lsa, LsaLink, LsaOutcome, Lsdb, MAX_LSA_SEQ};
 pub use matcher::Matcher;
 pub use region::{Cost, NameError, NodeName, RegionId, RegionIds, RegionName, RegionSet};
 pub use route::{DEFAULT_HOP_LIMIT, Decision, Router};
-pub use topic::{Level, MAX_TOPIC_LEN, Subscription, TopicError, TopicFilter, TopicName};
+pub use topic::{
+    Level, MAX_TOPIC_LEN, Subscription, TopicCache, TopicError, TopicFilter, TopicName,
+};

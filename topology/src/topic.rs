@@ -121,6 +121,56 @@ impl TopicName {
     }
 }
 
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Topic names checked once: the same few topics arrive again and again,
+/// and checking and allocating each anew was a measurable share of an
+/// agent's time per message. Bounded: past `max` names a new one is
+/// checked and returned but not kept, so a stream of distinct topics
+/// costs what it cost without the cache and cannot grow it.
+#[derive(Debug, Clone)]
+pub struct TopicCache {
+    names: rustc_hash::FxHashSet<TopicName>,
+    max: usize,
+}
+
+impl TopicCache {
+    /// An empty cache keeping at most `max` names.
+    pub fn new(max: usize) -> Self {
+        Self {
+            names: Default::default(),
+            max,
+        }
+    }
+
+    /// `s` as a checked topic name, shared with earlier calls for the same
+    /// text when the cache holds it.
+    pub fn name(&mut self, s: &str) -> Result<TopicName, TopicError> {
+        if let Some(t) = self.names.get(s) {
+            return Ok(t.clone());
+        }
+        let t = TopicName::new(s)?;
+        if self.names.len() < self.max {
+            self.names.insert(t.clone());
+        }
+        Ok(t)
+    }
+
+    /// Names kept.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether it keeps none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
 /// A topic filter, as subscribed to: `+` and `#` wildcards allowed where MQTT
 /// allows them. Never a shared subscription (see [`Subscription`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -364,6 +414,24 @@ impl fmt::Display for Subscription {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    #[test]
+    fn the_topic_cache_shares_checked_names_and_stays_bounded() {
+        let mut c = super::TopicCache::new(2);
+        let a = c.name("a/b").unwrap();
+        let again = c.name("a/b").unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a.0, &again.0),
+            "shared, not allocated again"
+        );
+        assert!(c.name("a/+").is_err(), "still checked");
+        c.name("c").unwrap();
+        assert_eq!(
+            c.name("d").unwrap().as_str(),
+            "d",
+            "past the bound: checked, not kept"
+        );
+        assert_eq!(c.len(), 2);
+    }
 
     fn f(s: &str) -> TopicFilter {
         TopicFilter::new(s).unwrap()

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqlink_proto::{DropReason, Envelope};
+use mqlink_topology::TopicCache;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -87,7 +88,12 @@ struct State {
     export: ExportState,
     follower: Option<LogFollower>,
     draining: bool,
+    /// The topics of exported messages, checked once each.
+    topics: TopicCache,
 }
+
+/// Most topic names the session keeps checked (see [`TopicCache`]).
+const TOPICS_CACHED: usize = 4096;
 
 /// Drive the broker session until the core goes away.
 pub async fn run(
@@ -104,6 +110,7 @@ pub async fn run(
         export,
         follower,
         draining: false,
+        topics: TopicCache::new(TOPICS_CACHED),
     };
     loop {
         let err = match connect(&session).await {
@@ -405,7 +412,7 @@ fn publish(st: &mut State, c: &mut Conn, p: Publish) {
             }
         }
     };
-    match message_of(p) {
+    match message_of(p, &mut st.topics) {
         Some(m) => st.notify.push(Input::Publish(m, token)),
         None => {
             st.notify.push(Input::Dropped(DropReason::BadTopic, None));

@@ -58,14 +58,34 @@ pub struct Publish {
     pub qos: u8,
     /// RETAIN flag.
     pub retain: bool,
-    /// Topic name (UTF-8, checked).
-    pub topic: String,
+    /// Topic name (UTF-8, checked), a slice of the read buffer: no copy
+    /// or allocation per message.
+    pub topic: Utf8Bytes,
     /// Packet identifier (QoS >= 1), else 0.
     pub pkid: u16,
     /// Properties.
     pub props: PublishProps,
     /// Payload.
     pub payload: Bytes,
+}
+
+/// Bytes checked to be UTF-8, read as a `str`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// `b` if it is UTF-8.
+    pub fn new(b: Bytes) -> Option<Self> {
+        std::str::from_utf8(&b).is_ok().then_some(Self(b))
+    }
+}
+
+impl std::ops::Deref for Utf8Bytes {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Checked in `new`; the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The PUBLISH properties a message carries end to end.
@@ -480,6 +500,9 @@ impl Cur {
         self.need(n, what)?;
         Ok(self.0.split_to(n))
     }
+    fn utf8(&mut self, what: &'static str) -> Result<Utf8Bytes, CodecError> {
+        Utf8Bytes::new(self.bin(what)?).ok_or(CodecError::Utf8(what))
+    }
     fn string(&mut self, what: &'static str) -> Result<String, CodecError> {
         let b = self.bin(what)?;
         String::from_utf8(b.to_vec()).map_err(|_| CodecError::Utf8(what))
@@ -624,7 +647,7 @@ fn publish(c: &mut Cur, flags: u8) -> Result<Publish, CodecError> {
         dup: flags & 0x08 != 0,
         qos,
         retain: flags & 1 != 0,
-        topic: c.string("topic")?,
+        topic: c.utf8("topic")?,
         ..Publish::default()
     };
     if qos > 0 {
@@ -686,7 +709,7 @@ mod tests {
         };
         assert!(buf.is_empty());
         assert_eq!((p.qos, p.retain, p.dup, p.pkid), (1, true, false, 7));
-        assert_eq!(p.topic, "a/b");
+        assert_eq!(&*p.topic, "a/b");
         assert_eq!(&p.payload[..], b"hello");
         assert_eq!(p.props.payload_format, Some(1));
         assert_eq!(p.props.expiry, Some(30));
@@ -855,7 +878,7 @@ mod tests {
             let mut buf = BytesMut::new();
             PublishOut { topic: &topic, qos, pkid, payload: &payload, ..Default::default() }.encode(&mut buf);
             let Some(Incoming::Publish(p)) = decode(&mut buf, 1 << 20).unwrap() else { panic!() };
-            prop_assert_eq!(p.topic, topic);
+            prop_assert_eq!(&*p.topic, topic.as_str());
             prop_assert_eq!(p.qos, qos);
             prop_assert_eq!(p.pkid, if qos > 0 { pkid } else { 0 });
             prop_assert_eq!(&p.payload[..], &payload[..]);

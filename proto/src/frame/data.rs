@@ -199,62 +199,84 @@ pub(super) fn encode(batch: &DataBatch, aliases: &mut TopicAliases, out: &mut By
         });
     }
 
-    let mut body = BytesMut::with_capacity(
+    out.reserve(
         64 + batch
             .envelopes
             .iter()
             .map(|e| 16 + e.message.payload.len())
             .sum::<usize>(),
     );
+    // The body goes straight into `out` behind a length prefix of a fixed
+    // [`PREFIX`] bytes, filled in at the end (no second buffer, no copy).
+    let start = out.len();
+    out.put_bytes(0, PREFIX);
+    let body = out;
     body.put_u8(MARKER);
     body.put_u8(batch_flags);
-    put_varint(&mut body, batch.first_seq);
+    put_varint(body, batch.first_seq);
     for table in [&regions, &nodes] {
-        put_varint(&mut body, table.len() as u64);
+        put_varint(body, table.len() as u64);
         for s in table {
-            put_str(&mut body, s.as_bytes());
+            put_str(body, s.as_bytes());
         }
     }
-    put_varint(&mut body, sources.len() as u64);
+    put_varint(body, sources.len() as u64);
     for &(r, n, epoch) in &sources {
-        put_varint(&mut body, r.into());
-        put_varint(&mut body, n.into());
-        put_varint(&mut body, epoch);
+        put_varint(body, r.into());
+        put_varint(body, n.into());
+        put_varint(body, epoch);
     }
-    put_varint(&mut body, routes.len() as u64);
+    put_varint(body, routes.len() as u64);
     for route in &routes {
-        put_varint(&mut body, route.source.into());
+        put_varint(body, route.source.into());
         for list in [&route.visited, &route.dests] {
-            put_varint(&mut body, list.len() as u64);
+            put_varint(body, list.len() as u64);
             for &r in list {
-                put_varint(&mut body, r.into());
+                put_varint(body, r.into());
             }
         }
     }
-    put_varint(&mut body, fresh.len() as u64);
+    put_varint(body, fresh.len() as u64);
     for t in &fresh {
-        put_str(&mut body, t.as_bytes());
+        put_str(body, t.as_bytes());
     }
-    put_varint(&mut body, batch.envelopes.len() as u64);
+    put_varint(body, batch.envelopes.len() as u64);
     let mut last_seq = vec![0u64; sources.len()];
     for (e, r) in batch.envelopes.iter().zip(&refs) {
         body.put_u8(r.flags);
-        put_varint(&mut body, r.route.into());
+        put_varint(body, r.route.into());
         let last = &mut last_seq[r.source as usize];
-        put_varint(&mut body, zigzag(e.seq.wrapping_sub(*last) as i64));
+        put_varint(body, zigzag(e.seq.wrapping_sub(*last) as i64));
         *last = e.seq;
         if r.flags & HOPS_IMPLIED == 0 {
-            put_varint(&mut body, e.hops.into());
+            put_varint(body, e.hops.into());
         }
-        put_varint(&mut body, e.transit_ms);
-        put_varint(&mut body, r.topic.into());
-        put_str(&mut body, &e.message.payload);
+        put_varint(body, e.transit_ms);
+        put_varint(body, r.topic.into());
+        put_str(body, &e.message.payload);
         if r.flags & PROPS != 0 {
-            put_properties(&mut body, &e.message.properties);
+            put_properties(body, &e.message.properties);
         }
     }
-    put_varint(out, body.len() as u64);
-    out.extend_from_slice(&body);
+    let len = body.len() - start - PREFIX;
+    body[start..start + PREFIX].copy_from_slice(&padded_varint(len));
+}
+
+/// Bytes of a data batch's length prefix: a varint padded to four bytes
+/// (continuation bits on the leading ones), which any varint reader
+/// takes, and which holds every length up to 2^28 - 1, past
+/// [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
+const PREFIX: usize = 4;
+
+fn padded_varint(v: usize) -> [u8; PREFIX] {
+    let mut b = [0u8; PREFIX];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = ((v >> (7 * i)) & 0x7f) as u8;
+        if i + 1 < PREFIX {
+            *byte |= 0x80;
+        }
+    }
+    b
 }
 
 fn put_properties(out: &mut BytesMut, p: &Properties) {
@@ -666,7 +688,7 @@ mod tests {
             &mut TopicAliases::default(),
             &mut buf,
         );
-        let body = buf.split_off(1).freeze(); // the prefix is one byte here
+        let body = buf.split_off(PREFIX).freeze();
         let fresh = |b: Bytes| decode(b, &mut TopicAliases::default());
         for cut in 1..body.len() {
             assert!(fresh(body.slice(..cut)).is_err(), "cut at {cut}");
