@@ -15,12 +15,15 @@
 //!   regions' filters, updated one filter at a time.
 //! - [`interests`]: every region's tables kept in step with the matcher.
 //! - [`aggregate`]: shrink a filter set to a budget, only widening.
+//! - [`budget`]: a region's own interest, exact and as advertised under a
+//!   budget ([`BudgetedInterest`]).
 //! - [`lsdb`]: the link-state database (LSAs, newer wins, ageing out).
 //! - [`graph`]: the petgraph region graph, shortest-path [`Tree`]s with a
 //!   region-name tie-break, partitions, bridges and articulation points.
 //! - [`route`]: the forwarding decision and its route cache ([`Router`]).
 
 pub mod aggregate;
+pub mod budget;
 pub mod graph;
 pub mod interest;
 pub mod interests;
@@ -31,6 +34,7 @@ pub mod route;
 pub mod topic;
 
 pub use aggregate::{Aggregation, WideningCost, aggregate, disjoint_cover, generalize};
+pub use budget::{BudgetedInterest, Due};
 pub use graph::{RegionGraph, Tree};
 pub use interest::{
     Applied, Delta, DeltaOp, Digest, InterestError, InterestTable, InterestVersion, Snapshot,
