@@ -46,6 +46,8 @@
 //! interest:
 //!   static: ["alerts/#"]          # default: none; `$share/<g>/<f>` counts as <f>
 //!   dynamic: mosquitto            # default: none
+//!   budget: 1000                  # default: none (exact); most filters advertised,
+//!                                 #   past it the summary is aggregated (only widens)
 //! spool:
 //!   dir: /var/lib/mqlink          # default
 //!   max_bytes: 1GiB               # default; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB

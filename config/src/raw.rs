@@ -69,6 +69,7 @@ pub(crate) struct RawInterest {
     #[serde(rename = "static", default)]
     pub static_filters: Vec<Text>,
     pub dynamic: Option<Text>,
+    pub budget: Option<Spanned<u64>>,
 }
 
 /// `spool:`

@@ -126,6 +126,9 @@ pub struct InterestConfig {
     pub static_filters: Vec<TopicFilter>,
     /// Dynamic interest source.
     pub dynamic: DynamicInterest,
+    /// Most filters this region advertises (`budget:`): past it the
+    /// summary is aggregated, only ever widening. `None`: exact.
+    pub budget: Option<usize>,
 }
 
 /// Where dynamic interest comes from.
@@ -415,11 +418,15 @@ fn check_duplicate_links(ctx: &mut Ctx<'_>, links: &[LinkConfig]) {
     }
 }
 
+/// Largest `interest.budget` (the protocol's limit on one table).
+const MAX_BUDGET: u64 = 1_000_000;
+
 fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<InterestConfig> {
     let Some(raw) = raw else {
         return Some(InterestConfig {
             static_filters: Vec::new(),
             dynamic: DynamicInterest::None,
+            budget: None,
         });
     };
     let static_filters = raw
@@ -441,9 +448,24 @@ fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<Inter
             }
         }
     };
+    let budget = match &raw.budget {
+        None => Some(None),
+        Some(b) if (1..=MAX_BUDGET).contains(&b.value) => Some(Some(b.value as usize)),
+        Some(b) => {
+            ctx.err(
+                pos(b),
+                format!(
+                    "interest.budget: {} is out of range; expected 1 to {MAX_BUDGET} filters",
+                    b.value
+                ),
+            );
+            None
+        }
+    };
     Some(InterestConfig {
         static_filters,
         dynamic: dynamic?,
+        budget: budget?,
     })
 }
 

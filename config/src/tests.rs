@@ -39,6 +39,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert!(c.links.is_empty());
     assert!(c.interest.static_filters.is_empty());
     assert_eq!(c.interest.dynamic, DynamicInterest::None);
+    assert_eq!(c.interest.budget, None);
     assert_eq!(c.spool.dir, PathBuf::from("/var/lib/mqlink"));
     assert_eq!(c.spool.max_bytes, ByteSize(1 << 30));
     assert_eq!(c.spool.max_age, Duration::from_secs(86_400));
@@ -65,6 +66,7 @@ links:
 interest:
   static: ["alerts/#", "$share/g/cmd/+"]
   dynamic: mosquitto
+  budget: 1000
 spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m, full: drop-oldest }
 "#);
     assert_eq!(c.broker.client_id, "mqlink-eu-west-a");
@@ -90,6 +92,7 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m, full: drop-oldest }
         ["alerts/#", "cmd/+"]
     );
     assert_eq!(c.interest.dynamic, DynamicInterest::Mosquitto);
+    assert_eq!(c.interest.budget, Some(1000));
     assert_eq!(c.spool.max_age, Duration::from_secs(5400));
     assert_eq!(c.spool.full, SpoolFull::DropOldest);
 }
@@ -128,6 +131,7 @@ links:
 interest:
   static: ["x+"]
   dynamic: redis
+  budget: 0
 spool: { max_bytes: lots, max_age: 0s, full: never }
 "#,
     );
@@ -138,9 +142,10 @@ spool: { max_bytes: lots, max_age: 0s, full: never }
         "conf/eu.yaml:7:14: error: links.export: `#` must be the last level of a filter (found in level 2 of 3)",
         "conf/eu.yaml:9:12: error: interest.static: `+` must occupy a whole level",
         "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto` or `none`",
-        "conf/eu.yaml:11:21: error: spool.max_bytes: invalid size `lots`",
-        "conf/eu.yaml:11:36: error: spool.max_age: expected a duration above zero",
-        "conf/eu.yaml:11:46: error: spool.full: unknown policy `never`; expected `block` or `drop-oldest`",
+        "conf/eu.yaml:11:11: error: interest.budget: 0 is out of range; expected 1 to 1000000 filters",
+        "conf/eu.yaml:12:21: error: spool.max_bytes: invalid size `lots`",
+        "conf/eu.yaml:12:36: error: spool.max_age: expected a duration above zero",
+        "conf/eu.yaml:12:46: error: spool.full: unknown policy `never`; expected `block` or `drop-oldest`",
     ];
     assert_eq!(e.len(), expect.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expect) {

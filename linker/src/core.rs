@@ -106,6 +106,9 @@ pub struct StatsReport {
     pub peer_errors: u64,
     /// Shortest-path trees computed so far.
     pub tree_builds: u64,
+    /// Our own interest: (local filters, advertised filters, widened
+    /// ones, budget).
+    pub own_interest: (usize, usize, usize, Option<usize>),
 }
 
 /// Channels to one connection's writers.
@@ -319,6 +322,7 @@ fn handle(
                 *r.connections.entry(id.region.clone()).or_insert(0) += 1;
             }
             r.tree_builds = agent.router().tree_builds();
+            r.own_interest = agent.interest_summary();
             for t in agent.router().interests().tables() {
                 r.interest
                     .entry(t.version().region.clone())

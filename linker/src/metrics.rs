@@ -16,7 +16,11 @@
 //! | `mqlink_custody_parked_messages` | | of those, waiting for a path to some region |
 //! | `mqlink_custody_bytes` | | payload bytes held |
 //! | `mqlink_peers_up` | | neighbours with a completed hello |
-//! | `mqlink_interest_filters` | region | filters each region wants |
+//! | `mqlink_interest_filters` | region | filters each region wants (as advertised) |
+//! | `mqlink_interest_local_filters` | | distinct filters subscribed on our broker |
+//! | `mqlink_interest_advertised_filters` | | filters our summary carries (at most `interest.budget`, after aggregation) |
+//! | `mqlink_interest_widened_filters` | | of those, filters wider than any local one (aggregation) |
+//! | `mqlink_interest_budget` | | `interest.budget` (absent: exact) |
 //! | `mqlink_route_recomputations_total` | | shortest-path trees computed |
 //! | `mqlink_resyncs_total` | | summary snapshots requested after drift |
 //! | `mqlink_peer_errors_total` | peer, reason (`malformed_frame`, `protocol_violation`) | links closed for bad input |
@@ -92,6 +96,13 @@ pub async fn sample(core: mpsc::Sender<Input>) {
         metrics::counter!("mqlink_resyncs_total").absolute(r.stats.resyncs);
         metrics::counter!("mqlink_route_recomputations_total").absolute(r.tree_builds);
         metrics::gauge!("mqlink_peers_up").set(r.peers_up.len() as f64);
+        let (local, advertised, widened, budget) = r.own_interest;
+        metrics::gauge!("mqlink_interest_local_filters").set(local as f64);
+        metrics::gauge!("mqlink_interest_advertised_filters").set(advertised as f64);
+        metrics::gauge!("mqlink_interest_widened_filters").set(widened as f64);
+        if let Some(b) = budget {
+            metrics::gauge!("mqlink_interest_budget").set(b as f64);
+        }
         for (region, filters) in &r.interest {
             metrics::gauge!("mqlink_interest_filters", "region" => region.to_string())
                 .set(filters.len() as f64);

@@ -178,6 +178,7 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
     agent_cfg.spool = true;
     agent_cfg.max_age = cfg.spool.max_age;
     agent_cfg.durable_marks = true;
+    agent_cfg.interest_budget = cfg.interest.budget;
     let mut agent = Agent::new(now, agent_cfg);
     agent.restore_marks(windows);
     agent.handle_spool_recovered(recovered.records);

@@ -369,3 +369,68 @@ fn a_region_gone_for_good_is_forgotten_after_max_age_and_remembered_when_back() 
     net.advance(Duration::from_secs(5));
     assert_eq!(net.exports["a"], BTreeSet::from([f("x/#")]));
 }
+
+/// A fleet subscribing per device: 100,000 local filters under a budget
+/// of 100 are advertised aggregated, so the other region's table stays
+/// small and its summary bytes are a few kilobytes, and every device's
+/// topic still reaches the fleet's region. Without a budget the same
+/// interest is 100,000 filters on every other agent.
+#[test]
+fn a_fleet_interest_is_aggregated_under_the_budget() {
+    let fleet = |budget: Option<usize>| {
+        let mut net = Net::new_with(&["a", "b"], &[("a", "b", 10)], |c| {
+            if c.region == r("a") {
+                c.interest_budget = budget;
+            }
+        });
+        net.advance(Duration::from_secs(1));
+        let before = net.summary_bytes;
+        let now = net.now;
+        for d in 0..100_000 {
+            net.agent("a")
+                .handle_subscribe(now, f(&format!("dev/{d}/cmd")));
+        }
+        net.subscribe("a", "site/+/alarm");
+        net.advance(Duration::from_secs(2));
+        (net.summary_bytes - before, net)
+    };
+    let (bytes, mut net) = fleet(Some(100));
+    let (local, advertised, widened, budget) = net.agent("a").interest_summary();
+    assert_eq!((local, budget), (100_001, Some(100)));
+    assert!(advertised <= 100, "{advertised} filters advertised");
+    assert!(widened >= 1);
+    let seen = net
+        .agent("b")
+        .router()
+        .interests()
+        .table(&r("a"), &node_of("a"))
+        .map_or(0, |t| t.len());
+    assert!(seen <= 100, "b holds {seen} filters of a");
+    for d in [0, 77, 99_999] {
+        let topic = format!("dev/{d}/cmd");
+        net.publish("b", &topic);
+        assert_eq!(net.count("a", &topic), 1, "{topic}");
+    }
+    net.publish("b", "site/3/alarm");
+    assert_eq!(net.count("a", "site/3/alarm"), 1);
+    net.publish("b", "other/topic");
+    assert_eq!(
+        net.count("a", "other/topic"),
+        0,
+        "never wider than needed to cover"
+    );
+    let (exact_bytes, mut exact) = fleet(None);
+    assert_eq!(
+        exact
+            .agent("b")
+            .router()
+            .interests()
+            .table(&r("a"), &node_of("a"))
+            .map(|t| t.len()),
+        Some(100_001)
+    );
+    println!(
+        "summary bytes for 100,001 local filters: {bytes} with a budget of 100, {exact_bytes} exact"
+    );
+    assert!(bytes * 20 < exact_bytes, "{bytes} vs {exact_bytes}");
+}

@@ -55,8 +55,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqlink_topology::{
-    Applied, Cost, Delta, DeltaOp, Digest, InterestTable, InterestVersion, LsaLink, LsaOutcome,
-    NodeName, RegionName, Router, Snapshot, TopicFilter, TopicName,
+    Applied, BudgetedInterest, Cost, Delta, DeltaOp, Digest, Due, InterestTable, InterestVersion,
+    LsaLink, LsaOutcome, NodeName, RegionName, Router, Snapshot, TopicFilter, TopicName,
 };
 
 use crate::dedupe::{Dedupe, Mark, Seen};
@@ -100,6 +100,15 @@ pub const MAX_INCOMING_FILTERS: u64 = 2 * MAX_TABLE_FILTERS;
 /// still on its way): repeated requests cannot make us queue snapshot
 /// after snapshot.
 pub const RESYNC_HOLDOFF: Duration = Duration::from_secs(5);
+
+/// How soon an advertised interest over its budget is aggregated (a burst
+/// of subscriptions is folded into one aggregation; at twice the budget it
+/// is aggregated at once).
+pub const AGGREGATE_AFTER: Duration = Duration::from_secs(1);
+
+/// How soon an advertised interest left wider than needed (by
+/// unsubscribes) is tightened.
+pub const TIGHTEN_AFTER: Duration = Duration::from_secs(30);
 
 /// One connection to an agent of a neighbouring region, as the runtime
 /// names it: the region its certificate proved, and a number the runtime
@@ -198,6 +207,10 @@ pub struct AgentConfig {
     /// Most filters one interest table may hold ([`MAX_TABLE_FILTERS`]);
     /// a peer whose snapshot or delta goes beyond it is closed.
     pub max_table_filters: u64,
+    /// Most filters our own summary advertises (`interest.budget`): past
+    /// it the summary is aggregated, only widening
+    /// ([`mqlink_topology::BudgetedInterest`]). `None`: exact.
+    pub interest_budget: Option<usize>,
 }
 
 impl AgentConfig {
@@ -223,6 +236,7 @@ impl AgentConfig {
             spool_replay: 4096,
             durable_marks: false,
             max_table_filters: MAX_TABLE_FILTERS,
+            interest_budget: None,
         }
     }
 }
@@ -492,8 +506,10 @@ pub struct Agent {
     cfg: AgentConfig,
     /// Routing brain.
     router: Router,
-    /// Our own interest table.
-    local: InterestTable,
+    /// Our own interest: exact, and as advertised (under the budget).
+    local: BudgetedInterest,
+    /// When the advertised interest is next aggregated (it is due).
+    aggregate_at: Option<Instant>,
     /// Connections to neighbouring agents.
     peers: BTreeMap<PeerId, Peer>,
     /// Frames to send, in order.
@@ -555,11 +571,17 @@ impl Agent {
         let mut router = Router::new(cfg.region.clone(), cfg.lsa_max_age)
             .with_node(cfg.node.clone())
             .with_hop_limit(cfg.hop_limit);
-        let local = InterestTable::new(cfg.region.clone(), cfg.node.clone(), cfg.epoch);
-        router.handle_snapshot(local.snapshot());
+        let local = BudgetedInterest::new(
+            cfg.region.clone(),
+            cfg.node.clone(),
+            cfg.epoch,
+            cfg.interest_budget,
+        );
+        router.handle_snapshot(local.advertised().snapshot());
         let mut agent = Self {
             router,
             local,
+            aggregate_at: None,
             peers: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -675,6 +697,7 @@ impl Agent {
             self.originate(now);
         }
         self.router.handle_timeout(now);
+        self.aggregate_interest(now);
         if self.forget_departed() | self.forget_gone(now) {
             self.note_interest(now);
         }
@@ -697,6 +720,7 @@ impl Agent {
             self.next_lsa,
             self.next_digest,
             self.export_due,
+            self.aggregate_at,
             self.router.poll_timeout(),
             self.custody_timeout(),
             self.silent_since

@@ -7,8 +7,8 @@ use super::*;
 impl Agent {
     /// The table `table` names: ours, or one we follow.
     fn table_of(&self, table: &TableId) -> Option<&InterestTable> {
-        if *table == table_id(self.local.version()) {
-            Some(&self.local)
+        if *table == table_id(self.local.advertised().version()) {
+            Some(self.local.advertised())
         } else {
             self.router.interests().table(&table.region, &table.node)
         }
@@ -199,18 +199,61 @@ impl Agent {
 
     /// A local client subscribed to `filter` (refcounted).
     pub fn handle_subscribe(&mut self, now: Instant, filter: TopicFilter) {
-        if let Some(delta) = self.local.subscribe(filter) {
+        for delta in self.local.subscribe(filter) {
             self.publish_delta(delta);
         }
+        self.schedule_aggregation(now);
         self.note_interest(now);
     }
 
     /// A local subscription to `filter` went away.
     pub fn handle_unsubscribe(&mut self, now: Instant, filter: &TopicFilter) {
-        if let Some(delta) = self.local.unsubscribe(filter) {
+        for delta in self.local.unsubscribe(filter) {
             self.publish_delta(delta);
         }
+        self.schedule_aggregation(now);
         self.note_interest(now);
+    }
+
+    /// Aggregate our advertised interest when it is due: over the budget
+    /// soon ([`AGGREGATE_AFTER`], so a burst of subscriptions is folded
+    /// into one aggregation), wider than needed at leisure
+    /// ([`TIGHTEN_AFTER`]).
+    fn schedule_aggregation(&mut self, now: Instant) {
+        let wait = match self.local.due() {
+            None => {
+                self.aggregate_at = None;
+                return;
+            }
+            Some(Due::OverBudget) => AGGREGATE_AFTER,
+            Some(Due::Loose) => TIGHTEN_AFTER,
+        };
+        let at = now + wait;
+        if self.aggregate_at.is_none_or(|t| at < t) {
+            self.aggregate_at = Some(at);
+        }
+    }
+
+    pub(super) fn aggregate_interest(&mut self, now: Instant) {
+        if self.aggregate_at.is_none_or(|t| now < t) {
+            return;
+        }
+        self.aggregate_at = None;
+        if let Some(delta) = self.local.aggregate() {
+            self.publish_delta(delta);
+            self.note_interest(now);
+        }
+    }
+
+    /// Our own interest: local filters, advertised filters, widened ones
+    /// and the budget (for metrics).
+    pub fn interest_summary(&self) -> (usize, usize, usize, Option<usize>) {
+        (
+            self.local.exact_len(),
+            self.local.advertised().len(),
+            self.local.widened(),
+            self.local.budget(),
+        )
     }
 
     pub(super) fn publish_delta(&mut self, delta: Delta) {
@@ -218,7 +261,8 @@ impl Agent {
         let node = self.cfg.node.clone();
         // Our router follows our own table like any other.
         if self.router.handle_delta(&region, &node, &delta).is_err() {
-            self.router.handle_snapshot(self.local.snapshot());
+            self.router
+                .handle_snapshot(self.local.advertised().snapshot());
         }
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for op in delta.ops {
@@ -227,7 +271,7 @@ impl Agent {
                 DeltaOp::Remove(f) => remove.push(f),
             }
         }
-        let table = table_id(self.local.version());
+        let table = table_id(self.local.advertised().version());
         self.broadcast(
             None,
             &Frame::SummaryDelta {

@@ -75,6 +75,8 @@ pub struct Net {
     /// (a crash then is the moment after the mark is on disk and before
     /// the acknowledgement left).
     pub hold_marks: BTreeSet<String>,
+    /// Wire bytes of summary frames (snapshots, deltas, digests) sent.
+    pub summary_bytes: u64,
 }
 
 /// The config of agent `name` among `links`, with `epoch`.
@@ -137,6 +139,7 @@ impl Net {
             next_key: 1,
             marks: BTreeMap::new(),
             hold_marks: BTreeSet::new(),
+            summary_bytes: 0,
         };
         for (a, b, _) in &links {
             let ends: Vec<(String, String)> = agents
@@ -230,8 +233,21 @@ impl Net {
                         continue;
                     }
                     // Through the real wire format.
+                    let summary = matches!(
+                        frame,
+                        Frame::SummaryStart { .. }
+                            | Frame::SummaryEntries { .. }
+                            | Frame::SummaryEnd { .. }
+                            | Frame::SummaryDelta { .. }
+                            | Frame::Digest { .. }
+                            | Frame::DigestSum { .. }
+                            | Frame::DigestBatch(_)
+                    );
                     let mut buf = BytesMut::new();
                     encode(frame, &mut buf);
+                    if summary {
+                        self.summary_bytes += buf.len() as u64;
+                    }
                     let frame = decode(&mut buf).unwrap().unwrap();
                     let now = self.now;
                     self.agent(&to).handle_frame(now, &back, frame);
