@@ -69,6 +69,11 @@ pub enum LocalBrokerError {
     /// The embedded broker refused to start.
     #[error("starting the embedded broker: {0}")]
     Embedded(String),
+    /// The interest plugin is not built.
+    #[error(
+        "{0} is missing: build it with `make -C deploy/mosquitto` (needs: apt-get install -y mosquitto-dev gcc make)"
+    )]
+    NoPlugin(String),
     /// SIGTERM could not be sent, or was not obeyed in time.
     #[error("process {pid}: {what}")]
     Stop {
@@ -211,6 +216,38 @@ impl LocalBroker {
     /// that sessions and queued messages outlive [`Self::restart`].
     pub fn mosquitto_persistent(dir: &Path, name: &str) -> Result<Self, LocalBrokerError> {
         Self::mosquitto_conf(dir, name, true, "")
+    }
+
+    /// [`Self::mosquitto`] configured the way an operator installs
+    /// mqlink: the project's `deploy/mosquitto/mqlink.conf` appended with
+    /// `@DEPLOY@` replaced by that folder (it loads the `mqlink_interest`
+    /// plugin, which must be built), the plugin's state file in `dir`,
+    /// persistence on if asked.
+    pub fn mosquitto_with_plugin(
+        dir: &Path,
+        name: &str,
+        persistence: bool,
+    ) -> Result<Self, LocalBrokerError> {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+        let deploy = deploy.canonicalize().unwrap_or(deploy);
+        let plugin = deploy.join("mqlink_interest.so");
+        if !plugin.exists() {
+            return Err(LocalBrokerError::NoPlugin(plugin.display().to_string()));
+        }
+        let conf = std::fs::read_to_string(deploy.join("mqlink.conf"))
+            .map_err(io("reading deploy/mosquitto/mqlink.conf"))?
+            .replace("@DEPLOY@", &deploy.display().to_string());
+        let state = dir.join(format!("{name}-state"));
+        std::fs::create_dir_all(&state).map_err(io("creating the plugin state directory"))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777))
+            .map_err(io("opening the plugin state directory"))?;
+        // Options after the shipped ones win (the plugin reads the last).
+        let extra = format!(
+            "{conf}\nplugin_opt_state_file {}/mqlink_interest.state\n",
+            state.display()
+        );
+        Self::mosquitto_conf(dir, name, persistence, &extra)
     }
 
     fn mosquitto_conf(

@@ -17,7 +17,10 @@
 //!   subscriptions, imports with the `mqlink-origin` property, acks in
 //!   order (our own client over [`mqtt`]).
 //! - [`mqtt`]: the MQTT 5 packet codec (sans-IO).
-//! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics.
+//! - [`mosquitto`]: dynamic interest from Mosquitto 2.x's `$SYS` log topics
+//!   (the fallback, and the source of session-expiry lines).
+//! - [`plugin_feed`]: dynamic interest from the `mqlink_interest` broker
+//!   plugin (`deploy/mosquitto/`): snapshot, then sequenced deltas.
 //! - [`core`]: the task that owns the protocol core and routes its
 //!   transmits and events.
 //! - [`spool`]: the durable on-disk spool (segment log over a storage
@@ -43,6 +46,7 @@ pub mod link;
 pub mod metrics;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod plugin_feed;
 pub mod relay;
 pub mod run;
 pub mod spool;

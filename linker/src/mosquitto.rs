@@ -137,6 +137,15 @@ impl LogFollower {
         }
     }
 
+    /// Withdraw everything this follower contributed (the plugin took
+    /// over as the source); it keeps following for session ends only.
+    pub fn withdraw_all(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.clients)
+            .into_values()
+            .flat_map(|c| c.filters.into_iter().map(Change::Unsubscribe))
+            .collect()
+    }
+
     /// End every subscription of `client`.
     fn drop_client(&mut self, client: &str) -> Vec<Change> {
         self.clients
@@ -146,6 +155,10 @@ impl LogFollower {
     }
 
     fn notice(&mut self, line: &str) -> Vec<Change> {
+        if let Some(client) = crate::plugin_feed::expired_client(line) {
+            // An offline persistent session reached its expiry.
+            return self.drop_client(client);
+        }
         if let Some(rest) = line.strip_prefix("New client connected from ") {
             // "... as <id> (p2, c1, k60)."
             let Some((_, tail)) = rest.split_once(" as ") else {

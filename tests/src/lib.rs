@@ -189,6 +189,9 @@ pub struct Client {
     acks: mpsc::UnboundedReceiver<()>,
     /// The event loop task.
     task: tokio::task::JoinHandle<()>,
+    /// Set by [`Client::disconnect`]: a persistent client stops
+    /// reconnecting (it goes offline, its session stays on the broker).
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -201,10 +204,21 @@ impl Client {
     /// start off, 5 min expiry) and a client that reconnects when the
     /// broker goes away, as a device with a persistent session does.
     pub async fn connect_with(port: u16, id: &str, persistent: bool) -> anyhow::Result<Self> {
+        Self::connect_expiring(port, id, persistent.then_some(300)).await
+    }
+
+    /// With `expiry`: a persistent session (clean start off) that the
+    /// broker keeps this many seconds after the connection ends.
+    pub async fn connect_expiring(
+        port: u16,
+        id: &str,
+        expiry: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let persistent = expiry.is_some();
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_start(!persistent);
         if persistent {
-            opts.set_session_expiry_interval(Some(300));
+            opts.set_session_expiry_interval(expiry);
         }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(Some(16 * 1024 * 1024));
@@ -212,6 +226,8 @@ impl Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let (up_tx, mut up_rx) = mpsc::unbounded_channel();
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stopping.clone();
         let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
@@ -225,7 +241,9 @@ impl Client {
                         let _ = ack_tx.send(());
                     }
                     Ok(_) => {}
-                    Err(_) if persistent => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(_) if persistent && !stop.load(std::sync::atomic::Ordering::SeqCst) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Err(_) => return,
                 }
             }
@@ -238,6 +256,7 @@ impl Client {
             rx,
             acks,
             task,
+            stopping,
         })
     }
 
@@ -321,6 +340,8 @@ impl Client {
 
     /// Disconnect.
     pub async fn disconnect(self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.inner.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
     }

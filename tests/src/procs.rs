@@ -51,6 +51,11 @@ pub struct Options {
     /// Brokers with persistence on, so they can be restarted
     /// ([`ProcFederation::restart_broker`]) keeping sessions and queues.
     pub persistent_brokers: bool,
+    /// Brokers configured with the project's `deploy/mosquitto/mqlink.conf`
+    /// (the `mqlink_interest` plugin) and agents with `dynamic: mosquitto`.
+    pub interest_plugin: bool,
+    /// Start no agent ([`ProcFederation::start_agent`] starts them).
+    pub agents_later: bool,
 }
 
 fn free_udp() -> anyhow::Result<u16> {
@@ -131,7 +136,9 @@ impl ProcFederation {
         };
         let mut out = BTreeMap::new();
         for r in regions {
-            let broker = if opts.persistent_brokers {
+            let broker = if opts.interest_plugin {
+                LocalBroker::mosquitto_with_plugin(&dir, r, opts.persistent_brokers)?
+            } else if opts.persistent_brokers {
                 LocalBroker::mosquitto_persistent(&dir, r)?
             } else {
                 LocalBroker::mosquitto(&dir, r)?
@@ -146,11 +153,16 @@ impl ProcFederation {
                 "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
                  listen: {{ quic: \"127.0.0.1:{}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{}\" }}\n\
                  tls: {{ cert: certs/{r}.pem, key: certs/{r}.key, ca: certs/ca.pem }}\n\
-                 interest: {{ dynamic: none, static: [{}] }}\n\
+                 interest: {{ dynamic: {}, static: [{}] }}\n\
                  spool: {}\nlinks:\n",
                 broker.port(),
                 quic[r],
                 metrics_port,
+                if opts.interest_plugin {
+                    "mosquitto"
+                } else {
+                    "none"
+                },
                 statics.join(", "),
                 spool.replace("{r}", r)
             );
@@ -187,8 +199,10 @@ impl ProcFederation {
             regions: out,
             relays,
         };
-        for r in regions {
-            fed.start_agent(r)?;
+        if !opts.agents_later {
+            for r in regions {
+                fed.start_agent(r)?;
+            }
         }
         Ok(fed)
     }

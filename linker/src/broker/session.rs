@@ -28,13 +28,14 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::acks::{AckQueue, Arrival, Inflight, Outcome};
 use super::{ExportState, Session, import_out, message_of};
 use crate::core::{ExportCmd, ImportCmd, Input};
 use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
 use crate::mqtt::codec::{self, AckKind, CodecError, Incoming, Publish, Subscription};
+use crate::plugin_feed::{EXPIRED_TOPIC, PLUGIN_TOPIC, PluginFeed, SYNC_TOPIC, expired_client};
 
 /// Most notifications waiting for the core before the socket is no
 /// longer read.
@@ -87,6 +88,8 @@ struct State {
     notify: Vec<Input>,
     export: ExportState,
     follower: Option<LogFollower>,
+    /// The interest plugin's share (used with `follower`).
+    plugin: PluginFeed,
     draining: bool,
     /// The topics of exported messages, checked once each.
     topics: TopicCache,
@@ -109,6 +112,7 @@ pub async fn run(
         notify: Vec::new(),
         export,
         follower,
+        plugin: PluginFeed::default(),
         draining: false,
         topics: TopicCache::new(TOPICS_CACHED),
     };
@@ -377,17 +381,72 @@ fn outcome(st: &mut State, o: Outcome, pkid: u16) {
     }
 }
 
+fn notify_changes(st: &mut State, changes: Vec<Change>) {
+    st.notify
+        .extend(changes.into_iter().map(|change| match change {
+            Change::Subscribe(f) => Input::Subscribe(f),
+            Change::Unsubscribe(f) => Input::Unsubscribe(f),
+        }));
+}
+
+/// A QoS 0 message of ours to the broker (the plugin's requests).
+fn publish0(c: &mut Conn, topic: &str, payload: &[u8]) {
+    codec::PublishOut {
+        topic,
+        payload,
+        ..Default::default()
+    }
+    .encode(&mut c.out);
+}
+
+/// A message from the interest plugin: its changes to the core; a
+/// snapshot asked for again when one is needed. The first snapshot makes
+/// the plugin the source: what the log follower contributed is withdrawn
+/// (after the plugin's own changes, so no filter drops out meanwhile).
+fn plugin_message(st: &mut State, c: &mut Conn, payload: &[u8]) {
+    let feed = st.plugin.handle(payload);
+    if feed.invalid > 0 {
+        warn!(
+            filters = feed.invalid,
+            "the interest plugin reported filters that are not valid topic filters; skipped"
+        );
+        metrics::counter!("mqlink_interest_invalid_filters_total").increment(feed.invalid as u64);
+    }
+    notify_changes(st, feed.changes);
+    if feed.activated {
+        info!("dynamic interest: the mqlink_interest plugin is the source");
+        if let Some(f) = st.follower.as_mut() {
+            let withdrawn = f.withdraw_all();
+            notify_changes(st, withdrawn);
+        }
+    }
+    if feed.resync {
+        publish0(c, SYNC_TOPIC, b"");
+    }
+}
+
 fn publish(st: &mut State, c: &mut Conn, p: Publish) {
+    if &*p.topic == PLUGIN_TOPIC {
+        if st.follower.is_some() {
+            plugin_message(st, c, &p.payload);
+        }
+        return;
+    }
     if p.topic.starts_with("$SYS/broker/log/") {
-        if let Some(f) = st.follower.as_mut()
-            && let Ok(line) = std::str::from_utf8(&p.payload)
-        {
-            for change in f.handle_line(&p.topic, line) {
-                st.notify.push(match change {
-                    Change::Subscribe(f) => Input::Subscribe(f),
-                    Change::Unsubscribe(f) => Input::Unsubscribe(f),
-                });
+        let Ok(line) = std::str::from_utf8(&p.payload) else {
+            return;
+        };
+        if st.plugin.active() {
+            // The plugin holds the table; the log only says when an
+            // offline session expired, which the plugin cannot see.
+            if let Some(client) = expired_client(line) {
+                publish0(c, EXPIRED_TOPIC, client.as_bytes());
             }
+            return;
+        }
+        if let Some(f) = st.follower.as_mut() {
+            let changes = f.handle_line(&p.topic, line);
+            notify_changes(st, changes);
         }
         return;
     }
@@ -494,13 +553,19 @@ fn subscribe(st: &mut State, c: &mut Conn, subs: Vec<Subscription>) {
 /// subscription.
 fn subscribe_all(st: &mut State, c: &mut Conn) {
     let mut subs: Vec<Subscription> = Vec::new();
-    if st.follower.is_some() {
-        subs.extend(LOG_TOPICS.iter().map(|t| Subscription {
-            filter: (*t).to_owned(),
-            qos: 0,
-            no_local: false,
-            retain_as_published: false,
-        }));
+    let dynamic = st.follower.is_some();
+    if dynamic {
+        subs.extend(
+            LOG_TOPICS
+                .iter()
+                .chain(&[PLUGIN_TOPIC])
+                .map(|t| Subscription {
+                    filter: (*t).to_owned(),
+                    qos: 0,
+                    no_local: false,
+                    retain_as_published: false,
+                }),
+        );
     }
     let share = st.export.share().map(str::to_owned);
     let share = share.as_deref();
@@ -511,6 +576,12 @@ fn subscribe_all(st: &mut State, c: &mut Conn) {
             .map(|f| super::export_subscription(share, f)),
     );
     subscribe(st, c, subs);
+    if dynamic {
+        // After the SUBSCRIBE on the same connection: the answer finds
+        // the subscription in place. Asked at every connection, since the
+        // plugin may have restarted with the broker.
+        publish0(c, SYNC_TOPIC, b"");
+    }
 }
 
 fn import(st: &mut State, c: &mut Conn, cmd: ImportCmd) {

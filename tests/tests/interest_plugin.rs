@@ -1,0 +1,187 @@
+//! Dynamic interest from the `mqlink_interest` Mosquitto plugin, end to end:
+//! real Mosquitto brokers configured the way an operator installs mqlink
+//! (`make -C deploy/mosquitto`, then `deploy/mosquitto/mqlink.conf` with
+//! `@DEPLOY@` replaced), real agent processes with `dynamic: mosquitto`.
+//! Needs the plugin built (`.ci/run` builds it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should panic
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mqlink_e2e::procs::{Options, ProcFederation};
+use mqlink_e2e::{topic, wait_until};
+use rumqttc::v5::mqttbytes::QoS;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Publish `cmd/<i>` for `i` in `range` at QoS 1 from region a.
+async fn publish(fed: &ProcFederation, range: std::ops::Range<u32>) {
+    let publ = fed.client("a", "pub-a").await.unwrap();
+    for i in range {
+        publ.publish(&format!("cmd/{i}"), b"x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    publ.disconnect().await;
+}
+
+/// Wait until `region`'s agent has delivered `n` messages to its broker
+/// (counted since its last start).
+async fn delivered(fed: &ProcFederation, region: &str, n: f64) {
+    wait_until(&format!("{n} deliveries in {region}"), LIMIT, || async {
+        fed.metric(region, "mqlink_delivered_total")
+            .await
+            .is_some_and(|d| d >= n)
+    })
+    .await
+    .unwrap();
+}
+
+/// A device with a persistent session subscribes and goes offline before
+/// any agent runs; what region a publishes for it is queued for it, also
+/// after its broker restarts (persistence on) and after its region's agent
+/// is SIGKILLed and started again. The `$SYS` log alone saw none of it
+/// (0 of 50 before the plugin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_persistent_subscriber_from_before_the_agents_gets_everything() {
+    let opts = Options {
+        interest_plugin: true,
+        persistent_brokers: true,
+        agents_later: true,
+        ..Options::default()
+    };
+    let mut fed =
+        ProcFederation::start_with("plugin-offline", &["a", "b"], &[("a", "b", 10)], &[], &opts)
+            .unwrap();
+    // A client id with a space: the plugin keeps ids as they are.
+    let mut dev = fed.persistent_client("b", "dev 42").await.unwrap();
+    dev.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+    dev.disconnect().await;
+
+    fed.start_agent("a").unwrap();
+    fed.start_agent("b").unwrap();
+    wait_until("b's interest known at a", LIMIT, || async {
+        fed.metric_sum("a", "mqlink_interest_filters").await >= 1.0
+    })
+    .await
+    .unwrap();
+    publish(&fed, 0..50).await;
+    delivered(&fed, "b", 50.0).await;
+
+    // The broker restarts: the session and its queue survive, and so does
+    // the plugin's table (its state file).
+    fed.restart_broker("b", Duration::from_millis(300))
+        .await
+        .unwrap();
+    publish(&fed, 50..100).await;
+    delivered(&fed, "b", 100.0).await;
+
+    // The agent is killed and started again: it learns the interest anew
+    // from the plugin.
+    fed.kill_agent("b");
+    fed.start_agent("b").unwrap();
+    wait_until("b's agent back", LIMIT, || async {
+        fed.metric("b", "mqlink_interest_local_filters")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await
+    .unwrap();
+    publish(&fed, 100..150).await;
+    delivered(&fed, "b", 50.0).await;
+
+    let mut dev = fed.persistent_client("b", "dev 42").await.unwrap();
+    let got = dev.take(150, LIMIT).await.unwrap();
+    let topics: BTreeSet<String> = got.iter().map(topic).collect();
+    assert_eq!(topics.len(), 150, "every message once");
+    assert_eq!(
+        fed.metric("b", "mqlink_interest_local_filters").await,
+        Some(1.0),
+        "the agent's own subscriptions are not interest"
+    );
+    dev.disconnect().await;
+    fed.stop().await;
+}
+
+/// How many filters region a holds for region b.
+async fn seen_at_a(fed: &ProcFederation) -> f64 {
+    fed.metric_sum("a", "mqlink_interest_filters").await
+}
+
+async fn wait_seen(fed: &ProcFederation, what: &str, n: f64) {
+    wait_until(what, LIMIT, || async { seen_at_a(fed).await == n })
+        .await
+        .unwrap();
+}
+
+/// Interest ends with an unsubscribe, a clean disconnect and a
+/// persistent session's expiry, and 10,000 subscriptions from 1,000
+/// clients are learned and reach the other region within the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_follows_unsubscribes_session_ends_and_a_thousand_clients() {
+    let opts = Options {
+        interest_plugin: true,
+        ..Options::default()
+    };
+    let fed = ProcFederation::start_with("plugin-ends", &["a", "b"], &[("a", "b", 10)], &[], &opts)
+        .unwrap();
+    let port = fed.regions["b"].broker.port();
+    let mut c = fed.client("b", "clean-1").await.unwrap();
+    c.subscribe("x/1", QoS::AtLeastOnce).await.unwrap();
+    wait_seen(&fed, "x/1 at a", 1.0).await;
+    c.unsubscribe("x/1").await.unwrap();
+    wait_seen(&fed, "x/1 gone at a", 0.0).await;
+    c.subscribe("x/2", QoS::AtLeastOnce).await.unwrap();
+    wait_seen(&fed, "x/2 at a", 1.0).await;
+    c.disconnect().await;
+    wait_seen(&fed, "a clean disconnect ends x/2", 0.0).await;
+
+    // A persistent session with a 1 s expiry: its interest outlives the
+    // connection, then ends when the broker expires the session.
+    let mut p = mqlink_e2e::Client::connect_expiring(port, "expiring", Some(1))
+        .await
+        .unwrap();
+    p.subscribe("y/1", QoS::AtLeastOnce).await.unwrap();
+    wait_seen(&fed, "y/1 at a", 1.0).await;
+    p.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen_at_a(&fed).await, 1.0, "kept while the session lives");
+    wait_seen(&fed, "the expired session's y/1 gone at a", 0.0).await;
+
+    // 1,000 clients, 10 subscriptions each.
+    let started = std::time::Instant::now();
+    let mut connecting = tokio::task::JoinSet::new();
+    // Fifty at a time: a thousand at once overflows the broker's backlog.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+    for i in 0..1000 {
+        let gate = gate.clone();
+        connecting.spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            let c = mqlink_e2e::Client::connect(port, &format!("fleet-{i}"))
+                .await
+                .unwrap();
+            for k in 0..10 {
+                c.inner
+                    .subscribe(format!("fleet/{i}/{k}"), QoS::AtMostOnce)
+                    .await
+                    .unwrap();
+            }
+            c
+        });
+    }
+    let clients = connecting.join_all().await;
+    let subscribed = started.elapsed();
+    wait_seen(&fed, "10,000 filters at a", 10_000.0).await;
+    println!(
+        "10,000 subscriptions from 1,000 clients: made in {subscribed:?}, known at a {:?} later",
+        started.elapsed() - subscribed
+    );
+    let mut ends = tokio::task::JoinSet::new();
+    for c in clients {
+        ends.spawn(c.disconnect());
+    }
+    ends.join_all().await;
+    wait_seen(&fed, "the fleet gone at a", 0.0).await;
+    fed.stop().await;
+}
