@@ -788,6 +788,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	const char *acl = NULL;
 	for(int i = 0; i < option_count; i++){
 		if(strcmp(options[i].key, "state_file") == 0){
+			/* The last one given wins (a site file may override ours). */
+			mosquitto_free(g.state_file);
 			g.state_file = mosquitto_strdup(options[i].value);
 		}else if(strcmp(options[i].key, "acl") == 0){
 			acl = options[i].value;

@@ -185,3 +185,114 @@ async fn interest_follows_unsubscribes_session_ends_and_a_thousand_clients() {
     wait_seen(&fed, "the fleet gone at a", 0.0).await;
     fed.stop().await;
 }
+
+/// The plugin under valgrind inside a real Mosquitto: subscriptions from
+/// clean and persistent sessions, `$share`, unsubscribes, disconnects, a
+/// snapshot request, an expiry relay and the state file; no invalid
+/// access and nothing leaked when the broker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_is_clean_under_valgrind() {
+    let dir = mqlink_e2e::scratch("plugin-valgrind");
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/mosquitto")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        deploy.join("mqlink_interest.so").exists(),
+        "build the plugin first: make -C deploy/mosquitto"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    let shipped = std::fs::read_to_string(deploy.join("mqlink.conf"))
+        .unwrap()
+        .replace("@DEPLOY@", deploy.to_str().unwrap());
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{shipped}\n\
+             plugin_opt_state_file {}/state\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let report = dir.join("valgrind.txt");
+    let mut broker = std::process::Command::new("valgrind")
+        .arg("--leak-check=full")
+        .arg("--errors-for-leak-kinds=definite,indirect")
+        .arg("--error-exitcode=99")
+        .arg(format!("--log-file={}", report.display()))
+        .arg("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("valgrind (apt-get install -y valgrind)");
+    wait_until("mosquitto under valgrind listening", LIMIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap();
+
+    let mut agent = mqlink_e2e::Client::connect(port, "mqlink-x-1")
+        .await
+        .unwrap();
+    agent
+        .subscribe("$mqlink/interest", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut p = mqlink_e2e::Client::connect_expiring(port, "p 1", Some(300))
+        .await
+        .unwrap();
+    p.subscribe("a/+", QoS::AtLeastOnce).await.unwrap();
+    p.subscribe("$share/g/b/#", QoS::AtLeastOnce).await.unwrap();
+    p.disconnect().await;
+    let mut c = mqlink_e2e::Client::connect(port, "c1").await.unwrap();
+    c.subscribe("c/1", QoS::AtMostOnce).await.unwrap();
+    c.subscribe("c/2", QoS::AtMostOnce).await.unwrap();
+    c.unsubscribe("c/1").await.unwrap();
+    agent
+        .publish("$mqlink/interest/sync", b"", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    // Deltas came first (the agent was already subscribed); then the
+    // snapshot: "MQI1", kind 1, epoch, seq, last, count: a/+, b/#, c/2.
+    let snapshot = loop {
+        let m = agent.next(LIMIT).await.expect("a snapshot");
+        if m.payload[4] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(&snapshot.payload[21..26], &[1, 0, 0, 0, 3]);
+    c.disconnect().await;
+    agent
+        .publish("$mqlink/interest/expired", b"p 1", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    // Two deltas: c/2 gone (clean disconnect), then a/+ and b/# (expired).
+    let deltas = agent.take(2, LIMIT).await.unwrap();
+    let removed: u32 = deltas
+        .iter()
+        .map(|d| u32::from_be_bytes(d.payload[25..29].try_into().unwrap()))
+        .sum();
+    assert_eq!(removed, 3);
+    agent.disconnect().await;
+
+    let status = mqlink::brokers::terminate(&mut broker, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        status.success(),
+        "valgrind found errors or leaks ({status}):\n{text}"
+    );
+    assert!(text.contains("ERROR SUMMARY: 0 errors"), "{text}");
+}
