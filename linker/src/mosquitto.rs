@@ -1,5 +1,8 @@
-//! Dynamic interest from a stock Mosquitto 2.x: follow the broker's own log
-//! lines, which it publishes on `$SYS/broker/log/...` when configured with
+//! Dynamic interest from a stock Mosquitto 2.x's log: the fallback for a
+//! broker where the `mqlink_interest` plugin ([`crate::plugin_feed`]) is
+//! not loaded, and the stand-in until it answers; with the plugin, only its
+//! "Expiring client" lines are used (relayed to the plugin). The broker
+//! publishes its log lines on `$SYS/broker/log/...` when configured with
 //!
 //! ```text
 //! log_dest topic
@@ -22,7 +25,8 @@
 //!   until they subscribe again (static filters cover long-lived needs).
 //! - A client's interest ends when it disconnects if it connected with
 //!   clean start (`c1`); persistent sessions (`c0`) keep their interest,
-//!   since the broker queues for them. MQTT 5 session expiry is not seen.
+//!   since the broker queues for them, until the broker logs that it
+//!   expired them ("Expiring client <id> due to timeout.").
 //! - Client ids containing spaces are not supported (the log is
 //!   space-separated).
 
