@@ -255,6 +255,21 @@ mod tests {
             l.handle_line(n, "1796016185: Client dev42 disconnected."),
             vec![Change::Unsubscribe(f("factory/+/temp"))]
         );
+        // A persistent session keeps its interest past the disconnect,
+        // until the broker expires it; withdrawing returns what is left.
+        l.handle_line(
+            n,
+            "1: New client connected from 127.0.0.1:1 as dev7 (p5, c0, k60).",
+        );
+        l.handle_line(sub, "1: dev7 1 p/#");
+        assert!(l.handle_line(n, "2: Client dev7 disconnected.").is_empty());
+        assert_eq!(
+            l.handle_line(n, "3: Expiring client dev7 due to timeout."),
+            vec![Change::Unsubscribe(f("p/#"))]
+        );
+        l.handle_line(sub, "4: other 1 q/1");
+        assert_eq!(l.withdraw_all(), vec![Change::Unsubscribe(f("q/1"))]);
+        assert!(l.withdraw_all().is_empty());
 
         // A persistent session keeps its interest across disconnects.
         l.handle_line(
