@@ -24,6 +24,22 @@
 //! hands the core one batch per read, and keeps packet ids itself. The
 //! end-to-end tests' clients and the demo's still use rumqttc.
 //!
+//! # The boundary (DESIGN.md's "broker behind a trait of ours")
+//!
+//! The core never sees the broker or an MQTT crate: the session task and
+//! the core talk over three channels of our own types ([`crate::core::Input`]
+//! up: publishes with their custody tokens, acknowledgements, interest
+//! changes; [`crate::core::ExportCmd`] and [`crate::core::ImportCmd`] down:
+//! releases, export sets, deliveries). That message interface is the
+//! seam a trait would give, without a trait object on the per-message
+//! path: a test drives the core by sending `Input`s and reading the
+//! commands (the simulator and the in-memory tests drive the sans-IO core
+//! directly), and drives the session against a scripted MQTT server on
+//! 127.0.0.1 (`session::tests`). Interest sources are sans-IO parsers
+//! behind the same `Input`s ([`crate::mosquitto::LogFollower`],
+//! [`crate::plugin_feed::PluginFeed`]), so another broker's source (EMQX
+//! event topics, a REST poller) plugs in as one more parser.
+//!
 //! # What it does
 //!
 //! - Export: the agent subscribes to the filters the core asks for, with
