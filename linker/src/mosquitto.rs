@@ -26,7 +26,7 @@
 //! - A client's interest ends when it disconnects if it connected with
 //!   clean start (`c1`); persistent sessions (`c0`) keep their interest,
 //!   since the broker queues for them, until the broker logs that it
-//!   expired them ("Expiring client <id> due to timeout.").
+//!   expired them (`Expiring client <id> due to timeout.`).
 //! - Client ids containing spaces are not supported (the log is
 //!   space-separated).
 

@@ -185,7 +185,7 @@ impl PluginFeed {
 }
 
 /// The client id in a broker log line saying an offline session expired
-/// ("Expiring client <id> due to timeout."), if it is one.
+/// (`Expiring client <id> due to timeout.`), if it is one.
 pub fn expired_client(line: &str) -> Option<&str> {
     let rest = line.split_once("Expiring client ")?.1;
     rest.trim_end().strip_suffix(" due to timeout.")
