@@ -189,7 +189,70 @@ pub fn check(file: &Path, configs: &[RegionConfig]) -> Vec<Diagnostic> {
             ));
         }
     }
+    if configs
+        .iter()
+        .any(|c| c.interest.dynamic == mqlink_config::DynamicInterest::Mosquitto)
+    {
+        dynamic_interest(file, &conf, &mut diags);
+    }
     diags
+}
+
+/// For `interest: { dynamic: mosquitto }`: the `mqlink_interest` plugin
+/// loaded and built, its state file set, the log on `$SYS` (fallback and
+/// session-expiry lines).
+fn dynamic_interest(file: &Path, conf: &Conf, diags: &mut Vec<Diagnostic>) {
+    let plugin = conf
+        .settings
+        .iter()
+        .rev()
+        .find(|(k, s)| k == "plugin" && s.value.contains("mqlink_interest"))
+        .map(|(_, s)| s);
+    match plugin {
+        None => diags.push(Diagnostic::warning(
+            file,
+            None,
+            "dynamic interest: the mqlink_interest plugin is not loaded, so the agent sees only \
+             subscriptions made while it is connected (build it with `make -C deploy/mosquitto` \
+             and add deploy/mosquitto/mqlink.conf)",
+        )),
+        Some(s) if s.value.contains("@DEPLOY@") => diags.push(Diagnostic::error(
+            &s.file,
+            s.pos(),
+            "plugin @DEPLOY@/...: replace @DEPLOY@ with the absolute path of deploy/mosquitto",
+        )),
+        Some(s) if !Path::new(&s.value).exists() => diags.push(Diagnostic::warning(
+            &s.file,
+            s.pos(),
+            format!(
+                "plugin {}: no such file (build it with `make -C deploy/mosquitto`)",
+                s.value
+            ),
+        )),
+        Some(s) => {
+            if conf.get("plugin_opt_state_file").is_none() {
+                diags.push(Diagnostic::warning(
+                    &s.file,
+                    s.pos(),
+                    "plugin_opt_state_file is not set: after a broker restart the plugin \
+                     forgets the subscriptions of restored persistent sessions",
+                ));
+            }
+        }
+    }
+    let log_topic = conf
+        .settings
+        .iter()
+        .any(|(k, s)| k == "log_dest" && s.value.split_whitespace().any(|v| v == "topic"));
+    if !log_topic {
+        diags.push(Diagnostic::warning(
+            file,
+            None,
+            "dynamic interest: no `log_dest topic`: the agent cannot see when the broker expires \
+             an offline session (its interest then stays), nor follow subscriptions without the \
+             plugin (add deploy/mosquitto/mqlink.conf)",
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +312,41 @@ mod tests {
             m[0].contains("zz.conf:2:1: max_inflight_messages 10"),
             "{m:#?}"
         );
+    }
+
+    #[test]
+    fn dynamic_interest_wants_the_plugin_built_and_named() {
+        let region = |dynamic: &str| {
+            mqlink_config::parse(
+                std::path::Path::new("r.yaml"),
+                &format!(
+                    "region: r\ntls: {{ cert: c, key: k, ca: a }}\n\
+                     interest: {{ dynamic: {dynamic} }}\nlinks: []\n"
+                ),
+                "host",
+            )
+            .unwrap()
+        };
+        let base = "persistence true\nmax_queued_messages 100000\nmax_inflight_messages 1000\n";
+        let f = write("dyn-none", base);
+        assert!(check(&f, &[region("none")]).is_empty());
+        let m = messages(&check(&f, &[region("mosquitto")]));
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(m[0].contains("plugin is not loaded"));
+        assert!(m[1].contains("no `log_dest topic`"));
+        let f = write(
+            "dyn-deploy",
+            &format!("{base}log_dest topic\nplugin @DEPLOY@/mqlink_interest.so\n"),
+        );
+        let m = messages(&check(&f, &[region("mosquitto")]));
+        assert_eq!(m.len(), 1, "{m:#?}");
+        assert!(m[0].contains(":5:1: plugin @DEPLOY@"), "{m:#?}");
+        let f = write(
+            "dyn-missing",
+            &format!("{base}log_dest topic\nplugin /nowhere/mqlink_interest.so\n"),
+        );
+        let m = messages(&check(&f, &[region("mosquitto")]));
+        assert!(m[0].contains("no such file"), "{m:#?}");
     }
 
     #[test]
