@@ -444,6 +444,19 @@ static void flush_pending(void)
 	mosquitto_free(removes.data);
 }
 
+/* One snapshot part: `n` strings already in `body` (which is emptied). */
+static void send_part(struct buf *body, uint32_t n, bool last)
+{
+	struct buf b = {0};
+	header(&b, 1, g.seq);
+	buf_u8(&b, last ? 1 : 0);
+	buf_u32(&b, n);
+	buf_put(&b, body->data, body->len);
+	b.failed |= body->failed;
+	send_buf(&b);
+	body->len = 0;
+}
+
 /* The whole table at the current seq, in parts. */
 static void send_snapshot(void)
 {
@@ -454,27 +467,14 @@ static void send_snapshot(void)
 		for(struct entry *e = g.filters.buckets[i]; e; e = e->next){
 			if(!((struct filter *)e->value)->announced) continue;
 			if(body.len + 2 + strlen(e->key) > CHUNK_BYTES && n > 0){
-				struct buf b = {0};
-				header(&b, 1, g.seq);
-				buf_u8(&b, 0);
-				buf_u32(&b, n);
-				buf_put(&b, body.data, body.len);
-				b.failed |= body.failed;
-				send_buf(&b);
-				body.len = 0;
+				send_part(&body, n, false);
 				n = 0;
 			}
 			buf_str(&body, e->key);
 			n++;
 		}
 	}
-	struct buf b = {0};
-	header(&b, 1, g.seq);
-	buf_u8(&b, 1);
-	buf_u32(&b, n);
-	buf_put(&b, body.data, body.len);
-	b.failed |= body.failed;
-	send_buf(&b);
+	send_part(&body, n, true);
 	mosquitto_free(body.data);
 }
 

@@ -124,8 +124,9 @@ async fn interest_follows_unsubscribes_session_ends_and_a_thousand_clients() {
         interest_plugin: true,
         ..Options::default()
     };
-    let fed = ProcFederation::start_with("plugin-ends", &["a", "b"], &[("a", "b", 10)], &[], &opts)
-        .unwrap();
+    let mut fed =
+        ProcFederation::start_with("plugin-ends", &["a", "b"], &[("a", "b", 10)], &[], &opts)
+            .unwrap();
     let port = fed.regions["b"].broker.port();
     let mut c = fed.client("b", "clean-1").await.unwrap();
     c.subscribe("x/1", QoS::AtLeastOnce).await.unwrap();
@@ -177,6 +178,16 @@ async fn interest_follows_unsubscribes_session_ends_and_a_thousand_clients() {
         "10,000 subscriptions from 1,000 clients: made in {subscribed:?}, known at a {:?} later",
         started.elapsed() - subscribed
     );
+    // b's agent restarts: it learns all 10,000 again from one snapshot,
+    // which the plugin sends in several parts (64 KB each).
+    fed.kill_agent("b");
+    fed.start_agent("b").unwrap();
+    wait_until("b's agent holds 10,000 filters again", LIMIT, || async {
+        fed.metric("b", "mqlink_interest_local_filters").await == Some(10_000.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen_at_a(&fed).await, 10_000.0);
     let mut ends = tokio::task::JoinSet::new();
     for c in clients {
         ends.spawn(c.disconnect());
