@@ -203,35 +203,7 @@ async fn interest_follows_unsubscribes_session_ends_and_a_thousand_clients() {
 /// access and nothing leaked when the broker stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_is_clean_under_valgrind() {
-    let dir = mqlink_e2e::scratch("plugin-valgrind");
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/mosquitto")
-        .canonicalize()
-        .unwrap();
-    assert!(
-        deploy.join("mqlink_interest.so").exists(),
-        "build the plugin first: make -C deploy/mosquitto"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let conf = dir.join("mosquitto.conf");
-    let shipped = std::fs::read_to_string(deploy.join("mqlink.conf"))
-        .unwrap()
-        .replace("@DEPLOY@", deploy.to_str().unwrap());
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\n{shipped}\n\
-             plugin_opt_state_file {}/state\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    let (dir, port, conf) = plugin_broker_conf("plugin-valgrind", "");
     let report = dir.join("valgrind.txt");
     let mut broker = std::process::Command::new("valgrind")
         .arg("--leak-check=full")
@@ -245,13 +217,7 @@ async fn the_plugin_is_clean_under_valgrind() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("valgrind (apt-get install -y valgrind)");
-    wait_until("mosquitto under valgrind listening", LIMIT, || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await
-    .unwrap();
+    listening(port).await;
 
     let mut agent = mqlink_e2e::Client::connect(port, "mqlink-x-1")
         .await
@@ -306,4 +272,129 @@ async fn the_plugin_is_clean_under_valgrind() {
         "valgrind found errors or leaks ({status}):\n{text}"
     );
     assert!(text.contains("ERROR SUMMARY: 0 errors"), "{text}");
+}
+
+/// A Mosquitto configuration for a test broker the way an operator writes
+/// it: a listener on a free port, `extra` lines, then the shipped
+/// `deploy/mosquitto/mqlink.conf` with `@DEPLOY@` replaced and the
+/// plugin's state file in the scratch directory. (directory, port, file)
+fn plugin_broker_conf(name: &str, extra: &str) -> (std::path::PathBuf, u16, std::path::PathBuf) {
+    let dir = mqlink_e2e::scratch(name);
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/mosquitto")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        deploy.join("mqlink_interest.so").exists(),
+        "build the plugin first: make -C deploy/mosquitto"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    let shipped = std::fs::read_to_string(deploy.join("mqlink.conf"))
+        .unwrap()
+        .replace("@DEPLOY@", deploy.to_str().unwrap());
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n{shipped}\n\
+             plugin_opt_state_file {}/state\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    (dir, port, conf)
+}
+
+async fn listening(port: u16) {
+    wait_until("the broker listening", LIMIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap();
+}
+
+/// On a broker with an `acl_file`, the plugin (`plugin_opt_acl auto`, as
+/// shipped) defers its access answers: the acl_file still decides what
+/// clients may do (a plugin that allowed would have opened the broker),
+/// and the plugin still hands out its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_acl_file_the_plugin_defers_and_the_acl_still_decides() {
+    let scratch = mqlink_e2e::scratch("plugin-acl-file");
+    let acl = scratch.join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite allowed/#\ntopic readwrite $mqlink/#\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, port, conf) = plugin_broker_conf(
+        "plugin-acl",
+        &format!("acl_file {}\nlog_dest stderr\nlog_type all", acl.display()),
+    );
+    let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+    let mut broker = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto");
+    listening(port).await;
+    let mut sub = mqlink_e2e::Client::connect(port, "sub").await.unwrap();
+    sub.subscribe("allowed/#", QoS::AtMostOnce).await.unwrap();
+    sub.subscribe("denied/#", QoS::AtMostOnce).await.unwrap();
+    let publ = mqlink_e2e::Client::connect(port, "pub").await.unwrap();
+    publ.publish("denied/1", b"no", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    publ.publish("allowed/1", b"yes", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    let got = sub.take(1, LIMIT).await.unwrap();
+    assert_eq!(topic(&got[0]), "allowed/1");
+    assert!(
+        sub.next(Duration::from_millis(500)).await.is_none(),
+        "the acl_file denied denied/#"
+    );
+
+    let mut agent = mqlink_e2e::Client::connect(port, "mqlink-x-1")
+        .await
+        .unwrap();
+    agent
+        .subscribe("$mqlink/interest", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    agent
+        .publish("$mqlink/interest/sync", b"", QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    let snapshot = loop {
+        let m = agent.next(LIMIT).await.expect("a snapshot");
+        if m.payload[4] == 1 {
+            break m;
+        }
+    };
+    // allowed/# and (seen before the acl_file refused it) denied/#.
+    assert_eq!(&snapshot.payload[21..26], &[1, 0, 0, 0, 2]);
+    for c in [sub, publ, agent] {
+        c.disconnect().await;
+    }
+    mqlink::brokers::terminate(&mut broker, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap();
+    assert!(
+        text.contains("found other access control in the configuration: access checks deferred"),
+        "{text}"
+    );
 }
