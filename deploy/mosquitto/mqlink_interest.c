@@ -670,8 +670,9 @@ static bool config_path(char *out, size_t len)
 	fclose(f);
 	cmd[n] = 0;
 	for(size_t i = 0; i < n; i += strlen(cmd + i) + 1){
-		if((strcmp(cmd + i, "-c") == 0 || strcmp(cmd + i, "--config-file") == 0) && i + 3 < n){
-			snprintf(out, len, "%s", cmd + i + 3);
+		size_t next = i + strlen(cmd + i) + 1;
+		if((strcmp(cmd + i, "-c") == 0 || strcmp(cmd + i, "--config-file") == 0) && next < n){
+			snprintf(out, len, "%s", cmd + next);
 			return true;
 		}
 	}
@@ -697,6 +698,9 @@ static int on_acl(int event, void *data, void *userdata)
 	(void)event;
 	(void)userdata;
 	struct mosquitto_evt_acl_check *e = data;
+	if(!e->client || !e->topic){
+		return g.acl_result;
+	}
 	if(e->access == MOSQ_ACL_SUBSCRIBE){
 		subscribe(e->client, e->topic);
 	}else if(e->access == MOSQ_ACL_UNSUBSCRIBE){
