@@ -426,13 +426,15 @@ fn plugin_message(st: &mut State, c: &mut Conn, payload: &[u8]) {
 }
 
 fn publish(st: &mut State, c: &mut Conn, p: Publish) {
-    if &*p.topic == PLUGIN_TOPIC {
+    // Byte comparisons: the topic is checked as text once, in `message_of`.
+    let topic = p.topic.as_bytes();
+    if topic == PLUGIN_TOPIC.as_bytes() {
         if st.follower.is_some() {
             plugin_message(st, c, &p.payload);
         }
         return;
     }
-    if p.topic.starts_with("$SYS/broker/log/") {
+    if topic.starts_with(b"$SYS/broker/log/") {
         let Ok(line) = std::str::from_utf8(&p.payload) else {
             return;
         };

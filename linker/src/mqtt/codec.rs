@@ -69,7 +69,9 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
-/// Bytes checked to be UTF-8, read as a `str`.
+/// Bytes checked to be UTF-8, read as a `str`. Without `unsafe` (which
+/// this workspace forbids) each `Deref` checks the bytes again: compare
+/// [`Utf8Bytes::as_bytes`] where a byte comparison will do.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Utf8Bytes(Bytes);
 
@@ -77,6 +79,11 @@ impl Utf8Bytes {
     /// `b` if it is UTF-8.
     pub fn new(b: Bytes) -> Option<Self> {
         std::str::from_utf8(&b).is_ok().then_some(Self(b))
+    }
+
+    /// The bytes, unchecked again.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

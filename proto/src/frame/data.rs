@@ -183,14 +183,17 @@ pub(super) fn encode(batch: &DataBatch, aliases: &mut TopicAliases, out: &mut By
             dests: indices(&mut regions, &e.dests),
         };
         let route = index_of(&mut routes, route);
-        let next = aliases.ids.len() as u32;
-        let topic = *aliases
-            .ids
-            .entry(e.message.topic.clone())
-            .or_insert_with(|| {
+        // Looked up first: most topics have an alias, and an entry() would
+        // clone the name (an atomic increment) for every envelope.
+        let topic = match aliases.ids.get(&e.message.topic) {
+            Some(&alias) => alias,
+            None => {
+                let alias = aliases.ids.len() as u32;
+                aliases.ids.insert(e.message.topic.clone(), alias);
                 fresh.push(e.message.topic.as_str());
-                next
-            });
+                alias
+            }
+        };
         refs.push(Refs {
             flags,
             route,
