@@ -172,6 +172,30 @@ fn spawn_mosquitto(conf: &Path, log: &Path, port: u16) -> Result<Child, LocalBro
     Ok(child)
 }
 
+/// The project's `deploy/mosquitto/mqlink.conf` as an operator installs
+/// it: `@DEPLOY@` replaced by that folder (whose plugin must be built),
+/// and the plugin's state file in `state_dir` (made writable for the
+/// `mosquitto` user a root-started broker becomes). Options after the
+/// shipped ones win (the plugin reads the last).
+pub fn plugin_conf(state_dir: &Path) -> Result<String, LocalBrokerError> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+    let deploy = deploy.canonicalize().unwrap_or(deploy);
+    let plugin = deploy.join("mqlink_interest.so");
+    if !plugin.exists() {
+        return Err(LocalBrokerError::NoPlugin(plugin.display().to_string()));
+    }
+    let conf = std::fs::read_to_string(deploy.join("mqlink.conf"))
+        .map_err(io("reading deploy/mosquitto/mqlink.conf"))?
+        .replace("@DEPLOY@", &deploy.display().to_string());
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(io("opening the plugin state directory"))?;
+    Ok(format!(
+        "{conf}\nplugin_opt_state_file {}/mqlink_interest.state\n",
+        state_dir.display()
+    ))
+}
+
 impl LocalBroker {
     /// Start an embedded broker (in-memory storage) on a free port.
     pub async fn embedded() -> Result<Self, LocalBrokerError> {
@@ -228,25 +252,9 @@ impl LocalBroker {
         name: &str,
         persistence: bool,
     ) -> Result<Self, LocalBrokerError> {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
-        let deploy = deploy.canonicalize().unwrap_or(deploy);
-        let plugin = deploy.join("mqlink_interest.so");
-        if !plugin.exists() {
-            return Err(LocalBrokerError::NoPlugin(plugin.display().to_string()));
-        }
-        let conf = std::fs::read_to_string(deploy.join("mqlink.conf"))
-            .map_err(io("reading deploy/mosquitto/mqlink.conf"))?
-            .replace("@DEPLOY@", &deploy.display().to_string());
         let state = dir.join(format!("{name}-state"));
         std::fs::create_dir_all(&state).map_err(io("creating the plugin state directory"))?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777))
-            .map_err(io("opening the plugin state directory"))?;
-        // Options after the shipped ones win (the plugin reads the last).
-        let extra = format!(
-            "{conf}\nplugin_opt_state_file {}/mqlink_interest.state\n",
-            state.display()
-        );
+        let extra = plugin_conf(&state)?;
         Self::mosquitto_conf(dir, name, persistence, &extra)
     }
 

@@ -280,32 +280,16 @@ async fn the_plugin_is_clean_under_valgrind() {
 /// plugin's state file in the scratch directory. (directory, port, file)
 fn plugin_broker_conf(name: &str, extra: &str) -> (std::path::PathBuf, u16, std::path::PathBuf) {
     let dir = mqlink_e2e::scratch(name);
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/mosquitto")
-        .canonicalize()
-        .unwrap();
-    assert!(
-        deploy.join("mqlink_interest.so").exists(),
-        "build the plugin first: make -C deploy/mosquitto"
-    );
+    let shipped = mqlink::brokers::plugin_conf(&dir).expect("make -C deploy/mosquitto");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let conf = dir.join("mosquitto.conf");
-    let shipped = std::fs::read_to_string(deploy.join("mqlink.conf"))
-        .unwrap()
-        .replace("@DEPLOY@", deploy.to_str().unwrap());
     std::fs::write(
         &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n{shipped}\n\
-             plugin_opt_state_file {}/state\n",
-            dir.display()
-        ),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n{shipped}"),
     )
     .unwrap();
     (dir, port, conf)
