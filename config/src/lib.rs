@@ -45,7 +45,9 @@
 //!     import: ["factory/#"]       # default ["#"]: everything may be accepted
 //! interest:
 //!   static: ["alerts/#"]          # default: none; `$share/<g>/<f>` counts as <f>
-//!   dynamic: mosquitto            # default: none
+//!   dynamic: mosquitto            # default: none; `mosquitto` (the mqlink_interest
+//!                                 #   plugin, the $SYS log as fallback) or `plugin`
+//!                                 #   ($mqlink/interest only: embedded demo broker)
 //!   budget: 1000                  # default: none (exact); most filters advertised,
 //!                                 #   past it the summary is aggregated (only widens)
 //! spool:

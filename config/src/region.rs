@@ -137,8 +137,14 @@ pub struct InterestConfig {
 pub enum DynamicInterest {
     /// Only static filters.
     None,
-    /// Follow client subscriptions on a Mosquitto 2.x broker.
+    /// Follow client subscriptions on a Mosquitto 2.x broker: the
+    /// `mqlink_interest` plugin, with the `$SYS` log as the fallback where
+    /// the plugin is not loaded.
     Mosquitto,
+    /// The mqlink interest protocol on `$mqlink/interest` only, with no
+    /// log fallback: a broker that speaks it itself (the demo's embedded
+    /// broker, or Mosquitto with the plugin).
+    Plugin,
 }
 
 /// `spool:`
@@ -437,16 +443,15 @@ fn convert_interest(ctx: &mut Ctx<'_>, raw: Option<RawInterest>) -> Option<Inter
         .collect();
     let dynamic = match &raw.dynamic {
         None => Some(DynamicInterest::None),
-        Some(d) => {
-            match d.value.as_str() {
-                "none" => Some(DynamicInterest::None),
-                "mosquitto" => Some(DynamicInterest::Mosquitto),
-                other => {
-                    ctx.err(pos(d), format!("interest.dynamic: unknown source `{other}`; expected `mosquitto` or `none`"));
-                    None
-                }
+        Some(d) => match d.value.as_str() {
+            "none" => Some(DynamicInterest::None),
+            "mosquitto" => Some(DynamicInterest::Mosquitto),
+            "plugin" => Some(DynamicInterest::Plugin),
+            other => {
+                ctx.err(pos(d), format!("interest.dynamic: unknown source `{other}`; expected `mosquitto`, `plugin` or `none`"));
+                None
             }
-        }
+        },
     };
     let budget = match &raw.budget {
         None => Some(None),

@@ -141,7 +141,7 @@ spool: { max_bytes: lots, max_age: 0s, full: never }
         "conf/eu.yaml:6:11: error: links.cost: invalid cost 0",
         "conf/eu.yaml:7:14: error: links.export: `#` must be the last level of a filter (found in level 2 of 3)",
         "conf/eu.yaml:9:12: error: interest.static: `+` must occupy a whole level",
-        "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto` or `none`",
+        "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto`, `plugin` or `none`",
         "conf/eu.yaml:11:11: error: interest.budget: 0 is out of range; expected 1 to 1000000 filters",
         "conf/eu.yaml:12:21: error: spool.max_bytes: invalid size `lots`",
         "conf/eu.yaml:12:36: error: spool.max_age: expected a duration above zero",

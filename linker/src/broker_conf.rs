@@ -189,11 +189,13 @@ pub fn check(file: &Path, configs: &[RegionConfig]) -> Vec<Diagnostic> {
             ));
         }
     }
-    if configs
-        .iter()
-        .any(|c| c.interest.dynamic == mqlink_config::DynamicInterest::Mosquitto)
+    use mqlink_config::DynamicInterest;
+    let kinds = configs.iter().map(|c| c.interest.dynamic);
+    if let Some(kind) = kinds
+        .filter(|k| *k != DynamicInterest::None)
+        .max_by_key(|k| *k == DynamicInterest::Plugin)
     {
-        dynamic_interest(file, &conf, &mut diags);
+        dynamic_interest(file, &conf, kind, &mut diags);
     }
     diags
 }
@@ -201,7 +203,13 @@ pub fn check(file: &Path, configs: &[RegionConfig]) -> Vec<Diagnostic> {
 /// For `interest: { dynamic: mosquitto }`: the `mqlink_interest` plugin
 /// loaded and built, its state file set, the log on `$SYS` (fallback and
 /// session-expiry lines).
-fn dynamic_interest(file: &Path, conf: &Conf, diags: &mut Vec<Diagnostic>) {
+fn dynamic_interest(
+    file: &Path,
+    conf: &Conf,
+    kind: mqlink_config::DynamicInterest,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let only_plugin = kind == mqlink_config::DynamicInterest::Plugin;
     let plugin = conf
         .settings
         .iter()
@@ -209,6 +217,13 @@ fn dynamic_interest(file: &Path, conf: &Conf, diags: &mut Vec<Diagnostic>) {
         .find(|(k, s)| k == "plugin" && s.value.contains("mqlink_interest"))
         .map(|(_, s)| s);
     match plugin {
+        None if only_plugin => diags.push(Diagnostic::error(
+            file,
+            None,
+            "interest.dynamic: plugin needs the mqlink_interest plugin, which is not loaded: \
+             the agent would learn no subscription (build it with `make -C deploy/mosquitto` \
+             and add deploy/mosquitto/mqlink.conf)",
+        )),
         None => diags.push(Diagnostic::warning(
             file,
             None,
@@ -239,6 +254,21 @@ fn dynamic_interest(file: &Path, conf: &Conf, diags: &mut Vec<Diagnostic>) {
                 ));
             }
         }
+    }
+    if only_plugin && plugin.is_none() {
+        return;
+    }
+    if only_plugin {
+        // The plugin alone cannot see an offline session expire (the 2.0
+        // plugin API does not show it); the agent relays the broker's log
+        // line only with `dynamic: mosquitto`.
+        diags.push(Diagnostic::warning(
+            file,
+            None,
+            "interest.dynamic: plugin on Mosquitto: an offline persistent session's interest \
+             stays after the broker expires it; `dynamic: mosquitto` with `log_dest topic` ends it",
+        ));
+        return;
     }
     let log_topic = conf
         .settings
@@ -347,6 +377,11 @@ mod tests {
         );
         let m = messages(&check(&f, &[region("mosquitto")]));
         assert!(m[0].contains("no such file"), "{m:#?}");
+        let f = write("dyn-plugin", base);
+        let d = check(&f, &[region("plugin")]);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0].severity, mqlink_config::Severity::Error);
+        assert!(d[0].message.contains("needs the mqlink_interest"), "{d:#?}");
     }
 
     #[test]

@@ -197,25 +197,34 @@ pub fn plugin_conf(state_dir: &Path) -> Result<String, LocalBrokerError> {
 }
 
 impl LocalBroker {
-    /// Start an embedded broker (in-memory storage) on a free port.
+    /// Start an embedded broker on a free port, its sessions kept in memory
+    /// (persistent sessions and their queues last as long as the process); it
+    /// tells agents its subscriptions on `$mqlink/interest`
+    /// ([`crate::embedded_interest`], `interest.dynamic: plugin`).
     pub async fn embedded() -> Result<Self, LocalBrokerError> {
         use mqtt5::broker::config::{BrokerConfig, StorageBackend, StorageConfig};
         let port = free_port()?;
         let storage = StorageConfig {
             backend: StorageBackend::Memory,
-            enable_persistence: false,
+            enable_persistence: true,
             ..StorageConfig::default()
         };
         let config = BrokerConfig::new()
             .with_bind_address(SocketAddr::from(([127, 0, 0, 1], port)))
             .with_storage(storage)
             .with_sys_topics_enabled(false);
+        let interest = crate::embedded_interest::EmbeddedInterest::new();
+        let config = config.with_event_handler(interest.clone());
         let mut broker = mqtt5::broker::MqttBroker::with_config(config)
             .await
             .map_err(|e| LocalBrokerError::Embedded(e.to_string()))?;
         let shutdown = broker.shutdown_handle();
+        let router = broker.router();
         let task = tokio::spawn(async move {
-            let _ = broker.run().await;
+            tokio::select! {
+                _ = broker.run() => {}
+                () = interest.serve(router) => {}
+            }
         });
         tokio::task::spawn_blocking(move || wait_listening(port, || true)).await??;
         Ok(LocalBroker::Embedded {
@@ -326,9 +335,14 @@ impl LocalBroker {
         }
     }
 
-    /// Whether it follows `dynamic: mosquitto` (publishes its log on `$SYS`).
-    pub fn has_subscription_log(&self) -> bool {
-        matches!(self, LocalBroker::Mosquitto { .. })
+    /// The `interest.dynamic` source an agent beside it uses: the
+    /// embedded broker speaks the plugin's protocol itself; Mosquitto
+    /// follows `dynamic: mosquitto` (the plugin when loaded, else its log).
+    pub fn dynamic_interest(&self) -> &'static str {
+        match self {
+            LocalBroker::Embedded { .. } => "plugin",
+            LocalBroker::Mosquitto { .. } => "mosquitto",
+        }
     }
 
     /// Stop it.

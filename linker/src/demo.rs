@@ -153,7 +153,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
     std::fs::create_dir_all(&dir)?;
 
     let broker_text = match opts.broker {
-        BrokerKind::Embedded => "embedded MQTT 5 brokers (mqtt5 crate)",
+        BrokerKind::Embedded => {
+            "embedded MQTT 5 brokers (mqtt5 crate; interest from their real subscriptions)"
+        }
         BrokerKind::Mosquitto => "Mosquitto brokers (dynamic interest from their $SYS log)",
     };
     println!(
@@ -177,24 +179,22 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
         "  every second, each region publishes factory/<region>/temp, factory/<region>/humidity and"
     );
     println!(
-        "  debug/<region>/trace; the last region also raises alerts. Nobody wants humidity or debug:"
+        "  debug/<region>/trace; the last region also raises alerts. Nobody wants debug, and only the"
     );
-    println!("  watch them never cross a link.");
+    println!(
+        "  sister plant wants eu-west's humidity: watch the rest never cross a link. Agents learn"
+    );
+    println!(
+        "  this from the subscriptions on their brokers; nothing is declared in their configs."
+    );
     println!();
 
     let specs: Vec<RegionSpec> = names
         .iter()
         .map(|n| RegionSpec {
             name: n.clone(),
-            static_interest: match opts.broker {
-                // The embedded broker has no subscription log to follow: declare interest.
-                BrokerKind::Embedded => subs
-                    .iter()
-                    .filter(|(r, _, _)| r == n)
-                    .map(|(_, f, _)| f.clone())
-                    .collect(),
-                BrokerKind::Mosquitto => Vec::new(),
-            },
+            // Interest is learned from the subscribers below, on either broker.
+            static_interest: Vec::new(),
             replicas: 1,
         })
         .collect();

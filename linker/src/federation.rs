@@ -30,8 +30,8 @@ pub enum BrokerKind {
 pub struct RegionSpec {
     /// Its name.
     pub name: RegionName,
-    /// Static interest filters (the only interest with the embedded broker,
-    /// which has no subscription log to follow).
+    /// Static interest filters, on top of what the region's subscribers
+    /// ask for (learned from either broker kind).
     pub static_interest: Vec<String>,
     /// Agents serving the region (at least 1); with more, they export
     /// through shared subscriptions (`broker.shared: true`).
@@ -295,11 +295,7 @@ fn region_yaml(
     relays: &BTreeMap<(RegionName, RegionName), Relay>,
 ) -> String {
     let name = &r.name;
-    let dynamic = if broker.has_subscription_log() {
-        "mosquitto"
-    } else {
-        "none"
-    };
+    let dynamic = broker.dynamic_interest();
     let interest: Vec<String> = r
         .static_interest
         .iter()

@@ -28,6 +28,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`brokers`]: local brokers for the demo and tests (embedded `mqtt5`, or a
 //!   Mosquitto process).
+//! - [`embedded_interest`]: the embedded broker's subscription table, told
+//!   to the agent in the plugin's protocol (`interest.dynamic: plugin`).
 //! - [`federation`]: a whole federation on this machine (brokers, agents, PKI).
 //! - [`demo`]: `mqlink demo`, narrated.
 //! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
@@ -41,6 +43,7 @@ pub mod check;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod embedded_interest;
 pub mod federation;
 pub mod link;
 pub mod metrics;

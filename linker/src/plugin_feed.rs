@@ -184,6 +184,70 @@ impl PluginFeed {
     }
 }
 
+/// The header shared by every message: magic, kind, epoch, seq.
+fn header(kind: u8, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    b.extend_from_slice(b"MQI1");
+    b.push(kind);
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b
+}
+
+/// Append a length-prefixed string; `false` (nothing written) when it is
+/// longer than a u16 says, which no MQTT topic filter is.
+fn put_str(b: &mut Vec<u8>, s: &str) -> bool {
+    let Ok(n) = u16::try_from(s.len()) else {
+        return false;
+    };
+    b.extend_from_slice(&n.to_be_bytes());
+    b.extend_from_slice(s.as_bytes());
+    true
+}
+
+/// A snapshot of `filters` at (`epoch`, `seq`), in parts of about
+/// `part_bytes` each (the last one marked); the encoder's side of
+/// [`PluginFeed::handle`], for brokers that speak the protocol in Rust.
+pub fn encode_snapshot<'a>(
+    epoch: u64,
+    seq: u64,
+    filters: impl IntoIterator<Item = &'a str>,
+    part_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let mut parts = Vec::new();
+    let mut filters = filters.into_iter().peekable();
+    loop {
+        let mut body = Vec::new();
+        let mut n: u32 = 0;
+        while body.len() < part_bytes && n < u32::MAX {
+            let Some(f) = filters.next() else { break };
+            n += u32::from(put_str(&mut body, f));
+        }
+        let last = filters.peek().is_none();
+        let mut b = header(1, epoch, seq);
+        b.push(u8::from(last));
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&body);
+        parts.push(b);
+        if last {
+            return parts;
+        }
+    }
+}
+
+/// The delta at (`epoch`, `seq`): filters added, filters removed.
+pub fn encode_delta(epoch: u64, seq: u64, add: &[&str], remove: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let adds = add.iter().filter(|f| put_str(&mut body, f)).count();
+    let removes = remove.iter().filter(|f| put_str(&mut body, f)).count();
+    let mut b = header(2, epoch, seq);
+    for n in [adds, removes] {
+        b.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+    }
+    b.extend_from_slice(&body);
+    b
+}
+
 /// The client id in a broker log line saying an offline session expired
 /// (`Expiring client <id> due to timeout.`), if it is one.
 pub fn expired_client(line: &str) -> Option<&str> {
@@ -279,6 +343,50 @@ mod tests {
             Some("dev one")
         );
         assert_eq!(expired_client("1: Client x disconnected."), None);
+    }
+
+    #[test]
+    fn the_encoder_speaks_what_the_feed_reads() {
+        let mut p = PluginFeed::default();
+        let many: Vec<String> = (0..500).map(|i| format!("dev/{i}/cmd")).collect();
+        let parts = encode_snapshot(3, 9, many.iter().map(String::as_str), 1000);
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        assert_eq!(
+            parts[0],
+            snapshot(
+                3,
+                9,
+                false,
+                &many[..parts_len(&parts[0])]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            )
+        );
+        let mut learned = 0;
+        for part in &parts {
+            learned += p.handle(part).changes.len();
+        }
+        assert_eq!(learned, 500);
+        let feed = p.handle(&encode_delta(3, 10, &["x"], &["dev/7/cmd"]));
+        assert_eq!(
+            feed.changes,
+            [
+                Change::Subscribe(f("x")),
+                Change::Unsubscribe(f("dev/7/cmd"))
+            ]
+        );
+        assert_eq!(
+            encode_delta(3, 10, &["x"], &["dev/7/cmd"]),
+            delta(3, 10, &["x"], &["dev/7/cmd"])
+        );
+        let empty = encode_snapshot(4, 0, [], 1000);
+        assert_eq!(empty, [snapshot(4, 0, true, &[])]);
+    }
+
+    /// How many filters a snapshot part holds.
+    fn parts_len(part: &[u8]) -> usize {
+        u32::from_be_bytes(part[22..26].try_into().unwrap()) as usize
     }
 
     proptest! {

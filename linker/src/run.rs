@@ -234,6 +234,7 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
             },
             export,
             follower,
+            cfg.interest.dynamic == DynamicInterest::Plugin,
         )),
     ];
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));

@@ -88,7 +88,10 @@ struct State {
     notify: Vec<Input>,
     export: ExportState,
     follower: Option<LogFollower>,
-    /// The interest plugin's share (used with `follower`).
+    /// Whether interest comes from the mqlink interest protocol
+    /// (`dynamic: mosquitto` or `plugin`).
+    dynamic: bool,
+    /// The interest plugin's share.
     plugin: PluginFeed,
     draining: bool,
     /// The topics of exported messages, checked once each.
@@ -104,8 +107,10 @@ pub async fn run(
     mut ch: Channels,
     export: ExportState,
     follower: Option<LogFollower>,
+    plugin: bool,
 ) {
     let mut st = State {
+        dynamic: plugin || follower.is_some(),
         acks: AckQueue::default(),
         inflight: Inflight::default(),
         origin: String::new(),
@@ -429,7 +434,7 @@ fn publish(st: &mut State, c: &mut Conn, p: Publish) {
     // Byte comparisons: the topic is checked as text once, in `message_of`.
     let topic = p.topic.as_bytes();
     if topic == PLUGIN_TOPIC.as_bytes() {
-        if st.follower.is_some() {
+        if st.dynamic {
             plugin_message(st, c, &p.payload);
         }
         return;
@@ -555,19 +560,20 @@ fn subscribe(st: &mut State, c: &mut Conn, subs: Vec<Subscription>) {
 /// subscription.
 fn subscribe_all(st: &mut State, c: &mut Conn) {
     let mut subs: Vec<Subscription> = Vec::new();
-    let dynamic = st.follower.is_some();
+    let dynamic = st.dynamic;
     if dynamic {
-        subs.extend(
-            LOG_TOPICS
-                .iter()
-                .chain(&[PLUGIN_TOPIC])
-                .map(|t| Subscription {
-                    filter: (*t).to_owned(),
-                    qos: 0,
-                    no_local: false,
-                    retain_as_published: false,
-                }),
-        );
+        // The plugin topic first: the embedded broker knows the agent by it.
+        let log: &[&str] = if st.follower.is_some() {
+            &LOG_TOPICS
+        } else {
+            &[]
+        };
+        subs.extend([PLUGIN_TOPIC].iter().chain(log).map(|t| Subscription {
+            filter: (*t).to_owned(),
+            qos: 0,
+            no_local: false,
+            retain_as_published: false,
+        }));
     }
     let share = st.export.share().map(str::to_owned);
     let share = share.as_deref();
@@ -802,6 +808,7 @@ mod tests {
             },
             ExportState::new(&region, false),
             None,
+            false,
         ));
 
         // 1. Two messages released out of order are acknowledged in order.
