@@ -55,12 +55,88 @@ pub enum Command {
     /// single points of failure, export/import filters that never overlap).
     /// Exits 0 when there are no errors (warnings allowed), 1 otherwise.
     Check(CheckArgs),
+    /// Load generator: MQTT 5 publishers and subscribers against real
+    /// brokers, measuring delivered, lost, duplicated, reordered and
+    /// latency; `--compare` runs one broker, a Mosquitto bridge and an
+    /// mqlink link side by side on loopback.
+    Bench(Box<BenchArgs>),
     /// A development PKI: a CA, and certificates naming one region each.
     Certs {
         /// What to make.
         #[command(subcommand)]
         action: CertsAction,
     },
+}
+
+/// Arguments of `mqlink bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The publishers' broker (host:port).
+    #[arg(long, default_value = "127.0.0.1:1883", value_name = "HOST:PORT")]
+    pub publish: String,
+    /// The subscribers' broker (host:port; default: the publishers').
+    #[arg(long, value_name = "HOST:PORT")]
+    pub subscribe: Option<String>,
+    /// Publishing clients.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u32,
+    /// Subscribing clients (each wants every wanted topic).
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: u32,
+    /// QoS of publishes and subscriptions (0, 1 or 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes (at least 24).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Topics `bench/0` .. `bench/<N-1>`, published round-robin.
+    #[arg(long, default_value_t = 100)]
+    pub topics: u32,
+    /// Share of the topics the subscribers want (0 < share <= 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub wanted: f64,
+    /// Messages per second, all publishers together (default: as fast as
+    /// the brokers take them).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Messages in all (default 100,000 unless --for is given).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Publish for this long (e.g. 10s) instead of a message count.
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// After publishing, how long without a new message ends the run.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub settle: String,
+    /// Start the setups on loopback and compare them: one broker, a
+    /// Mosquitto bridge, an mqlink link (Mosquitto from the system).
+    #[arg(long)]
+    pub compare: bool,
+    /// Which setups `--compare` runs.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "broker,bridge,mqlink"
+    )]
+    pub setups: Vec<crate::bench::setups::SetupKind>,
+    /// With `--compare`: also find each setup's highest rate without loss
+    /// (bisection on fixed-rate runs).
+    #[arg(long)]
+    pub max_lossless: bool,
+    /// Bisection steps of `--max-lossless`.
+    #[arg(long, default_value_t = 6)]
+    pub steps: u32,
+    /// How long each fixed-rate run of `--max-lossless` publishes.
+    #[arg(long, default_value = "3s", value_name = "DURATION")]
+    pub step_for: String,
+    /// With `--compare`: where the throughput chart goes (the latency
+    /// chart goes next to it, `-latency.svg`).
+    #[arg(long, default_value = "mqlink-bench.svg", value_name = "FILE")]
+    pub svg: PathBuf,
+    /// Print one JSON line per run (and the comparison) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `mqlink certs` actions.

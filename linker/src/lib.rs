@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the clap command line (`mqlink <command> ...`).
+//! - [`bench`]: `mqlink bench`: the load generator and `--compare`.
 //! - [`check`]: `mqlink check`: validate region files or a whole deployment.
 //! - [`broker_conf`]: `mqlink check --broker-conf`: what a Mosquitto
 //!   configuration means for custody.
@@ -35,6 +36,7 @@
 //! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 
+pub mod bench;
 pub mod broker;
 pub mod broker_conf;
 pub mod brokers;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             mqlink::check::run(&args, &mut std::io::stdout().lock()).map_err(anyhow::Error::from)
         }
         Command::Certs { action } => certs(action).map(|()| true),
+        Command::Bench(args) => bench(&args),
         Command::Run { config } => run(&config).map(|()| true),
         Command::Simulate {
             scenario,
@@ -108,6 +109,105 @@ fn simulate(
             dir.display(),
             names.join(", ")
         );
+    }
+    Ok(true)
+}
+
+fn duration_arg(flag: &str, v: &str) -> anyhow::Result<std::time::Duration> {
+    mqlink_config::units::parse_duration(v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
+    use mqlink::bench::{Workload, compare, run};
+    if !(args.wanted > 0.0 && args.wanted <= 1.0) {
+        anyhow::bail!(
+            "--wanted: a share above 0 and at most 1, not {}",
+            args.wanted
+        );
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        anyhow::bail!("--rate: messages per second above 0");
+    }
+    let duration = args
+        .duration
+        .as_deref()
+        .map(|d| duration_arg("--for", d))
+        .transpose()?;
+    let workload = Workload {
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        qos: args.qos,
+        payload: args.payload,
+        topics: args.topics,
+        wanted: args.wanted,
+        rate: args.rate,
+        messages: args.messages.or(if duration.is_none() {
+            Some(100_000)
+        } else {
+            None
+        }),
+        duration,
+        settle: duration_arg("--settle", &args.settle)?,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let json = args.json;
+    if !args.compare {
+        let at = run::Endpoints {
+            publish: args.publish.clone(),
+            subscribe: args
+                .subscribe
+                .clone()
+                .unwrap_or_else(|| args.publish.clone()),
+        };
+        if !json {
+            println!("mqlink bench: {}", workload.describe());
+        }
+        let r = rt.block_on(run::run("bench", &at, &workload, &[], !json))?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{}", r.line());
+        }
+        return Ok(r.lost == 0);
+    }
+    let opts = compare::CompareOptions {
+        setups: args.setups.clone(),
+        workload,
+        max_lossless: args.max_lossless,
+        steps: args.steps,
+        step_duration: duration_arg("--step-for", &args.step_for)?,
+        agent_bin: std::env::current_exe().context("finding the mqlink binary")?,
+        dir: std::env::temp_dir().join(format!("mqlink-bench-{}", std::process::id())),
+        progress: !json,
+    };
+    if !json {
+        println!("mqlink bench --compare: {}", opts.workload.describe());
+    }
+    let result = rt.block_on(compare::compare(&opts, |line| {
+        if !json {
+            println!("{line}");
+        }
+    }));
+    // Kept on failure: the error names the logs in it.
+    let c = result?;
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    let charts = c.write_charts(&args.svg)?;
+    if json {
+        for r in &c.results {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+    } else {
+        println!();
+        print!("{}", c.table());
+        let names: Vec<String> = charts.iter().map(|p| p.display().to_string()).collect();
+        println!("charts: {}", names.join(", "));
     }
     Ok(true)
 }

@@ -16,6 +16,7 @@
 //! | `mqlink_custody_parked_messages` | | of those, waiting for a path to some region |
 //! | `mqlink_custody_bytes` | | payload bytes held |
 //! | `mqlink_peers_up` | | neighbours with a completed hello |
+//! | `mqlink_broker_connected` | | 1 while the session with the local broker is up |
 //! | `mqlink_interest_filters` | region | filters each region wants (as advertised) |
 //! | `mqlink_interest_local_filters` | | distinct filters subscribed on our broker |
 //! | `mqlink_interest_advertised_filters` | | filters our summary carries (at most `interest.budget`, after aggregation) |

@@ -255,20 +255,62 @@ fn bytes_per_link(r: &Report) -> String {
     };
     order.sort_by_key(|i| std::cmp::Reverse(total(*i)));
     order.truncate(20);
-    let y_max = order.iter().map(|i| total(*i)).max().unwrap_or(1) as f64;
-    let mut plot = Plot::with_ticks(
+    let groups: Vec<String> = order
+        .iter()
+        .map(|i| {
+            mqlink
+                .bytes_per_link
+                .get(*i)
+                .map(|(a, b, _)| format!("{a}-{b}"))
+                .unwrap_or_default()
+        })
+        .collect();
+    let series: Vec<(String, Vec<f64>)> = r
+        .alternatives
+        .iter()
+        .map(|a| {
+            let short = a.name.split(" (").next().unwrap_or(&a.name).to_owned();
+            let values = order
+                .iter()
+                .map(|i| a.bytes_per_link.get(*i).map_or(0, |l| l.2) as f64)
+                .collect();
+            (short, values)
+        })
+        .collect();
+    bars(
         "Bytes per link, by deployment option",
-        "",
         "bytes",
-        order.len().max(1) as f64,
-        y_max,
+        &groups,
+        &series,
+    )
+}
+
+/// A grouped bar chart: one group per entry of `groups` (labelled under
+/// the axis), one bar per series in each (`series`: name, one value per
+/// group), the series named in the legend.
+pub fn bars(
+    title: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+) -> String {
+    let y_max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0, f64::max);
+    let mut plot = Plot::with_ticks(
+        title,
+        "",
+        y_label,
+        groups.len().max(1) as f64,
+        if y_max > 0.0 { y_max } else { 1.0 },
         false,
     );
-    let slot = (W - RIGHT - LEFT) / order.len().max(1) as f64;
-    let bar = slot / (r.alternatives.len() as f64 + 1.0);
-    for (k, i) in order.iter().enumerate() {
-        for (j, a) in r.alternatives.iter().enumerate() {
-            let v = a.bytes_per_link.get(*i).map_or(0, |l| l.2) as f64;
+    let slot = (W - RIGHT - LEFT) / groups.len().max(1) as f64;
+    let bar = slot / (series.len() as f64 + 1.0);
+    for (k, label) in groups.iter().enumerate() {
+        for (j, (_, values)) in series.iter().enumerate() {
+            let v = values.get(k).copied().unwrap_or(0.0);
             let (x, y) = (
                 LEFT + k as f64 * slot + j as f64 * bar + bar / 2.0,
                 plot.y(v),
@@ -280,20 +322,17 @@ fn bytes_per_link(r: &Report) -> String {
                 COLORS[j % COLORS.len()]
             );
         }
-        if let Some((a, b, _)) = mqlink.bytes_per_link.get(*i) {
-            let x = LEFT + k as f64 * slot + slot / 2.0;
-            let _ = write!(
-                plot.body,
-                r#"<text x="{x:.1}" y="{}" font-size="10" font-family="sans-serif" text-anchor="end" transform="rotate(-30 {x:.1} {})">{}</text>"#,
-                H - BOTTOM + 14.0,
-                H - BOTTOM + 14.0,
-                esc(&format!("{a}-{b}"))
-            );
-        }
+        let x = LEFT + k as f64 * slot + slot / 2.0;
+        let _ = write!(
+            plot.body,
+            r#"<text x="{x:.1}" y="{}" font-size="10" font-family="sans-serif" text-anchor="end" transform="rotate(-30 {x:.1} {})">{}</text>"#,
+            H - BOTTOM + 14.0,
+            H - BOTTOM + 14.0,
+            esc(label)
+        );
     }
-    for (j, a) in r.alternatives.iter().enumerate() {
-        let short = a.name.split(" (").next().unwrap_or(&a.name).to_owned();
-        plot.legend(j, &short, COLORS[j % COLORS.len()]);
+    for (j, (name, _)) in series.iter().enumerate() {
+        plot.legend(j, name, COLORS[j % COLORS.len()]);
     }
     plot.finish()
 }

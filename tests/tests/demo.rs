@@ -35,3 +35,39 @@ async fn demo_with_embedded_brokers_delivers_everything_once() {
     assert_eq!(carried("ap-south", "eu-west"), 0);
     assert!(carried("eu-west", "us-east") > 0 && carried("us-east", "ap-south") > 0);
 }
+
+/// `mqlink bench` through one embedded broker, at each QoS, a tenth of
+/// the topics wanted by two subscribers: every expected message counted
+/// once, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_counts_every_wanted_message_once() {
+    use mqlink::bench::{Workload, run};
+    let broker = mqlink::brokers::LocalBroker::embedded().await.unwrap();
+    let at = run::Endpoints {
+        publish: format!("127.0.0.1:{}", broker.port()),
+        subscribe: format!("127.0.0.1:{}", broker.port()),
+    };
+    for qos in 0..=2 {
+        let w = Workload {
+            publishers: 2,
+            subscribers: 2,
+            qos,
+            payload: 64,
+            topics: 20,
+            wanted: 0.1,
+            rate: None,
+            messages: Some(3_001),
+            duration: None,
+            settle: Duration::from_secs(2),
+        };
+        let r = run::run("embedded", &at, &w, &[], false).await.unwrap();
+        assert_eq!(r.sent, 3_001, "QoS {qos}");
+        // Two of the 20 topics, round-robin from two publishers (1,501
+        // and 1,500 messages: 151 and 150 on those topics), to two subscribers.
+        assert_eq!(r.expected, 2 * (151 + 150), "QoS {qos}");
+        assert_eq!(r.delivered, r.expected, "QoS {qos}: {}", r.line());
+        assert_eq!((r.lost, r.duplicated, r.reordered), (0, 0, 0), "QoS {qos}");
+        assert!(r.latency.p50_ms > 0.0 && r.latency.p50_ms <= r.latency.p99_ms);
+    }
+    broker.stop().await;
+}

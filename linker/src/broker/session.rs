@@ -121,6 +121,9 @@ pub async fn run(
         draining: false,
         topics: TopicCache::new(TOPICS_CACHED),
     };
+    // 1 while the session with the local broker is up.
+    let up = metrics::gauge!("mqlink_broker_connected");
+    up.set(0.0);
     loop {
         let err = match connect(&session).await {
             Ok((stream, connack, rest)) => {
@@ -128,7 +131,10 @@ pub async fn run(
                     session_present = connack.session_present,
                     "connected to the local broker"
                 );
-                connected(&session, &mut st, &mut ch, stream, connack, rest).await
+                up.set(1.0);
+                let err = connected(&session, &mut st, &mut ch, stream, connack, rest).await;
+                up.set(0.0);
+                err
             }
             Err(e) => e,
         };

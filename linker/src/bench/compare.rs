@@ -1,0 +1,282 @@
+//! `mqlink bench --compare`: the same workload through each setup, one
+//! after the other on this machine, side by side with ratios; and
+//! `--max-lossless`: each setup's highest rate without loss, by
+//! bisection on fixed-rate runs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::run::{RunReport, run};
+use super::setups::{Setup, SetupKind, mosquitto_available};
+use super::{BenchError, Workload, group};
+
+/// What `--compare` does.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// The setups, in order.
+    pub setups: Vec<SetupKind>,
+    /// The workload each one carries.
+    pub workload: Workload,
+    /// Also find each setup's highest lossless rate.
+    pub max_lossless: bool,
+    /// Bisection steps for `max_lossless`.
+    pub steps: u32,
+    /// How long each fixed-rate run of the bisection publishes.
+    pub step_duration: Duration,
+    /// The `mqlink` binary the agents run.
+    pub agent_bin: PathBuf,
+    /// Scratch directory (configs, logs, spools).
+    pub dir: PathBuf,
+    /// Print a progress line on a terminal.
+    pub progress: bool,
+}
+
+/// One setup's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupResult {
+    /// The setup.
+    pub setup: String,
+    /// The workload's run.
+    pub run: RunReport,
+    /// Its highest rate without loss (msgs/s), when asked for.
+    pub max_lossless: Option<f64>,
+    /// The fixed-rate runs that found it: (rate, lost).
+    pub probes: Vec<(f64, u64)>,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The workload, in words.
+    pub workload: String,
+    /// Setups that ran.
+    pub results: Vec<SetupResult>,
+    /// Setups skipped, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Run the comparison; `say` gets a line per event (setup started,
+/// run done, probe done) for a person watching.
+pub async fn compare(
+    opts: &CompareOptions,
+    mut say: impl FnMut(&str),
+) -> Result<Comparison, BenchError> {
+    let mut out = Comparison {
+        workload: opts.workload.describe(),
+        results: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let have_mosquitto = mosquitto_available();
+    for kind in &opts.setups {
+        if !have_mosquitto {
+            let why = "`mosquitto` is not installed (apt-get install -y mosquitto)".to_owned();
+            say(&format!("{}: skipped: {why}", kind.name()));
+            out.skipped.push((kind.name().to_owned(), why));
+            continue;
+        }
+        let dir = opts.dir.join(format!("{kind:?}").to_lowercase());
+        let _ = std::fs::remove_dir_all(&dir);
+        let setup = Setup::start(*kind, &dir, &opts.agent_bin, opts.workload.qos).await?;
+        let result = measure(&setup, opts, &mut say).await;
+        setup.stop().await;
+        match result {
+            Ok(r) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                out.results.push(r);
+            }
+            Err(e) => {
+                let logs: Vec<String> = Setup::logs(&dir)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(BenchError::Setup(format!(
+                    "{}: {e} (logs: {})",
+                    kind.name(),
+                    logs.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn measure(
+    setup: &Setup,
+    opts: &CompareOptions,
+    say: &mut impl FnMut(&str),
+) -> Result<SetupResult, BenchError> {
+    let name = setup.kind.name();
+    let report = run(
+        name,
+        &setup.at,
+        &opts.workload,
+        &setup.watched,
+        opts.progress,
+    )
+    .await?;
+    say(&report.line());
+    let mut result = SetupResult {
+        setup: name.to_owned(),
+        max_lossless: None,
+        probes: Vec::new(),
+        run: report,
+    };
+    if opts.max_lossless {
+        // From nothing to a little above what it carried flat out.
+        let (mut lo, mut hi) = (0.0_f64, result.run.rate.max(1000.0) * 1.1);
+        let secs = opts.step_duration.as_secs_f64();
+        for _ in 0..opts.steps {
+            let mid = (lo + hi) / 2.0;
+            let w = Workload {
+                rate: Some(mid),
+                messages: Some((mid * secs).ceil() as u64),
+                duration: None,
+                ..opts.workload.clone()
+            };
+            let r = run(name, &setup.at, &w, &setup.watched, opts.progress).await?;
+            say(&format!(
+                "  {name}: at {} msgs/s: lost {}",
+                group(mid),
+                group(r.lost as f64)
+            ));
+            result.probes.push((mid, r.lost));
+            if r.lost == 0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        result.max_lossless = Some(lo);
+    }
+    Ok(result)
+}
+
+/// `a / b`, or nothing when `b` is 0.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+impl Comparison {
+    fn find(&self, kind: SetupKind) -> Option<&SetupResult> {
+        self.results.iter().find(|r| r.setup == kind.name())
+    }
+
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "workload: {}", self.workload);
+        let lossless = self.results.iter().any(|r| r.max_lossless.is_some());
+        let _ = writeln!(
+            t,
+            "{:<11} {:>10} {:>9} {:>9} {:>14} {:>5} {:>7} {:>8} {:>8}{} CPU per message",
+            "setup",
+            "msgs/s",
+            "vs bridge",
+            "vs broker",
+            "lost",
+            "dup",
+            "reorder",
+            "p50 ms",
+            "p99 ms",
+            if lossless { "  max lossless" } else { "" },
+        );
+        let bridge = self.find(SetupKind::Bridge);
+        let broker = self.find(SetupKind::Broker);
+        let fmt_ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+        for r in &self.results {
+            let cpu: Vec<String> = r
+                .run
+                .cpu
+                .iter()
+                .map(|c| format!("{} {:.1} µs", c.name, c.us_per_msg))
+                .collect();
+            let _ = writeln!(
+                t,
+                "{:<11} {:>10} {:>9} {:>9} {:>14} {:>5} {:>7} {:>8.3} {:>8.3}{} {}",
+                r.setup,
+                group(r.run.rate),
+                fmt_ratio(bridge.and_then(|b| ratio(r.run.rate, b.run.rate))),
+                fmt_ratio(broker.and_then(|b| ratio(r.run.rate, b.run.rate))),
+                format!(
+                    "{} ({:.1}%)",
+                    group(r.run.lost as f64),
+                    r.run.loss() * 100.0
+                ),
+                r.run.duplicated,
+                r.run.reordered,
+                r.run.latency.p50_ms,
+                r.run.latency.p99_ms,
+                match (lossless, r.max_lossless) {
+                    (false, _) => String::new(),
+                    (true, Some(v)) => format!(
+                        "  {:>8} {}",
+                        group(v),
+                        fmt_ratio(
+                            bridge
+                                .and_then(|b| b.max_lossless)
+                                .and_then(|b| ratio(v, b))
+                        )
+                    ),
+                    (true, None) => format!("  {:>12}", "-"),
+                },
+                if cpu.is_empty() {
+                    "-".to_owned()
+                } else {
+                    cpu.join(", ")
+                }
+            );
+        }
+        for (s, why) in &self.skipped {
+            let _ = writeln!(t, "{s:<11} skipped: {why}");
+        }
+        t
+    }
+
+    /// Write the charts: `<stem>.svg` (throughput) and
+    /// `<stem>-latency.svg`; returns their paths.
+    pub fn write_charts(&self, svg: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let setups: Vec<String> = self.results.iter().map(|r| r.setup.clone()).collect();
+        let per_setup =
+            |f: &dyn Fn(&SetupResult) -> f64| -> Vec<f64> { self.results.iter().map(f).collect() };
+        let mut rates = vec![("delivered msgs/s".to_owned(), per_setup(&|r| r.run.rate))];
+        if self.results.iter().any(|r| r.max_lossless.is_some()) {
+            rates.push((
+                "max lossless msgs/s".to_owned(),
+                per_setup(&|r| r.max_lossless.unwrap_or(0.0)),
+            ));
+        }
+        let latency = vec![
+            ("p50 ms".to_owned(), per_setup(&|r| r.run.latency.p50_ms)),
+            ("p99 ms".to_owned(), per_setup(&|r| r.run.latency.p99_ms)),
+        ];
+        let title = |what: &str| format!("{what}: {}", self.workload);
+        let lat_path = svg.with_file_name(format!(
+            "{}-latency.svg",
+            svg.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("mqlink-bench")
+        ));
+        let charts = [
+            (
+                svg.to_path_buf(),
+                mqlink_sim::charts::bars(&title("Throughput"), "msgs/s", &setups, &rates),
+            ),
+            (
+                lat_path,
+                mqlink_sim::charts::bars(&title("Latency"), "ms", &setups, &latency),
+            ),
+        ];
+        let mut out = Vec::new();
+        for (path, body) in charts {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, body)?;
+            out.push(path);
+        }
+        Ok(out)
+    }
+}

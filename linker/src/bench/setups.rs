@@ -1,0 +1,306 @@
+//! The setups `mqlink bench --compare` starts on loopback, each from
+//! generated configuration files in a scratch directory, every process
+//! stopped by its PID:
+//!
+//! - **one broker**: publishers and subscribers on one Mosquitto (the
+//!   limit of the brokers themselves);
+//! - **bridge**: Mosquitto A bridged to Mosquitto B (`topic bench/# out
+//!   <qos>`, as operators configure it today), publishers on A,
+//!   subscribers on B;
+//! - **mqlink**: Mosquitto A and B, an agent beside each (`mqlink run`,
+//!   this very binary), linked by QUIC + mutual TLS with a throw-away CA;
+//!   B's agent learns the subscribers' filters from its broker (`dynamic:
+//!   mosquitto`), so only wanted topics cross.
+//!
+//! Every broker allows 1,000 messages in flight and 100,000 queued per
+//! client (what the baseline measurements used).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mqlink_topology::RegionName;
+
+use super::BenchError;
+use super::run::{Endpoints, Watched};
+use crate::brokers::{LocalBroker, terminate};
+
+/// Which setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum SetupKind {
+    /// One Mosquitto broker.
+    Broker,
+    /// A Mosquitto bridge between two brokers.
+    Bridge,
+    /// Two mqlink agents between two Mosquitto brokers.
+    Mqlink,
+}
+
+impl SetupKind {
+    /// Its name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            SetupKind::Broker => "one broker",
+            SetupKind::Bridge => "bridge",
+            SetupKind::Mqlink => "mqlink",
+        }
+    }
+}
+
+/// A running setup.
+pub struct Setup {
+    /// Which one.
+    pub kind: SetupKind,
+    /// Where the clients connect.
+    pub at: Endpoints,
+    /// Processes whose CPU the runs report (the agents).
+    pub watched: Vec<Watched>,
+    brokers: Vec<LocalBroker>,
+    agents: Vec<Child>,
+}
+
+fn setup_err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+/// Whether a Mosquitto can be started here.
+pub fn mosquitto_available() -> bool {
+    Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Free UDP port on 127.0.0.1.
+fn free_udp() -> Result<u16, BenchError> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Setup(format!("no free UDP port: {e}")))
+}
+
+/// Free TCP port on 127.0.0.1.
+fn free_tcp() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Setup(format!("no free TCP port: {e}")))
+}
+
+/// Every sample of metric `name` (over its labels) from the Prometheus
+/// endpoint on 127.0.0.1:`port`; `None` when it does not answer.
+pub async fn scrape(port: u16, name: &str) -> Option<Vec<f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse().ok())
+            .collect(),
+    )
+}
+
+/// A region's agent YAML for the bench.
+fn agent_yaml(
+    region: &str,
+    peer: &str,
+    (quic, peer_quic, metrics): (u16, u16, u16),
+    broker: u16,
+) -> String {
+    format!(
+        "region: {region}\nnode: {region}-1\n\
+         broker: {{ url: \"mqtt://127.0.0.1:{broker}\", client_id: mqlink-bench-{region} }}\n\
+         listen: {{ quic: \"127.0.0.1:{quic}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{metrics}\" }}\n\
+         tls: {{ cert: certs/{region}.pem, key: certs/{region}.key, ca: certs/ca.pem }}\n\
+         interest: {{ dynamic: mosquitto }}\n\
+         spool: {{ dir: spool-{region} }}\n\
+         links:\n  - region: {peer}\n    endpoints: [\"127.0.0.1:{peer_quic}\"]\n    cost: 10\n"
+    )
+}
+
+impl Setup {
+    /// Start `kind` in `dir` (created); `agent_bin` is the `mqlink`
+    /// binary the agents run; `qos` is the bridge's QoS.
+    pub async fn start(
+        kind: SetupKind,
+        dir: &Path,
+        agent_bin: &Path,
+        qos: u8,
+    ) -> Result<Self, BenchError> {
+        std::fs::create_dir_all(dir).map_err(|e| setup_err("scratch directory")(e.to_string()))?;
+        let broker = |name: &str, extra: &str| {
+            LocalBroker::mosquitto_with(dir, name, extra)
+                .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))
+        };
+        let addr = |b: &LocalBroker| format!("127.0.0.1:{}", b.port());
+        match kind {
+            SetupKind::Broker => {
+                let b = broker("single", "")?;
+                Ok(Self {
+                    kind,
+                    at: Endpoints {
+                        publish: addr(&b),
+                        subscribe: addr(&b),
+                    },
+                    watched: Vec::new(),
+                    brokers: vec![b],
+                    agents: Vec::new(),
+                })
+            }
+            SetupKind::Bridge => {
+                let b = broker("bridge-b", "")?;
+                let a = broker(
+                    "bridge-a",
+                    &format!(
+                        "connection bench\naddress 127.0.0.1:{}\ntopic bench/# out {qos}\n",
+                        b.port()
+                    ),
+                )?;
+                Ok(Self {
+                    kind,
+                    at: Endpoints {
+                        publish: addr(&a),
+                        subscribe: addr(&b),
+                    },
+                    watched: Vec::new(),
+                    brokers: vec![a, b],
+                    agents: Vec::new(),
+                })
+            }
+            SetupKind::Mqlink => Self::mqlink(dir, agent_bin).await,
+        }
+    }
+
+    async fn mqlink(dir: &Path, agent_bin: &Path) -> Result<Self, BenchError> {
+        let certs = dir.join("certs");
+        crate::certs::init(&certs).map_err(|e| setup_err("making a CA")(e.to_string()))?;
+        let a = LocalBroker::mosquitto(dir, "mqlink-a")
+            .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))?;
+        let b = LocalBroker::mosquitto(dir, "mqlink-b")
+            .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))?;
+        let (qa, qb) = (free_udp()?, free_udp()?);
+        let mut agents = Vec::new();
+        let mut watched = Vec::new();
+        let mut metrics_ports = Vec::new();
+        for (region, peer, quic, peer_quic, broker) in
+            [("a", "b", qa, qb, a.port()), ("b", "a", qb, qa, b.port())]
+        {
+            let name = RegionName::new(region).map_err(|e| setup_err("region")(e.to_string()))?;
+            crate::certs::issue(&name, &certs)
+                .map_err(|e| setup_err("issuing a certificate")(e.to_string()))?;
+            let conf = dir.join(format!("{region}.yaml"));
+            let metrics = free_tcp()?;
+            metrics_ports.push(metrics);
+            std::fs::write(
+                &conf,
+                agent_yaml(region, peer, (quic, peer_quic, metrics), broker),
+            )
+            .map_err(|e| setup_err("writing an agent config")(e.to_string()))?;
+            let log = std::fs::File::create(dir.join(format!("agent-{region}.log")))
+                .map_err(|e| setup_err("agent log")(e.to_string()))?;
+            let err = log
+                .try_clone()
+                .map_err(|e| setup_err("agent log")(e.to_string()))?;
+            let mut cmd = Command::new(agent_bin);
+            if std::env::var_os("MQLINK_BENCH_AGENT_LOG").is_some() {
+                cmd.env("RUST_LOG", "info");
+            } else {
+                cmd.env("RUST_LOG", "warn");
+            }
+            let child = cmd
+                .args(["run", "--config"])
+                .arg(&conf)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| {
+                    setup_err("starting an agent")(format!("{}: {e}", agent_bin.display()))
+                })?;
+            watched.push(Watched {
+                name: format!("agent {region}"),
+                pid: child.id(),
+            });
+            agents.push(child);
+        }
+        let setup = Self {
+            kind: SetupKind::Mqlink,
+            at: Endpoints {
+                publish: format!("127.0.0.1:{}", a.port()),
+                subscribe: format!("127.0.0.1:{}", b.port()),
+            },
+            watched,
+            brokers: vec![a, b],
+            agents,
+        };
+        // Subscriptions count once the agents follow their brokers (with
+        // the $SYS log, only what happens after they connect), and the
+        // link is up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for port in metrics_ports {
+            loop {
+                let ready = |v: Option<Vec<f64>>| v.is_some_and(|v| v.first() == Some(&1.0));
+                if ready(scrape(port, "mqlink_broker_connected").await)
+                    && ready(scrape(port, "mqlink_peers_up").await)
+                {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    setup.stop().await;
+                    return Err(BenchError::Setup(
+                        "the agents did not connect to their brokers and each other within 30 s"
+                            .into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(setup)
+    }
+
+    /// Stop it: agents (SIGTERM, then SIGKILL), then brokers.
+    pub async fn stop(mut self) {
+        for mut a in self.agents.drain(..) {
+            if terminate(&mut a, Duration::from_secs(5)).await.is_err() {
+                let _ = a.kill();
+                let _ = a.wait();
+            }
+        }
+        for b in self.brokers.drain(..) {
+            b.stop().await;
+        }
+    }
+
+    /// The scratch directory's log files, for a failed setup's message.
+    pub fn logs(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
