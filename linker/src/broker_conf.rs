@@ -189,6 +189,21 @@ pub fn check(file: &Path, configs: &[RegionConfig]) -> Vec<Diagnostic> {
             ));
         }
     }
+    if conf
+        .get("set_tcp_nodelay")
+        .is_none_or(|s| s.value != "true")
+    {
+        let (f, pos) = conf
+            .get("set_tcp_nodelay")
+            .map_or((file, None), |s| (s.file.as_path(), s.pos()));
+        diags.push(Diagnostic::warning(
+            f,
+            pos,
+            "set_tcp_nodelay is off: the broker holds small writes to subscribers until a \
+             full TCP segment gathers or the last one is acknowledged (Nagle), up to 15-17 ms \
+             at a steady 38,000 msgs/s; set `set_tcp_nodelay true`",
+        ));
+    }
     use mqlink_config::DynamicInterest;
     let kinds = configs.iter().map(|c| c.interest.dynamic);
     if let Some(kind) = kinds
@@ -311,10 +326,11 @@ mod tests {
         let f = write("stock", "listener 1883\n");
         let d = check(&f, &[]);
         let m = messages(&d);
-        assert_eq!(d.len(), 3, "{m:#?}");
+        assert_eq!(d.len(), 4, "{m:#?}");
         assert!(m[0].contains("persistence is off"));
         assert!(m[1].contains("max_queued_messages 1000"));
         assert!(m[2].contains("max_inflight_messages 20"));
+        assert!(m[3].contains("set_tcp_nodelay is off"));
     }
 
     #[test]
@@ -357,7 +373,7 @@ mod tests {
             )
             .unwrap()
         };
-        let base = "persistence true\nmax_queued_messages 100000\nmax_inflight_messages 1000\n";
+        let base = "persistence true\nmax_queued_messages 100000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n";
         let f = write("dyn-none", base);
         assert!(check(&f, &[region("none")]).is_empty());
         let m = messages(&check(&f, &[region("mosquitto")]));
@@ -370,7 +386,7 @@ mod tests {
         );
         let m = messages(&check(&f, &[region("mosquitto")]));
         assert_eq!(m.len(), 1, "{m:#?}");
-        assert!(m[0].contains(":5:1: plugin @DEPLOY@"), "{m:#?}");
+        assert!(m[0].contains(":6:1: plugin @DEPLOY@"), "{m:#?}");
         let f = write(
             "dyn-missing",
             &format!("{base}log_dest topic\nplugin /nowhere/mqlink_interest.so\n"),

@@ -137,6 +137,10 @@ pub struct BenchArgs {
     /// Print one JSON line per run (and the comparison) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// With `--compare`: keep the scratch directory (the setups' configs
+    /// and logs) after a good run too; its path is printed.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `mqlink certs` actions.

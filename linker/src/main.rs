@@ -186,6 +186,7 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
         agent_bin: std::env::current_exe().context("finding the mqlink binary")?,
         dir: std::env::temp_dir().join(format!("mqlink-bench-{}", std::process::id())),
         progress: !json,
+        keep: args.keep,
     };
     if !json {
         println!("mqlink bench --compare: {}", opts.workload.describe());
@@ -197,7 +198,11 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
     }));
     // Kept on failure: the error names the logs in it.
     let c = result?;
-    let _ = std::fs::remove_dir_all(&opts.dir);
+    if args.keep {
+        eprintln!("kept {}", opts.dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&opts.dir);
+    }
     let charts = c.write_charts(&args.svg)?;
     if json {
         for r in &c.results {

@@ -32,6 +32,8 @@ pub struct CompareOptions {
     pub dir: PathBuf,
     /// Print a progress line on a terminal.
     pub progress: bool,
+    /// Keep the scratch directory (configs, logs) after a good run too.
+    pub keep: bool,
 }
 
 /// One setup's results.
@@ -84,7 +86,9 @@ pub async fn compare(
         setup.stop().await;
         match result {
             Ok(r) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                if !opts.keep {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 out.results.push(r);
             }
             Err(e) => {

@@ -328,9 +328,26 @@ async fn read(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<(), ConnErro
     buf.reserve(64 * 1024);
     match rd.read_buf(buf).await {
         Ok(0) => Err(ConnError::Closed),
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            quickack(rd);
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Acknowledge what was read at once. Mosquitto leaves Nagle's algorithm
+/// on for its clients unless `set_tcp_nodelay true`: it then holds back a
+/// small segment until the previous one is acknowledged, and Linux delays
+/// the acknowledgement of a connection that only receives (exports at
+/// QoS 0 are just that). Together they held messages for 15-17 ms until
+/// a full 64 KB segment had gathered (`strace` of the agent: 16 ms
+/// between reads, the second one exactly 65,483 bytes); p99 latency at
+/// 38,000 msgs/s was 18 ms. The flag lasts until the kernel's own
+/// heuristics change it, hence once per read (one cheap setsockopt).
+fn quickack(rd: &OwnedReadHalf) {
+    let stream: &TcpStream = rd.as_ref();
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
 }
 
 /// Every whole packet in `buf`.
