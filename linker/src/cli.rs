@@ -120,6 +120,11 @@ pub struct BenchArgs {
         default_value = "broker,bridge,mqlink"
     )]
     pub setups: Vec<crate::bench::setups::SetupKind>,
+    /// Measure two agents' capacity with the brokers out of the way: their
+    /// cores fed and drained in this process, a real QUIC link between
+    /// them (`--messages`, default 1,000,000; `--qos` 0 or 1).
+    #[arg(long, conflicts_with = "compare")]
+    pub pair: bool,
     /// With `--compare`: also find each setup's highest rate without loss
     /// (bisection on fixed-rate runs).
     #[arg(long)]

@@ -156,8 +156,21 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let json = args.json;
+    if args.pair {
+        let dir = std::env::temp_dir().join(format!("mqlink-bench-pair-{}", std::process::id()));
+        let r =
+            mqlink::bench::pair::pair(&dir, args.qos.min(1), args.messages.unwrap_or(1_000_000));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = r?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{}", r.line());
+        }
+        return Ok(r.delivered == r.fed);
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     if !args.compare {
         let at = run::Endpoints {
             publish: args.publish.clone(),

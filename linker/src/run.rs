@@ -122,8 +122,39 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The broker side of an agent started by [`start_detached`]: what its
+/// broker session would be given, for a harness that stands in for the
+/// brokers (`mqlink bench --pair`).
+#[derive(Debug)]
+pub struct BrokerSide {
+    /// Into the core: `Input::Publish` as the export session sends it,
+    /// `Input::Delivered` for each import the stand-in broker took.
+    pub core: mpsc::Sender<Input>,
+    /// The imports the core asks to publish.
+    pub import: mpsc::Receiver<core::ImportCmd>,
+    /// Export subscriptions and acknowledgements (`ExportCmd::Release`).
+    pub export: mpsc::UnboundedReceiver<core::ExportCmd>,
+}
+
 /// Start an agent for `cfg`.
 pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
+    start_with(cfg, true).await.map(|(r, _)| r)
+}
+
+/// Start an agent for `cfg` without a session with its broker: the
+/// caller gets the session's channels instead. Everything else (core,
+/// links, spool, durable marks) runs as in production.
+pub async fn start_detached(cfg: &RegionConfig) -> Result<(Running, BrokerSide), StartError> {
+    match start_with(cfg, false).await? {
+        (r, Some(side)) => Ok((r, side)),
+        (_, None) => unreachable!("a start without a session returns its broker side"),
+    }
+}
+
+async fn start_with(
+    cfg: &RegionConfig,
+    with_session: bool,
+) -> Result<(Running, Option<BrokerSide>), StartError> {
     install_crypto();
     let identity = tls::Identity::load(&cfg.tls, &cfg.region)?;
     let transport = tls::transport(LINK_IDLE);
@@ -220,12 +251,12 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
         spool: spool_tx,
     };
     let (core_tx, core_done) = oneshot::channel();
-    let mut tasks = vec![
-        tokio::spawn(async move {
-            core::run(agent, input_rx, broker_tx).await;
-            let _ = core_tx.send(());
-        }),
-        tokio::spawn(broker::run_session(
+    let mut tasks = vec![tokio::spawn(async move {
+        core::run(agent, input_rx, broker_tx).await;
+        let _ = core_tx.send(());
+    })];
+    let side = if with_session {
+        tasks.push(tokio::spawn(broker::run_session(
             session,
             broker::Channels {
                 export: export_rx,
@@ -235,8 +266,15 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
             export,
             follower,
             cfg.interest.dynamic == DynamicInterest::Plugin,
-        )),
-    ];
+        )));
+        None
+    } else {
+        Some(BrokerSide {
+            core: input_tx.clone(),
+            import: import_rx,
+            export: export_rx,
+        })
+    };
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));
     let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
     tasks.push(tokio::spawn(link::accept(
@@ -260,7 +298,7 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
         }
     }
     info!(region = %cfg.region, node = %cfg.node, quic = %quic_addr, "agent started");
-    Ok(Running {
+    let running = Running {
         region: cfg.region.clone(),
         quic_addr,
         inputs: input_tx,
@@ -268,5 +306,6 @@ pub async fn start(cfg: &RegionConfig) -> Result<Running, StartError> {
         endpoint,
         tasks,
         core_done: Some(core_done),
-    })
+    };
+    Ok((running, side))
 }

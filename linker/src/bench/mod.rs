@@ -15,7 +15,8 @@
 //! is missing), runs the same workload through each, and prints them side
 //! by side with ratios, the agents' CPU time per message, and an SVG chart.
 //! `--max-lossless` finds each setup's highest rate without loss by
-//! bisection on fixed-rate runs.
+//! bisection on fixed-rate runs. `--pair` measures what two agents carry
+//! between them when the brokers are out of the way.
 //!
 //! # Layout
 //!
@@ -25,9 +26,12 @@
 //! - [`run`]: one workload against given brokers → [`RunReport`].
 //! - [`setups`]: the `--compare` setups (processes, stopped by PID).
 //! - [`compare`]: `--compare` and `--max-lossless`: the table, the chart.
+//! - [`pair`]: `--pair`: two agents' capacity with the brokers out of the
+//!   way (their cores fed and drained in process, a real QUIC link).
 
 pub mod client;
 pub mod compare;
+pub mod pair;
 pub mod run;
 pub mod setups;
 pub mod tally;
