@@ -159,6 +159,15 @@ impl Identity {
 /// frame (`MAX_FRAME_LEN`), so this bounds what a peer can make us hold.
 pub const MAX_UNI_STREAMS: u32 = 32;
 
+/// A peer acknowledges after this many packets that need it, at the
+/// latest (with [`ACK_DELAY`]): one ACK per packet pair, QUIC's default,
+/// cost the sending agent a wake-up (and a `recvmsg`) per two packets at
+/// moderate rates, where each packet carries a few messages.
+pub const ACK_EVERY: u32 = 16;
+/// ... or after this long (QUIC's ACK frequency extension, which quinn
+/// negotiates with its peers; a peer without it acknowledges as before).
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+
 /// Transport settings for links: keep-alives often enough that a dead
 /// link is noticed after `idle` (default about a second), and room for the
 /// data streams.
@@ -170,6 +179,10 @@ pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     }
     t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     t.max_concurrent_bidi_streams(8u32.into());
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(ACK_EVERY.into())
+        .max_ack_delay(Some(ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     Arc::new(t)
 }
 

@@ -344,6 +344,7 @@ impl Agent {
                     && p.incarnation == incarnation
                 {
                     p.acks.push(seq);
+                    p.acks_urgent = true;
                 }
             }
         }

@@ -57,7 +57,7 @@ impl Agent {
             };
             if let Some(reason) = refused {
                 self.drop(reason);
-                self.ack_now(from, link_seq);
+                self.ack_later(from, link_seq);
                 continue;
             }
             let Some(up) = up else {
@@ -67,7 +67,7 @@ impl Agent {
                     Seen::Duplicate => self.drop(DropReason::Duplicate),
                     _ => self.route(env),
                 }
-                self.ack_now(from, link_seq);
+                self.ack_later(from, link_seq);
                 continue;
             };
             // QoS >= 1: the window records deliveries only. A copy that
@@ -101,10 +101,14 @@ impl Agent {
         seen
     }
 
-    /// Acknowledge `seq` on `peer` with the next transmit.
-    fn ack_now(&mut self, peer: &PeerId, seq: u64) {
+    /// Acknowledge QoS 0 (or refused) `seq` on `peer`: within
+    /// [`AgentConfig::ack_delay`](super::AgentConfig::ack_delay), sooner
+    /// with others.
+    fn ack_later(&mut self, peer: &PeerId, seq: u64) {
+        let due = self.last_now + self.cfg.ack_delay;
         if let Some(p) = self.peers.get_mut(peer) {
             p.acks.push(seq);
+            p.acks_due.get_or_insert(due);
         }
     }
 
@@ -238,7 +242,13 @@ impl Agent {
         if let Some(t) = self.outbox.pop_front() {
             return Some(t);
         }
-        if let Some((id, p)) = self.peers.iter_mut().find(|(_, p)| !p.acks.is_empty()) {
+        let (now, batch) = (self.last_now, self.cfg.ack_batch.max(1));
+        if let Some((id, p)) = self.peers.iter_mut().find(|(_, p)| {
+            !p.acks.is_empty()
+                && (p.acks_urgent || p.acks.len() >= batch || p.acks_due.is_some_and(|t| t <= now))
+        }) {
+            p.acks_urgent = false;
+            p.acks_due = None;
             let ranges = ranges_of(&mut p.acks);
             return Some((id.clone(), Frame::Ack { ranges }));
         }

@@ -182,6 +182,14 @@ pub struct AgentConfig {
     /// link's flow-control window). QoS >= 1 envelopes beyond it wait in
     /// custody; QoS 0 envelopes wait too, up to [`Self::qos0_queue`].
     pub window: usize,
+    /// QoS 0 envelopes are acknowledged (to free the sender's window)
+    /// when this many are due on a connection ...
+    pub ack_batch: usize,
+    /// ... or this long after the first of them, whichever comes first;
+    /// custody acknowledgements leave at once. One acknowledgement per
+    /// received batch cost both agents a packet and a wake-up each at
+    /// moderate rates, where a batch is a few messages.
+    pub ack_delay: Duration,
     /// Most QoS 0 envelopes queued per connection behind a full window;
     /// more are dropped, counted as [`DropReason::PeerQueueFull`].
     pub qos0_queue: usize,
@@ -229,6 +237,8 @@ impl AgentConfig {
             batch_max: 512,
             export_debounce: Duration::from_millis(50),
             window: 4096,
+            ack_batch: 512,
+            ack_delay: Duration::from_millis(5),
             qos0_queue: 8192,
             warmup: Duration::from_secs(5),
             max_age: Duration::from_secs(24 * 3600),
@@ -465,6 +475,11 @@ struct Peer {
     unacked: window::Window,
     /// Link sequence numbers received from it whose acknowledgement is due.
     acks: Vec<u64>,
+    /// A custody acknowledgement is among `acks`: they leave with the
+    /// next transmit (the sender's upstream waits on it).
+    acks_urgent: bool,
+    /// When `acks` (QoS 0 only) leave at the latest ([`AgentConfig::ack_delay`]).
+    acks_due: Option<Instant>,
     /// Which connection under this id this is (numbers from the agent).
     incarnation: u64,
 }
@@ -481,6 +496,8 @@ impl Peer {
             next_seq: 1,
             unacked: window::Window::default(),
             acks: Vec::new(),
+            acks_urgent: false,
+            acks_due: None,
         }
     }
 }
@@ -723,6 +740,7 @@ impl Agent {
             self.aggregate_at,
             self.router.poll_timeout(),
             self.custody_timeout(),
+            self.peers.values().filter_map(|p| p.acks_due).min(),
             self.silent_since
                 .values()
                 .min()
