@@ -270,38 +270,14 @@ impl ProcFederation {
     }
 
     async fn samples(&self, region: &str, name: &str) -> Option<Vec<f64>> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let port = self.regions.get(region)?.metrics_port;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(
-            body.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter(|l| l.split([' ', '{']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next())
-                .filter_map(|v| v.parse().ok())
-                .collect(),
-        )
+        mqlink::bench::setups::scrape(port, name).await
     }
 
     /// Peak resident memory (VmHWM) of `region`'s agent process, in bytes.
     pub fn agent_peak_rss(&self, region: &str) -> Option<u64> {
         let pid = self.regions.get(region)?.agent.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        mqlink::bench::run::proc_usage(pid).map(|(_, _, peak)| peak)
     }
 
     /// A test client on `region`'s broker.
@@ -341,13 +317,7 @@ impl AgentProc {
     /// `None` where that cannot be read. Linux reports it in clock ticks of
     /// `USER_HZ`, which is 100 on every mainstream kernel configuration.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.id())).ok()?;
-        // Fields after the command name (which may hold spaces), from 3 on.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis((utime + stime) * 10))
+        mqlink::bench::run::proc_usage(self.id()).map(|(cpu, _, _)| cpu)
     }
 }
 

@@ -151,21 +151,25 @@ impl Setup {
             LocalBroker::mosquitto_with(dir, name, &format!("{BROKER_CONF}{extra}"))
                 .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))
         };
-        let addr = |b: &LocalBroker| format!("127.0.0.1:{}", b.port());
-        match kind {
-            SetupKind::Broker => {
-                let b = broker("single", "")?;
-                Ok(Self {
-                    kind,
-                    at: Endpoints {
-                        publish: addr(&b),
-                        subscribe: addr(&b),
-                    },
-                    watched: Vec::new(),
-                    brokers: vec![b],
-                    agents: Vec::new(),
-                })
+        // Brokers only: publishers on the first, subscribers on the last.
+        let brokers_only = |brokers: Vec<LocalBroker>| {
+            let addr = |b: Option<&LocalBroker>| {
+                b.map(|b| format!("127.0.0.1:{}", b.port()))
+                    .unwrap_or_default()
+            };
+            Self {
+                kind,
+                at: Endpoints {
+                    publish: addr(brokers.first()),
+                    subscribe: addr(brokers.last()),
+                },
+                watched: Vec::new(),
+                brokers,
+                agents: Vec::new(),
             }
+        };
+        match kind {
+            SetupKind::Broker => Ok(brokers_only(vec![broker("single", "")?])),
             SetupKind::Bridge => {
                 let b = broker("bridge-b", "")?;
                 let a = broker(
@@ -175,16 +179,7 @@ impl Setup {
                         b.port()
                     ),
                 )?;
-                Ok(Self {
-                    kind,
-                    at: Endpoints {
-                        publish: addr(&a),
-                        subscribe: addr(&b),
-                    },
-                    watched: Vec::new(),
-                    brokers: vec![a, b],
-                    agents: Vec::new(),
-                })
+                Ok(brokers_only(vec![a, b]))
             }
             SetupKind::Mqlink => Self::mqlink(dir, agent_bin).await,
         }
