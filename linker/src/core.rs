@@ -84,9 +84,70 @@ pub enum Input {
     },
     /// Report the counters.
     Stats(oneshot::Sender<StatsReport>),
-    /// Several inputs at once (the broker session sends what one read
-    /// brought in one go: one channel operation, one wake-up).
+    /// Several inputs at once (the spool's replies, a harness's).
     Batch(Vec<Input>),
+    /// What the broker session read, in one go (one channel operation,
+    /// one wake-up); the guard counts its messages as queued for the core
+    /// until they are handled.
+    Exports(Vec<Input>, QueueGuard),
+}
+
+/// Messages the broker session has handed the core and the core has not
+/// handled yet. The input channel counts batches, not messages; the
+/// session stops reading from its broker while this is at
+/// [`CoreQueue::MAX`], so what waits for the core is bounded in messages
+/// whatever the offered load (a flat-out QoS 0 publisher once parked
+/// 130 MB of batches in the channel).
+#[derive(Debug, Default)]
+pub struct CoreQueue {
+    count: std::sync::atomic::AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+impl CoreQueue {
+    /// Most messages queued for the core.
+    pub const MAX: usize = 16_384;
+
+    /// Messages queued now.
+    pub fn queued(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the session must wait before it reads more.
+    pub fn full(&self) -> bool {
+        self.queued() >= Self::MAX
+    }
+
+    /// Count `n` messages as queued until the guard is dropped.
+    pub fn guard(self: &std::sync::Arc<Self>, n: usize) -> QueueGuard {
+        self.count
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        QueueGuard {
+            n,
+            queue: self.clone(),
+        }
+    }
+
+    /// Wait until the core has handled some.
+    pub async fn room(&self) {
+        self.room.notified().await;
+    }
+}
+
+/// `n` messages queued for the core (see [`CoreQueue`]).
+#[derive(Debug)]
+pub struct QueueGuard {
+    n: usize,
+    queue: std::sync::Arc<CoreQueue>,
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        self.queue
+            .count
+            .fetch_sub(self.n, std::sync::atomic::Ordering::Relaxed);
+        self.queue.room.notify_one();
+    }
 }
 
 /// Counters and state for metrics and the demo summary.
@@ -307,7 +368,7 @@ fn handle(
         Input::Spooled { custody, ok } => agent.handle_spooled(now, custody, ok),
         Input::Unspooled { key, env } => agent.handle_unspooled(now, key, *env),
         Input::ReplayDone { exhausted } => agent.handle_replay_done(now, exhausted),
-        Input::Batch(inputs) => {
+        Input::Batch(inputs) | Input::Exports(inputs, _) => {
             for i in inputs {
                 handle(agent, peers, report, now, i);
             }

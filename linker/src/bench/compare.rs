@@ -129,36 +129,52 @@ async fn measure(
         run: report,
     };
     if opts.max_lossless {
-        // From nothing to a little above what it carried flat out.
-        let (mut lo, mut hi) = (0.0_f64, result.run.rate.max(1000.0) * 1.1);
-        let secs = opts.step_duration.as_secs_f64();
+        // Up from what it carried flat out by a quarter at a time until a
+        // rate is not carried (flat out, a setup may drop what it would
+        // carry at a steady rate), then bisection; `steps` runs in all.
+        let (mut lo, mut hi) = (0.0_f64, None::<f64>);
+        let mut rate = result.run.rate.max(1000.0);
         for _ in 0..opts.steps {
-            let mid = (lo + hi) / 2.0;
-            let w = Workload {
-                rate: Some(mid),
-                messages: Some((mid * secs).ceil() as u64),
-                duration: None,
-                ..opts.workload.clone()
-            };
-            let r = run(name, &setup.at, &w, &setup.watched, opts.progress).await?;
+            let (carried, r) = probe(name, setup, opts, rate).await?;
             say(&format!(
                 "  {name}: at {} msgs/s offered: {} msgs/s delivered, lost {}",
-                group(mid),
+                group(rate),
                 group(r.rate),
                 group(r.lost as f64)
             ));
-            result.probes.push((mid, r.lost));
-            // Carried: nothing lost, and at the rate asked for (a setup
-            // that slows the publisher down is not carrying that rate).
-            if r.lost == 0 && r.rate >= 0.95 * mid {
-                lo = mid;
+            result.probes.push((rate, r.lost));
+            if carried {
+                lo = rate;
             } else {
-                hi = mid;
+                hi = Some(rate);
             }
+            rate = match hi {
+                None => rate * 1.25,
+                Some(hi) => (lo + hi) / 2.0,
+            };
         }
         result.max_lossless = Some(lo);
     }
     Ok(result)
+}
+
+/// One fixed-rate run at `rate` for `step_duration`: whether the setup
+/// carried it (nothing lost, delivered at that rate: a setup that slows
+/// the publisher down is not carrying the rate asked for).
+async fn probe(
+    name: &str,
+    setup: &Setup,
+    opts: &CompareOptions,
+    rate: f64,
+) -> Result<(bool, RunReport), BenchError> {
+    let w = Workload {
+        rate: Some(rate),
+        messages: Some((rate * opts.step_duration.as_secs_f64()).ceil() as u64),
+        duration: None,
+        ..opts.workload.clone()
+    };
+    let r = run(name, &setup.at, &w, &setup.watched, opts.progress).await?;
+    Ok((r.lost == 0 && r.rate >= 0.95 * rate, r))
 }
 
 /// `a / b`, or nothing when `b` is 0.

@@ -96,6 +96,8 @@ struct State {
     draining: bool,
     /// The topics of exported messages, checked once each.
     topics: TopicCache,
+    /// Messages handed to the core and not handled yet.
+    queue: std::sync::Arc<crate::core::CoreQueue>,
 }
 
 /// Most topic names the session keeps checked (see [`TopicCache`]).
@@ -120,6 +122,7 @@ pub async fn run(
         plugin: PluginFeed::default(),
         draining: false,
         topics: TopicCache::new(TOPICS_CACHED),
+        queue: std::sync::Arc::default(),
     };
     // 1 while the session with the local broker is up.
     let up = metrics::gauge!("mqlink_broker_connected");
@@ -153,7 +156,7 @@ pub async fn run(
                     None => return,
                 },
                 permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
-                    Ok(p) => p.send(Input::Batch(std::mem::take(&mut st.notify))),
+                    Ok(p) => p.send(exports(&mut st)),
                     Err(_) => return,
                 },
             }
@@ -264,7 +267,8 @@ async fn connected(
     }
     loop {
         let import_room = c.inflight_room(st) && c.out.len() < OUT_MAX;
-        let read_room = st.notify.len() < NOTIFY_MAX;
+        let core_full = st.queue.full();
+        let read_room = st.notify.len() < NOTIFY_MAX && !core_full;
         let tick = c.last_write.max(c.ping_since.unwrap_or(c.last_write)) + keep_alive;
         tokio::select! {
             biased;
@@ -285,7 +289,7 @@ async fn connected(
                 Err(e) => return e,
             },
             permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
-                Ok(p) => p.send(Input::Batch(std::mem::take(&mut st.notify))),
+                Ok(p) => p.send(exports(st)),
                 Err(_) => return ConnError::CoreGone,
             },
             cmd = ch.export.recv() => match cmd {
@@ -307,6 +311,7 @@ async fn connected(
                 }
                 None => return ConnError::CoreGone,
             },
+            () = st.queue.room(), if core_full => {}
             () = tokio::time::sleep_until(tick) => {
                 if c.ping_since.is_some() {
                     return ConnError::Timeout;
@@ -415,6 +420,13 @@ fn notify_changes(st: &mut State, changes: Vec<Change>) {
             Change::Subscribe(f) => Input::Subscribe(f),
             Change::Unsubscribe(f) => Input::Unsubscribe(f),
         }));
+}
+
+/// What the session gathered for the core, counted as queued for it.
+fn exports(st: &mut State) -> Input {
+    let inputs = std::mem::take(&mut st.notify);
+    let guard = st.queue.guard(inputs.len());
+    Input::Exports(inputs, guard)
 }
 
 /// A QoS 0 message of ours to the broker (the plugin's requests).
@@ -771,7 +783,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
             {
-                Input::Batch(v) => seen.extend(v),
+                Input::Batch(v) | Input::Exports(v, _) => seen.extend(v),
                 other => seen.push(other),
             }
         }
