@@ -269,20 +269,24 @@ fn demo(
     .map_err(anyhow::Error::from)
 }
 
-/// The agent's runtime: one worker thread unless `TOKIO_WORKER_THREADS`
-/// says otherwise. The agent's work is a pipeline (broker session, core,
-/// link streams, QUIC drivers) in which each message crosses several
-/// tasks; on two workers most of those hand-offs woke the other thread,
-/// and at full QoS 1 load the origin agent spent about a tenth more CPU
-/// per message (4.6-4.7 µs against 4.0-4.2 µs, `bench_qos1`, four rounds
-/// each, alternated) for no more throughput. The spool has its own thread
-/// either way.
+/// The agent's runtime: one thread (a current-thread runtime) unless
+/// `TOKIO_WORKER_THREADS` asks for a multi-thread one. The agent's work is
+/// a pipeline (broker session, core, link streams, QUIC drivers) in which
+/// each message crosses several tasks; on two workers most of those
+/// hand-offs woke the other thread, and at full QoS 1 load the origin
+/// agent spent about a tenth more CPU per message (4.6-4.7 µs against
+/// 4.0-4.2 µs, `bench_qos1`, four rounds each, alternated) for no more
+/// throughput. A current-thread runtime parks straight on the I/O driver:
+/// against a one-worker multi-thread runtime, `mqlink bench --compare`
+/// gave 14.2-15.3 / 12.6-13.7 µs per message (origin / destination) at
+/// 3,800 msgs/s instead of 16.3 / 13.7, 3.3-3.4 / 2.5 instead of 3.6 / 2.7
+/// at 38,000, and p99 1.2-1.3 ms instead of 1.5. The spool has its own
+/// thread either way.
 fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        b.worker_threads(1);
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
-    b.enable_all().build()
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
