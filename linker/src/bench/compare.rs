@@ -47,6 +47,9 @@ pub struct SetupResult {
     pub max_lossless: Option<f64>,
     /// The fixed-rate runs that found it: (rate, lost).
     pub probes: Vec<(f64, u64)>,
+    /// The agents' own drops during the workload's run, by reason
+    /// (mqlink only): where the lost messages went.
+    pub agent_drops: Vec<(String, f64)>,
 }
 
 /// The whole comparison.
@@ -113,6 +116,7 @@ async fn measure(
     say: &mut impl FnMut(&str),
 ) -> Result<SetupResult, BenchError> {
     let name = setup.kind.name();
+    let drops_before = super::setups::drops(&setup.metrics).await;
     let report = run(
         name,
         &setup.at,
@@ -122,10 +126,35 @@ async fn measure(
     )
     .await?;
     say(&report.line());
+    let mut agent_drops = Vec::new();
+    if !setup.metrics.is_empty() {
+        // The agents copy their counters to the recorder every second.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let after = super::setups::drops(&setup.metrics).await;
+        for (reason, n) in after {
+            let d = n - drops_before.get(&reason).copied().unwrap_or(0.0);
+            if d > 0.0 {
+                agent_drops.push((reason, d));
+            }
+        }
+        let said: Vec<String> = agent_drops
+            .iter()
+            .map(|(r, n)| format!("{r} {}", group(*n)))
+            .collect();
+        say(&format!(
+            "  {name}: the agents dropped: {}",
+            if said.is_empty() {
+                "nothing".to_owned()
+            } else {
+                said.join(", ")
+            }
+        ));
+    }
     let mut result = SetupResult {
         setup: name.to_owned(),
         max_lossless: None,
         probes: Vec::new(),
+        agent_drops,
         run: report,
     };
     if opts.max_lossless {

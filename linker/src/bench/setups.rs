@@ -63,6 +63,8 @@ pub struct Setup {
     pub at: Endpoints,
     /// Processes whose CPU the runs report (the agents).
     pub watched: Vec<Watched>,
+    /// The agents' Prometheus ports (their drop counters).
+    pub metrics: Vec<u16>,
     brokers: Vec<LocalBroker>,
     agents: Vec<Child>,
 }
@@ -100,6 +102,19 @@ fn free_tcp() -> Result<u16, BenchError> {
 /// Every sample of metric `name` (over its labels) from the Prometheus
 /// endpoint on 127.0.0.1:`port`; `None` when it does not answer.
 pub async fn scrape(port: u16, name: &str) -> Option<Vec<f64>> {
+    let body = metrics_text(port).await?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse().ok())
+            .collect(),
+    )
+}
+
+/// The Prometheus text of the endpoint on 127.0.0.1:`port`.
+async fn metrics_text(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -109,14 +124,37 @@ pub async fn scrape(port: u16, name: &str) -> Option<Vec<f64>> {
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.ok()?;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next())
-            .filter_map(|v| v.parse().ok())
-            .collect(),
-    )
+    Some(body)
+}
+
+/// The agents' drop counters, summed by reason (`mqlink_drops_total`).
+pub async fn drops(ports: &[u16]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for port in ports {
+        for (labels, v) in scrape_labeled(*port, "mqlink_drops_total").await {
+            let reason = labels
+                .split_once("reason=\"")
+                .and_then(|(_, r)| r.split_once('"'))
+                .map_or(labels.as_str(), |(r, _)| r);
+            *out.entry(reason.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// Every sample of metric `name` with its labels (`{...}`, or empty).
+async fn scrape_labeled(port: u16, name: &str) -> Vec<(String, f64)> {
+    let Some(body) = metrics_text(port).await else {
+        return Vec::new();
+    };
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| {
+            let (head, v) = l.rsplit_once(' ')?;
+            Some((head[name.len()..].to_owned(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A region's agent YAML for the bench.
@@ -164,6 +202,7 @@ impl Setup {
                     subscribe: addr(brokers.last()),
                 },
                 watched: Vec::new(),
+                metrics: Vec::new(),
                 brokers,
                 agents: Vec::new(),
             }
@@ -245,6 +284,7 @@ impl Setup {
                 subscribe: format!("127.0.0.1:{}", b.port()),
             },
             watched,
+            metrics: metrics_ports.clone(),
             brokers: vec![a, b],
             agents,
         };

@@ -267,8 +267,13 @@ async fn connected(
     }
     loop {
         let import_room = c.inflight_room(st) && c.out.len() < OUT_MAX;
+        // A full core queue stops reading, except while the broker owes
+        // us an answer: an import's acknowledgement (the core may be
+        // waiting for import room, which only those free: waiting for
+        // the core then would deadlock), a SUBACK, a PINGRESP.
         let core_full = st.queue.full();
-        let read_room = st.notify.len() < NOTIFY_MAX && !core_full;
+        let owed = !st.inflight.is_empty() || c.ping_since.is_some();
+        let read_room = st.notify.len() < NOTIFY_MAX && (!core_full || owed);
         let tick = c.last_write.max(c.ping_since.unwrap_or(c.last_write)) + keep_alive;
         tokio::select! {
             biased;
@@ -311,7 +316,7 @@ async fn connected(
                 }
                 None => return ConnError::CoreGone,
             },
-            () = st.queue.room(), if core_full => {}
+            () = st.queue.room(), if core_full && !owed => {}
             () = tokio::time::sleep_until(tick) => {
                 if c.ping_since.is_some() {
                     return ConnError::Timeout;

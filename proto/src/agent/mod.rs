@@ -630,6 +630,17 @@ impl Agent {
         &self.cfg.region
     }
 
+    /// QoS 0 envelopes waiting behind a full window, on the connection
+    /// with the most: the runtime stops taking messages from its broker
+    /// while this is high ([`AgentConfig::qos0_queue`] drops the rest).
+    pub fn qos0_backlog(&self) -> usize {
+        self.peers
+            .values()
+            .map(|p| p.pending_qos0)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
