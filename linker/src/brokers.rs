@@ -94,9 +94,18 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LocalBrokerError {
     move |source| LocalBrokerError::Io { what, source }
 }
 
-fn free_port() -> Result<u16, LocalBrokerError> {
+/// A TCP port free on 127.0.0.1 (for a broker, a metrics endpoint).
+pub fn free_port() -> Result<u16, LocalBrokerError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+/// A UDP port free on 127.0.0.1 (for an agent's QUIC endpoint).
+pub fn free_udp_port() -> Result<u16, LocalBrokerError> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free UDP port"))?;
+    Ok(s.local_addr()
+        .map_err(io("finding a free UDP port"))?
+        .port())
 }
 
 fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> Result<(), LocalBrokerError> {

@@ -132,33 +132,40 @@ impl InterestTable {
 
     /// A client subscribed to `filters` (the ones the broker granted).
     pub fn handle_subscribe<'a>(&mut self, id: &str, filters: impl IntoIterator<Item = &'a str>) {
-        for sub in filters {
-            if sub == PLUGIN_TOPIC {
-                self.mark_agent(id);
-            }
-            if self.agents.contains(id) {
-                return;
-            }
-            let Some(f) = counted(sub) else { continue };
-            let c = self.clients.entry(id.to_owned()).or_default();
+        let subs: Vec<&str> = filters.into_iter().collect();
+        if subs.contains(&PLUGIN_TOPIC) {
+            self.mark_agent(id);
+        }
+        if self.agents.contains(id) {
+            return;
+        }
+        let Self {
+            clients,
+            holders,
+            touched,
+            refused,
+            ..
+        } = self;
+        let c = clients.entry(id.to_owned()).or_default();
+        for f in subs.into_iter().filter_map(counted) {
             if c.filters.contains(f) {
                 continue;
             }
             if c.filters.len() >= MAX_FILTERS_PER_CLIENT {
-                if self.refused.is_multiple_of(1000) {
+                if refused.is_multiple_of(1000) {
                     warn!(
                         client = id,
-                        refused = self.refused + 1,
+                        refused = *refused + 1,
                         "embedded broker: a client holds {MAX_FILTERS_PER_CLIENT} filters, the \
                          most kept per client; more are not advertised"
                     );
                 }
-                self.refused += 1;
+                *refused += 1;
                 continue;
             }
             c.filters.insert(f.to_owned());
-            *self.holders.entry(f.to_owned()).or_default() += 1;
-            self.touched.insert(f.to_owned());
+            *holders.entry(f.to_owned()).or_default() += 1;
+            touched.insert(f.to_owned());
         }
     }
 

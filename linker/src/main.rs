@@ -149,13 +149,7 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
         duration,
         settle: duration_arg("--settle", &args.settle)?,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    logging("warn");
     let json = args.json;
     if args.pair {
         let dir = std::env::temp_dir().join(format!("mqlink-bench-pair-{}", std::process::id()));
@@ -230,9 +224,10 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn logging() {
+/// Logs on stderr, filtered by `RUST_LOG` or else `default`.
+fn logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -251,14 +246,7 @@ fn demo(
             mqlink_config::units::parse_duration(d).map_err(|e| anyhow::anyhow!("--for: {e}"))?,
         ),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,quinn=error,rumqttc=error,mqtt5=error")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    logging("warn,quinn=error,rumqttc=error,mqtt5=error");
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(mqlink::demo::run(mqlink::demo::DemoOptions {
         regions,
@@ -294,7 +282,7 @@ fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    logging();
+    logging("info,quinn=warn,rumqttc=warn");
     let cfg = mqlink_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rt = agent_runtime().context("starting the runtime")?;
     rt.block_on(async {

@@ -5,7 +5,6 @@
 //! their PID (`Child::kill`), never by name.
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -58,14 +57,6 @@ pub struct Options {
     pub agents_later: bool,
 }
 
-fn free_udp() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_tcp() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// The `mqlink` binary next to the test binary (`target/<profile>/mqlink`;
 /// cargo builds it with the workspace's tests).
 pub fn mqlink_bin() -> anyhow::Result<PathBuf> {
@@ -111,7 +102,7 @@ impl ProcFederation {
         let mut quic = BTreeMap::new();
         for r in regions {
             mqlink::certs::issue(&RegionName::new(r)?, &certs)?;
-            quic.insert(*r, free_udp()?);
+            quic.insert(*r, mqlink::brokers::free_udp_port()?);
         }
         let mut relays = BTreeMap::new();
         if opts.relays {
@@ -148,7 +139,7 @@ impl ProcFederation {
                 .filter(|(x, _)| x == r)
                 .map(|(_, f)| format!("\"{f}\""))
                 .collect();
-            let metrics_port = free_tcp()?;
+            let metrics_port = mqlink::brokers::free_port()?;
             let mut yaml = format!(
                 "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
                  listen: {{ quic: \"127.0.0.1:{}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{}\" }}\n\

@@ -115,6 +115,11 @@ pub fn group(v: f64) -> String {
     out
 }
 
+/// `BenchError::Setup` saying what failed while doing `what`.
+pub(crate) fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
 /// Why a bench run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

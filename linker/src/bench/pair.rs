@@ -21,7 +21,7 @@ use mqlink_topology::TopicName;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::BenchError;
+use super::{BenchError, failed};
 use crate::broker::EXPORT_INFLIGHT;
 use crate::core::{ExportCmd, ImportCmd, Input};
 use crate::run::{BrokerSide, start_detached};
@@ -76,10 +76,6 @@ impl PairReport {
 /// QoS 0 messages fed and not yet delivered, at most.
 const QOS0_WINDOW: u64 = 4096;
 
-fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
-    move |e| BenchError::Setup(format!("agent pair: {what}: {e}"))
-}
-
 /// CPU time of this process's threads whose name starts with `prefix`.
 fn threads_cpu(prefix: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -90,13 +86,7 @@ fn threads_cpu(prefix: &str) -> Duration {
         .filter(|t| {
             std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
         })
-        .filter_map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
-        })
+        .filter_map(|t| super::run::stat_cpu(&t.path().join("stat").to_string_lossy()))
         .sum()
 }
 
@@ -106,7 +96,7 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, BenchError> {
         .thread_name(name)
         .enable_all()
         .build()
-        .map_err(|e| err("runtime")(e.to_string()))
+        .map_err(failed("agent pair: runtime"))
 }
 
 fn config(
@@ -125,17 +115,17 @@ fn config(
         d = dir.display(),
     );
     mqlink_config::parse(&dir.join(format!("{region}.yaml")), &yaml, "bench")
-        .map_err(|e| err("config")(e.to_string()))
+        .map_err(failed("agent pair: config"))
 }
 
 /// Feed `messages` to agent A and count what agent B delivers.
 pub fn pair(dir: &Path, qos: u8, messages: u64) -> Result<PairReport, BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| err("scratch directory")(e.to_string()))?;
-    crate::certs::init(&dir.join("certs")).map_err(|e| err("CA")(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(failed("agent pair: scratch directory"))?;
+    crate::certs::init(&dir.join("certs")).map_err(failed("agent pair: CA"))?;
     for r in ["a", "b"] {
-        let name = mqlink_topology::RegionName::new(r).map_err(|e| err("region")(e.to_string()))?;
+        let name = mqlink_topology::RegionName::new(r).map_err(failed("agent pair: region"))?;
         crate::certs::issue(&name, &dir.join("certs"))
-            .map_err(|e| err("certificate")(e.to_string()))?;
+            .map_err(failed("agent pair: certificate"))?;
     }
     let (rt_a, rt_b) = (runtime("pair-agent-a")?, runtime("pair-agent-b")?);
     let cfg_b = config(
@@ -146,7 +136,7 @@ pub fn pair(dir: &Path, qos: u8, messages: u64) -> Result<PairReport, BenchError
     )?;
     let (run_b, side_b) = rt_b
         .block_on(start_detached(&cfg_b))
-        .map_err(|e| err("agent b")(e.to_string()))?;
+        .map_err(failed("agent pair: agent b"))?;
     let links = format!(
         "  - region: b\n    endpoints: [\"{}\"]\n    cost: 10\n",
         run_b.quic_addr
@@ -154,11 +144,11 @@ pub fn pair(dir: &Path, qos: u8, messages: u64) -> Result<PairReport, BenchError
     let cfg_a = config(dir, "a", &links, "")?;
     let (run_a, side_a) = rt_a
         .block_on(start_detached(&cfg_a))
-        .map_err(|e| err("agent a")(e.to_string()))?;
+        .map_err(failed("agent pair: agent a"))?;
     let stand_in = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| err("runtime")(e.to_string()))?;
+        .map_err(failed("agent pair: runtime"))?;
     let report = stand_in.block_on(drive(side_a, side_b, qos, messages));
     let stats = stand_in.block_on(async {
         let (a, b) = (run_a.stats().await, run_b.stats().await);

@@ -131,15 +131,23 @@ pub struct Endpoints {
     pub subscribe: String,
 }
 
-/// CPU time (user + system) of a process and its resident memory (now,
-/// peak), from `/proc`; `None` where that cannot be read. Linux counts
-/// CPU in ticks of `USER_HZ`, 100 on every mainstream configuration.
-pub fn proc_usage(pid: u32) -> Option<(Duration, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// CPU time (user + system) from a `/proc/.../stat` file (a process's or
+/// a thread's), in ticks of `USER_HZ` (100).
+pub fn stat_cpu(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces), from 3 on.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time (user + system) of a process and its resident memory (now,
+/// peak), from `/proc`; `None` where that cannot be read. Linux counts
+/// CPU in ticks of `USER_HZ`, 100 on every mainstream configuration.
+pub fn proc_usage(pid: u32) -> Option<(Duration, u64, u64)> {
+    let cpu = stat_cpu(&format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| -> u64 {
         status
@@ -149,11 +157,7 @@ pub fn proc_usage(pid: u32) -> Option<(Duration, u64, u64)> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    Some((
-        Duration::from_millis((utime + stime) * 10),
-        kb("VmRSS:") * 1024,
-        kb("VmHWM:") * 1024,
-    ))
+    Some((cpu, kb("VmRSS:") * 1024, kb("VmHWM:") * 1024))
 }
 
 /// Run `w` against `at`, naming the result `setup`; the CPU time of

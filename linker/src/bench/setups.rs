@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use mqlink_topology::RegionName;
 
-use super::BenchError;
 use super::run::{Endpoints, Watched};
-use crate::brokers::{LocalBroker, terminate};
+use super::{BenchError, failed};
+use crate::brokers::{LocalBroker, free_port, free_udp_port, terminate};
 
 /// What every bench broker adds to the test brokers' configuration.
 const BROKER_CONF: &str = "set_tcp_nodelay true\n";
@@ -69,10 +69,6 @@ pub struct Setup {
     agents: Vec<Child>,
 }
 
-fn setup_err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
-    move |e| BenchError::Setup(format!("{what}: {e}"))
-}
-
 /// Whether a Mosquitto can be started here.
 pub fn mosquitto_available() -> bool {
     Command::new("mosquitto")
@@ -81,22 +77,6 @@ pub fn mosquitto_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok()
-}
-
-/// Free UDP port on 127.0.0.1.
-fn free_udp() -> Result<u16, BenchError> {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::Setup(format!("no free UDP port: {e}")))
-}
-
-/// Free TCP port on 127.0.0.1.
-fn free_tcp() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::Setup(format!("no free TCP port: {e}")))
 }
 
 /// Every sample of metric `name` (over its labels) from the Prometheus
@@ -184,10 +164,10 @@ impl Setup {
         agent_bin: &Path,
         qos: u8,
     ) -> Result<Self, BenchError> {
-        std::fs::create_dir_all(dir).map_err(|e| setup_err("scratch directory")(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(failed("scratch directory"))?;
         let broker = |name: &str, extra: &str| {
             LocalBroker::mosquitto_with(dir, name, &format!("{BROKER_CONF}{extra}"))
-                .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))
+                .map_err(failed("starting Mosquitto"))
         };
         // Brokers only: publishers on the first, subscribers on the last.
         let brokers_only = |brokers: Vec<LocalBroker>| {
@@ -226,34 +206,34 @@ impl Setup {
 
     async fn mqlink(dir: &Path, agent_bin: &Path) -> Result<Self, BenchError> {
         let certs = dir.join("certs");
-        crate::certs::init(&certs).map_err(|e| setup_err("making a CA")(e.to_string()))?;
+        crate::certs::init(&certs).map_err(failed("making a CA"))?;
         let a = LocalBroker::mosquitto_with(dir, "mqlink-a", BROKER_CONF)
-            .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))?;
+            .map_err(failed("starting Mosquitto"))?;
         let b = LocalBroker::mosquitto_with(dir, "mqlink-b", BROKER_CONF)
-            .map_err(|e| setup_err("starting Mosquitto")(e.to_string()))?;
-        let (qa, qb) = (free_udp()?, free_udp()?);
+            .map_err(failed("starting Mosquitto"))?;
+        let (qa, qb) = (
+            free_udp_port().map_err(failed("free port"))?,
+            free_udp_port().map_err(failed("free port"))?,
+        );
         let mut agents = Vec::new();
         let mut watched = Vec::new();
         let mut metrics_ports = Vec::new();
         for (region, peer, quic, peer_quic, broker) in
             [("a", "b", qa, qb, a.port()), ("b", "a", qb, qa, b.port())]
         {
-            let name = RegionName::new(region).map_err(|e| setup_err("region")(e.to_string()))?;
-            crate::certs::issue(&name, &certs)
-                .map_err(|e| setup_err("issuing a certificate")(e.to_string()))?;
+            let name = RegionName::new(region).map_err(failed("region"))?;
+            crate::certs::issue(&name, &certs).map_err(failed("issuing a certificate"))?;
             let conf = dir.join(format!("{region}.yaml"));
-            let metrics = free_tcp()?;
+            let metrics = free_port().map_err(failed("free port"))?;
             metrics_ports.push(metrics);
             std::fs::write(
                 &conf,
                 agent_yaml(region, peer, (quic, peer_quic, metrics), broker),
             )
-            .map_err(|e| setup_err("writing an agent config")(e.to_string()))?;
+            .map_err(failed("writing an agent config"))?;
             let log = std::fs::File::create(dir.join(format!("agent-{region}.log")))
-                .map_err(|e| setup_err("agent log")(e.to_string()))?;
-            let err = log
-                .try_clone()
-                .map_err(|e| setup_err("agent log")(e.to_string()))?;
+                .map_err(failed("agent log"))?;
+            let err = log.try_clone().map_err(failed("agent log"))?;
             let mut cmd = Command::new(agent_bin);
             if std::env::var_os("MQLINK_BENCH_AGENT_LOG").is_some() {
                 cmd.env("RUST_LOG", "info");
@@ -269,7 +249,7 @@ impl Setup {
                 .stderr(err)
                 .spawn()
                 .map_err(|e| {
-                    setup_err("starting an agent")(format!("{}: {e}", agent_bin.display()))
+                    failed("starting an agent")(format!("{}: {e}", agent_bin.display()))
                 })?;
             watched.push(Watched {
                 name: format!("agent {region}"),
