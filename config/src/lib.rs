@@ -28,6 +28,8 @@
 //!   password_file: secrets/pw     # optional
 //!   shared: false                 # default; true on every agent of a region with
 //!                                 #   replicas: exports via $share/mqlink-<region>/...
+//!   batch_delay: 0ms              # default; up to 100ms: messages gather this long
+//!                                 #   before they are read (less CPU, more latency)
 //! listen:
 //!   quic: 0.0.0.0:7443            # default
 //!   admin: 127.0.0.1:7444         # default (loopback only)

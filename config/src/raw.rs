@@ -31,6 +31,7 @@ pub(crate) struct RawBroker {
     pub username: Option<Text>,
     pub password_file: Option<Text>,
     pub shared: Option<Spanned<bool>>,
+    pub batch_delay: Option<Text>,
 }
 
 /// `listen:`

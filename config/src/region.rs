@@ -71,7 +71,16 @@ pub struct BrokerConfig {
     /// on every replica. Default false: one agent, plain subscriptions with
     /// No Local (which MQTT 5 forbids on shared ones).
     pub shared: bool,
+    /// How long messages read from the broker may wait for more to gather
+    /// before they are read and sent on as one batch (`batch_delay`).
+    /// Default zero: each is read as it comes (lowest latency). A delay
+    /// of about a millisecond halves the agents' CPU per message at
+    /// moderate rates, for up to that much more latency.
+    pub batch_delay: Duration,
 }
+
+/// Longest `broker.batch_delay` accepted.
+pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
 
 /// `listen:`
 #[derive(Debug, Clone, Serialize)]
@@ -281,6 +290,7 @@ fn convert_broker(
         username: None,
         password_file: None,
         shared: None,
+        batch_delay: None,
     });
     let url = match &raw.url {
         Some(u) => ctx.parse(u, "broker.url", BrokerUrl::parse),
@@ -305,12 +315,23 @@ fn convert_broker(
         .password_file
         .as_ref()
         .and_then(|p| ctx.path(p, "broker.password_file"));
+    let batch_delay = match &raw.batch_delay {
+        Some(t) => ctx.parse(t, "broker.batch_delay", |s| match parse_duration(s) {
+            Ok(d) if d > MAX_BATCH_DELAY => Err(format!(
+                "expected at most {}ms (it adds up to that much latency)",
+                MAX_BATCH_DELAY.as_millis()
+            )),
+            other => other,
+        }),
+        None => Some(Duration::ZERO),
+    };
     Some(BrokerConfig {
         url: url?,
         client_id: client_id?,
         username: raw.username.map(|u| u.value),
         password_file,
         shared: raw.shared.is_some_and(|s| s.value),
+        batch_delay: batch_delay?,
     })
 }
 

@@ -43,6 +43,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(c.spool.dir, PathBuf::from("/var/lib/mqlink"));
     assert_eq!(c.spool.max_bytes, ByteSize(1 << 30));
     assert_eq!(c.spool.max_age, Duration::from_secs(86_400));
+    assert_eq!(c.broker.batch_delay, Duration::ZERO);
     assert_eq!(c.region_pos, Some(Pos { line: 1, column: 9 }));
 }
 
@@ -55,6 +56,7 @@ broker:
   url: mqtts://broker.local
   username: agent
   password_file: /etc/mqlink/pw
+  batch_delay: 2ms
 listen: { quic: "[::]:7443", admin: 127.0.0.1:1, metrics: 127.0.0.1:2 }
 tls: { cert: /c.pem, key: /c.key, ca: /ca.pem }
 links:
@@ -71,6 +73,7 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m, full: drop-oldest }
 "#);
     assert_eq!(c.broker.client_id, "mqlink-eu-west-a");
     assert_eq!(c.broker.url.port, 8883);
+    assert_eq!(c.broker.batch_delay, Duration::from_millis(2));
     let l = &c.links[0];
     assert_eq!(l.cost.map(|c| c.get()), Some(80));
     assert_eq!(l.endpoints.len(), 2);
@@ -79,7 +82,7 @@ spool: { dir: /tmp/sp, max_bytes: 512MiB, max_age: 1h30m, full: drop-oldest }
     assert_eq!(
         l.pos,
         Some(Pos {
-            line: 11,
+            line: 12,
             column: 13
         })
     );
@@ -123,6 +126,7 @@ fn bad_values_are_all_reported_with_positions() {
     let e = errors(
         r#"region: EU
 tls: { cert: c, key: k, ca: a }
+broker: { batch_delay: 1s }
 links:
   - region: us
     endpoints: [nohost]
@@ -137,15 +141,16 @@ spool: { max_bytes: lots, max_age: 0s, full: never }
     );
     let expect = [
         "conf/eu.yaml:1:9: error: region: invalid region name `EU`",
-        "conf/eu.yaml:5:17: error: links.endpoints: invalid endpoint `nohost`",
-        "conf/eu.yaml:6:11: error: links.cost: invalid cost 0",
-        "conf/eu.yaml:7:14: error: links.export: `#` must be the last level of a filter (found in level 2 of 3)",
-        "conf/eu.yaml:9:12: error: interest.static: `+` must occupy a whole level",
-        "conf/eu.yaml:10:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto`, `plugin` or `none`",
-        "conf/eu.yaml:11:11: error: interest.budget: 0 is out of range; expected 1 to 1000000 filters",
-        "conf/eu.yaml:12:21: error: spool.max_bytes: invalid size `lots`",
-        "conf/eu.yaml:12:36: error: spool.max_age: expected a duration above zero",
-        "conf/eu.yaml:12:46: error: spool.full: unknown policy `never`; expected `block` or `drop-oldest`",
+        "conf/eu.yaml:3:24: error: broker.batch_delay: expected at most 100ms",
+        "conf/eu.yaml:6:17: error: links.endpoints: invalid endpoint `nohost`",
+        "conf/eu.yaml:7:11: error: links.cost: invalid cost 0",
+        "conf/eu.yaml:8:14: error: links.export: `#` must be the last level of a filter (found in level 2 of 3)",
+        "conf/eu.yaml:10:12: error: interest.static: `+` must occupy a whole level",
+        "conf/eu.yaml:11:12: error: interest.dynamic: unknown source `redis`; expected `mosquitto`, `plugin` or `none`",
+        "conf/eu.yaml:12:11: error: interest.budget: 0 is out of range; expected 1 to 1000000 filters",
+        "conf/eu.yaml:13:21: error: spool.max_bytes: invalid size `lots`",
+        "conf/eu.yaml:13:36: error: spool.max_age: expected a duration above zero",
+        "conf/eu.yaml:13:46: error: spool.full: unknown policy `never`; expected `block` or `drop-oldest`",
     ];
     assert_eq!(e.len(), expect.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expect) {

@@ -96,6 +96,7 @@ use mqlink_topology::{RegionName, TopicCache, TopicFilter, TopicName};
 use crate::mqtt::codec::{Connect, Publish, PublishOut, Subscription};
 
 pub mod acks;
+pub mod linger;
 pub mod session;
 
 pub use session::{Channels, run as run_session};
@@ -241,6 +242,9 @@ pub struct Session {
     pub port: u16,
     /// The CONNECT sent on every connection.
     pub connect: Connect,
+    /// How long reads from the broker may linger to gather a batch
+    /// ([`linger`]); zero: none.
+    pub linger: Duration,
 }
 
 /// The broker session: persistent for `session_expiry` (clean start off),
@@ -274,6 +278,7 @@ pub fn session(cfg: &BrokerConfig, session_expiry: Duration) -> Result<Session, 
             username: cfg.username.clone(),
             password,
         },
+        linger: cfg.batch_delay,
     })
 }
 

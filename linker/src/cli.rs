@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// (bisection on fixed-rate runs).
     #[arg(long)]
     pub max_lossless: bool,
+    /// With `--compare`: the agents' `broker.batch_delay` (reads from the
+    /// broker linger up to this long to batch: less CPU, more latency).
+    #[arg(long, default_value = "0ms", value_name = "DURATION")]
+    pub batch_delay: String,
     /// Bisection steps of `--max-lossless`.
     #[arg(long, default_value_t = 6)]
     pub steps: u32,

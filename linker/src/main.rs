@@ -190,6 +190,7 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
         max_lossless: args.max_lossless,
         steps: args.steps,
         step_duration: duration_arg("--step-for", &args.step_for)?,
+        batch_delay: duration_arg("--batch-delay", &args.batch_delay)?,
         agent_bin: std::env::current_exe().context("finding the mqlink binary")?,
         dir: std::env::temp_dir().join(format!("mqlink-bench-{}", std::process::id())),
         progress: !json,
@@ -197,6 +198,12 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
     };
     if !json {
         println!("mqlink bench --compare: {}", opts.workload.describe());
+        if !opts.batch_delay.is_zero() {
+            println!(
+                "agents: broker.batch_delay {}",
+                mqlink_config::units::format_duration(opts.batch_delay)
+            );
+        }
     }
     let result = rt.block_on(compare::compare(&opts, |line| {
         if !json {

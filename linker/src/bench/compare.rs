@@ -26,6 +26,8 @@ pub struct CompareOptions {
     pub steps: u32,
     /// How long each fixed-rate run of the bisection publishes.
     pub step_duration: Duration,
+    /// The agents' `broker.batch_delay`.
+    pub batch_delay: Duration,
     /// The `mqlink` binary the agents run.
     pub agent_bin: PathBuf,
     /// Scratch directory (configs, logs, spools).
@@ -84,7 +86,14 @@ pub async fn compare(
         }
         let dir = opts.dir.join(format!("{kind:?}").to_lowercase());
         let _ = std::fs::remove_dir_all(&dir);
-        let setup = Setup::start(*kind, &dir, &opts.agent_bin, opts.workload.qos).await?;
+        let setup = Setup::start(
+            *kind,
+            &dir,
+            &opts.agent_bin,
+            opts.workload.qos,
+            opts.batch_delay,
+        )
+        .await?;
         let result = measure(&setup, opts, &mut say).await;
         setup.stop().await;
         match result {

@@ -142,11 +142,12 @@ fn agent_yaml(
     region: &str,
     peer: &str,
     (quic, peer_quic, metrics): (u16, u16, u16),
-    broker: u16,
+    (broker, batch_delay): (u16, Duration),
 ) -> String {
+    let delay = batch_delay.as_millis();
     format!(
         "region: {region}\nnode: {region}-1\n\
-         broker: {{ url: \"mqtt://127.0.0.1:{broker}\", client_id: mqlink-bench-{region} }}\n\
+         broker: {{ url: \"mqtt://127.0.0.1:{broker}\", client_id: mqlink-bench-{region}, batch_delay: {delay}ms }}\n\
          listen: {{ quic: \"127.0.0.1:{quic}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{metrics}\" }}\n\
          tls: {{ cert: certs/{region}.pem, key: certs/{region}.key, ca: certs/ca.pem }}\n\
          interest: {{ dynamic: mosquitto }}\n\
@@ -157,12 +158,14 @@ fn agent_yaml(
 
 impl Setup {
     /// Start `kind` in `dir` (created); `agent_bin` is the `mqlink`
-    /// binary the agents run; `qos` is the bridge's QoS.
+    /// binary the agents run; `qos` is the bridge's QoS; `batch_delay`
+    /// the agents' `broker.batch_delay`.
     pub async fn start(
         kind: SetupKind,
         dir: &Path,
         agent_bin: &Path,
         qos: u8,
+        batch_delay: Duration,
     ) -> Result<Self, BenchError> {
         std::fs::create_dir_all(dir).map_err(failed("scratch directory"))?;
         let broker = |name: &str, extra: &str| {
@@ -200,11 +203,15 @@ impl Setup {
                 )?;
                 Ok(brokers_only(vec![a, b]))
             }
-            SetupKind::Mqlink => Self::mqlink(dir, agent_bin).await,
+            SetupKind::Mqlink => Self::mqlink(dir, agent_bin, batch_delay).await,
         }
     }
 
-    async fn mqlink(dir: &Path, agent_bin: &Path) -> Result<Self, BenchError> {
+    async fn mqlink(
+        dir: &Path,
+        agent_bin: &Path,
+        batch_delay: Duration,
+    ) -> Result<Self, BenchError> {
         let certs = dir.join("certs");
         crate::certs::init(&certs).map_err(failed("making a CA"))?;
         let a = LocalBroker::mosquitto_with(dir, "mqlink-a", BROKER_CONF)
@@ -228,7 +235,12 @@ impl Setup {
             metrics_ports.push(metrics);
             std::fs::write(
                 &conf,
-                agent_yaml(region, peer, (quic, peer_quic, metrics), broker),
+                agent_yaml(
+                    region,
+                    peer,
+                    (quic, peer_quic, metrics),
+                    (broker, batch_delay),
+                ),
             )
             .map_err(failed("writing an agent config"))?;
             let log = std::fs::File::create(dir.join(format!("agent-{region}.log")))

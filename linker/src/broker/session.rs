@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::acks::{AckQueue, Arrival, Inflight, Outcome};
+use super::linger::ReadLinger;
 use super::{ExportState, Session, import_out, message_of};
 use crate::core::{ExportCmd, ImportCmd, Input};
 use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
@@ -265,6 +266,7 @@ async fn connected(
     if let Err(e) = incoming(st, &mut c, &mut rbuf) {
         return e;
     }
+    let mut linger = ReadLinger::new(s.linger);
     loop {
         let import_room = c.inflight_room(st) && c.out.len() < OUT_MAX;
         // A full core queue stops reading, except while the broker owes
@@ -287,6 +289,7 @@ async fn connected(
             },
             r = read(&mut rd, &mut rbuf), if read_room => match r {
                 Ok(()) => {
+                    linger.read(&rd, Instant::now());
                     if let Err(e) = incoming(st, &mut c, &mut rbuf) {
                         return e;
                     }
@@ -317,6 +320,7 @@ async fn connected(
                 None => return ConnError::CoreGone,
             },
             () = st.queue.room(), if core_full && !owed => {}
+            () = linger.expired(), if linger.lingering() => linger.expire(&rd),
             () = tokio::time::sleep_until(tick) => {
                 if c.ping_since.is_some() {
                     return ConnError::Timeout;
@@ -821,6 +825,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_keeps_order_resends_and_recovers_across_reconnects() {
+        session_scenario(Duration::ZERO).await;
+    }
+
+    /// The same with reads lingering: what stays below the low-water
+    /// mark is still read once the delay is out, in order.
+    #[tokio::test]
+    async fn a_lingering_session_reads_what_stays_below_the_mark() {
+        session_scenario(Duration::from_millis(20)).await;
+    }
+
+    async fn session_scenario(linger: Duration) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let session = Session {
@@ -834,6 +849,7 @@ mod tests {
                 max_packet: 1 << 20,
                 ..Default::default()
             },
+            linger,
         };
         let (export_tx, export_rx) = mpsc::unbounded_channel();
         let (import_tx, import_rx) = mpsc::channel(16);
