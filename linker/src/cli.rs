@@ -60,11 +60,73 @@ pub enum Command {
     /// latency; `--compare` runs one broker, a Mosquitto bridge and an
     /// mqlink link side by side on loopback.
     Bench(Box<BenchArgs>),
+    /// Ask a running agent (its admin API): peers, topology, routes,
+    /// interest, spool, or where a topic's messages go (`trace`).
+    Ctl(CtlArgs),
     /// A development PKI: a CA, and certificates naming one region each.
     Certs {
         /// What to make.
         #[command(subcommand)]
         action: CertsAction,
+    },
+}
+
+/// Arguments of `mqlink ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The agent's admin address (`listen.admin`; default: from
+    /// `--config`, else 127.0.0.1:7444).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+    /// An agent config: its `listen.admin` (when `--admin` is not
+    /// given), and its certificate, key and CA for an admin API that is
+    /// not on loopback (mutual TLS).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The region whose agent answers on a TLS admin address (its
+    /// certificate names it; default: the `--config` file's region).
+    #[arg(long, value_name = "REGION")]
+    pub tls_name: Option<String>,
+    /// Print the reply as one JSON document instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Refresh the view every second until Ctrl-C.
+    #[arg(long, global = true)]
+    pub watch: bool,
+    /// What to show.
+    #[command(subcommand)]
+    pub view: CtlView,
+}
+
+/// The views of `mqlink ctl`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlView {
+    /// Neighbours: connections, endpoints, RTT, traffic, last error.
+    Peers,
+    /// The link-state database: regions, links, costs, up/down, ages.
+    Topology,
+    /// Shortest-path trees: how each origin's messages travel.
+    Routes {
+        /// Only this origin region.
+        #[arg(long = "from", value_name = "REGION")]
+        origin: Option<String>,
+    },
+    /// What every region wants (its agents' tables), and our own summary.
+    Interest {
+        /// Only this region.
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
+    },
+    /// What waits in the spool (per destination region) and in custody.
+    Spool,
+    /// Where a message on TOPIC from a region goes, and why it does not
+    /// reach the others.
+    Trace {
+        /// The topic.
+        topic: String,
+        /// The publishing region (default: the agent's own).
+        #[arg(long = "from", value_name = "REGION")]
+        origin: Option<String>,
     },
 }
 

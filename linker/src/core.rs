@@ -31,7 +31,18 @@ pub enum Input {
     PeerGone {
         /// Which connection.
         peer: PeerId,
+        /// Why (QUIC's close reason).
+        reason: String,
     },
+    /// A connection attempt to a neighbour failed (for `ctl peers`).
+    DialFailed {
+        /// The neighbour.
+        region: RegionName,
+        /// Why.
+        reason: String,
+    },
+    /// A question from the admin API.
+    Admin(crate::admin::Query),
     /// A frame arrived.
     Frame {
         /// On which connection.
@@ -177,6 +188,9 @@ pub struct StatsReport {
     /// Our own interest: (local filters, advertised filters, widened
     /// ones, budget).
     pub own_interest: (usize, usize, usize, Option<usize>),
+    /// Why the last connection to each neighbour ended, or the last
+    /// attempt failed.
+    pub last_errors: BTreeMap<RegionName, String>,
 }
 
 /// Channels to one connection's writers.
@@ -236,6 +250,7 @@ pub struct BrokerTx {
 struct PeerConn {
     out: PeerOut,
     conn: quinn::Connection,
+    since: std::time::SystemTime,
 }
 
 /// Live connections by the agent's name for them. A region with replicas
@@ -367,14 +382,47 @@ fn handle(
     match input {
         Input::PeerConnected { peer, out, conn } => {
             info!(peer = %peer.region, conn = peer.conn, "link up");
-            peers.insert(peer.clone(), PeerConn { out, conn });
+            peers.insert(
+                peer.clone(),
+                PeerConn {
+                    out,
+                    conn,
+                    since: std::time::SystemTime::now(),
+                },
+            );
             agent.handle_connect(now, &peer);
         }
-        Input::PeerGone { peer } => {
+        Input::PeerGone { peer, reason } => {
+            report.last_errors.insert(peer.region.clone(), reason);
             if peers.remove(&peer).is_some() {
                 info!(peer = %peer.region, conn = peer.conn, "link down");
                 agent.handle_disconnect(now, &peer);
             }
+        }
+        Input::DialFailed { region, reason } => {
+            report.last_errors.insert(region, reason);
+        }
+        Input::Admin(query) => {
+            let conns = peers
+                .iter()
+                .map(|(id, p)| {
+                    let s = p.conn.stats();
+                    crate::admin::Conn {
+                        id: id.clone(),
+                        remote: p.conn.remote_address(),
+                        rtt: p.conn.rtt(),
+                        bytes: (s.udp_tx.bytes, s.udp_rx.bytes),
+                        since: p.since,
+                    }
+                })
+                .collect();
+            let view = crate::admin::CoreView {
+                conns,
+                last_errors: &report.last_errors,
+                export: &report.export,
+                now,
+            };
+            crate::admin::answer(query, agent, &view);
         }
         Input::Frame { peer, frame } => {
             if peers.contains_key(&peer) {

@@ -74,6 +74,7 @@
 //!   1.2-1.4 ms (tokio's timer counts whole milliseconds, so 1 ms waits
 //!   1-2 ms). Off by default: latency first.
 
+pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod broker_conf;

@@ -138,7 +138,14 @@ pub async fn dial(
                 backoff = DIAL_BACKOFF_MIN;
                 serve(conn, region.clone(), control, core.clone()).await;
             }
-            Err(e) => debug!(peer = %region, error = %e, "dial failed"),
+            Err(e) => {
+                debug!(peer = %region, error = %e, "dial failed");
+                let reason = format!("dialling {target}: {e}");
+                let _ = core.try_send(Input::DialFailed {
+                    region: region.clone(),
+                    reason,
+                });
+            }
         }
         if core.is_closed() {
             return;
@@ -230,7 +237,12 @@ async fn serve(
     for t in tasks {
         t.abort();
     }
-    let _ = core.send(Input::PeerGone { peer }).await;
+    let _ = core
+        .send(Input::PeerGone {
+            peer,
+            reason: reason.to_string(),
+        })
+        .await;
 }
 
 async fn write_control(

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         }
         Command::Certs { action } => certs(action).map(|()| true),
         Command::Bench(args) => bench(&args),
+        Command::Ctl(args) => ctl(&args),
         Command::Run { config } => run(&config).map(|()| true),
         Command::Simulate {
             scenario,
@@ -37,6 +38,91 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `mqlink ctl`: ask a running agent; `--watch` refreshes until Ctrl-C.
+fn ctl(args: &mqlink::cli::CtlArgs) -> anyhow::Result<bool> {
+    use mqlink::admin::ctl;
+    let cfg = match &args.config {
+        Some(p) => Some(mqlink_config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let admin: std::net::SocketAddr = match (&args.admin, &cfg) {
+        (Some(a), _) => a
+            .parse()
+            .or_else(|_| {
+                std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .ok_or(())
+            })
+            .map_err(|()| anyhow::anyhow!("--admin {a}: expected HOST:PORT"))?,
+        (None, Some(c)) => c.listen.admin,
+        (None, None) => mqlink_config::region::DEFAULT_ADMIN
+            .parse()
+            .context("the default admin address")?,
+    };
+    // An agent listening on every address is asked on loopback.
+    let admin = if admin.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), admin.port())
+    } else {
+        admin
+    };
+    // Mutual TLS when the address is not loopback, or the agent's
+    // configured one is not (an agent on every address is asked on
+    // loopback, still over TLS).
+    let configured_tls = cfg
+        .as_ref()
+        .is_some_and(|c| mqlink::admin::needs_tls(&c.listen.admin));
+    let tls = if mqlink::admin::needs_tls(&admin) || configured_tls {
+        let Some(c) = &cfg else {
+            anyhow::bail!(
+                "{admin} is not a loopback address: its admin API takes mutual TLS only; \
+                 give --config with a certificate from the deployment CA"
+            );
+        };
+        Some(ctl::ClientTls {
+            cert: c.tls.cert.clone(),
+            key: c.tls.key.clone(),
+            ca: c.tls.ca.clone(),
+            name: args
+                .tls_name
+                .clone()
+                .unwrap_or_else(|| c.region.to_string()),
+        })
+    } else {
+        None
+    };
+    let target = ctl::Target {
+        addr: admin.to_string(),
+        tls,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    mqlink::run::install_crypto();
+    rt.block_on(async {
+        let mut client = ctl::connect(&target).await?;
+        loop {
+            let reply = ctl::fetch(&mut client, &args.view).await?;
+            let text = if args.json {
+                serde_json::to_string_pretty(&reply)? + "\n"
+            } else {
+                ctl::render(&reply)
+            };
+            if !args.watch {
+                print!("{text}");
+                return Ok(true);
+            }
+            // Clear the screen, home the cursor, then the view.
+            print!("\x1b[2J\x1b[H{text}");
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(true),
+            }
+        }
+    })
 }
 
 fn certs(action: CertsAction) -> anyhow::Result<()> {

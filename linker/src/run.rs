@@ -46,6 +46,9 @@ pub enum StartError {
     /// The spool thread.
     #[error("starting the spool thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The admin API's listener.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// A running agent.
@@ -55,6 +58,8 @@ pub struct Running {
     pub region: RegionName,
     /// The bound QUIC address (useful when configured with port 0).
     pub quic_addr: SocketAddr,
+    /// The bound admin API address (`listen.admin`).
+    pub admin_addr: SocketAddr,
     /// Inputs to the core (for stats queries).
     inputs: mpsc::Sender<Input>,
     /// To the export session (to drain it at shutdown).
@@ -241,9 +246,11 @@ async fn start_with(
         max_age: cfg.spool.max_age,
         drop_oldest: cfg.spool.full == mqlink_config::SpoolFull::DropOldest,
     };
+    let (spool_view_tx, spool_view) =
+        tokio::sync::watch::channel(crate::spool::SpoolView::default());
     std::thread::Builder::new()
         .name("mqlink-spool".into())
-        .spawn(move || crate::spool::run(spool, marks, policy, spool_rx, spool_core))
+        .spawn(move || crate::spool::run(spool, marks, policy, spool_rx, spool_core, spool_view_tx))
         .map_err(StartError::Thread)?;
     let broker_tx = core::BrokerTx {
         export: export_tx.clone(),
@@ -276,6 +283,24 @@ async fn start_with(
         })
     };
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));
+    let configured = cfg
+        .links
+        .iter()
+        .map(|l| {
+            (
+                l.region.clone(),
+                l.endpoints.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    let admin = crate::admin::AdminService::new(
+        input_tx.clone(),
+        spool_view,
+        configured,
+        cfg.spool.max_bytes.0,
+    );
+    let (admin_addr, serve_admin) = crate::admin::bind(cfg.listen.admin, &cfg.tls, admin).await?;
+    tasks.push(tokio::spawn(serve_admin));
     let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
     tasks.push(tokio::spawn(link::accept(
         endpoint.clone(),
@@ -301,6 +326,7 @@ async fn start_with(
     let running = Running {
         region: cfg.region.clone(),
         quic_addr,
+        admin_addr,
         inputs: input_tx,
         export: export_tx,
         endpoint,

@@ -28,6 +28,8 @@ pub struct ProcRegion {
     starts: u32,
     /// Its Prometheus port.
     pub metrics_port: u16,
+    /// Its admin API port.
+    pub admin_port: u16,
 }
 
 /// Regions with a broker and an agent process each.
@@ -55,6 +57,9 @@ pub struct Options {
     pub interest_plugin: bool,
     /// Start no agent ([`ProcFederation::start_agent`] starts them).
     pub agents_later: bool,
+    /// Regions whose admin API listens on every address (0.0.0.0), so
+    /// it takes mutual TLS only.
+    pub admin_any: Vec<String>,
 }
 
 /// The `mqlink` binary next to the test binary (`target/<profile>/mqlink`;
@@ -140,9 +145,15 @@ impl ProcFederation {
                 .map(|(_, f)| format!("\"{f}\""))
                 .collect();
             let metrics_port = mqlink::brokers::free_port()?;
+            let admin_port = mqlink::brokers::free_port()?;
+            let admin_ip = if opts.admin_any.iter().any(|a| a == r) {
+                "0.0.0.0"
+            } else {
+                "127.0.0.1"
+            };
             let mut yaml = format!(
                 "region: {r}\nnode: {r}-1\nbroker: {{ url: \"mqtt://127.0.0.1:{}\" }}\n\
-                 listen: {{ quic: \"127.0.0.1:{}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{}\" }}\n\
+                 listen: {{ quic: \"127.0.0.1:{}\", admin: \"{admin_ip}:{admin_port}\", metrics: \"127.0.0.1:{}\" }}\n\
                  tls: {{ cert: certs/{r}.pem, key: certs/{r}.key, ca: certs/ca.pem }}\n\
                  interest: {{ dynamic: {}, static: [{}] }}\n\
                  spool: {}\nlinks:\n",
@@ -182,6 +193,7 @@ impl ProcFederation {
                     agent: None,
                     starts: 0,
                     metrics_port,
+                    admin_port,
                 },
             );
         }

@@ -21,6 +21,7 @@
 //! - [`graph`]: the petgraph region graph, shortest-path [`Tree`]s with a
 //!   region-name tie-break, partitions, bridges and articulation points.
 //! - [`route`]: the forwarding decision and its route cache ([`Router`]).
+//! - [`trace`]: where a message would go and why not elsewhere ([`Trace`]).
 
 pub mod aggregate;
 pub mod budget;
@@ -32,6 +33,7 @@ pub mod matcher;
 pub mod region;
 pub mod route;
 pub mod topic;
+pub mod trace;
 
 pub use aggregate::{Aggregation, WideningCost, aggregate, disjoint_cover, generalize};
 pub use budget::{BudgetedInterest, Due};
@@ -47,3 +49,4 @@ pub use route::{DEFAULT_HOP_LIMIT, Decision, Router};
 pub use topic::{
     Level, MAX_TOPIC_LEN, Subscription, TopicCache, TopicError, TopicFilter, TopicName,
 };
+pub use trace::{Hop, Match, Miss, Trace};

@@ -236,6 +236,13 @@ impl Lsdb {
         LsaOutcome::Installed
     }
 
+    /// Every LSA with the time since it was last installed or refreshed.
+    pub fn lsas_aged(&self, now: Instant) -> impl Iterator<Item = (&Lsa, Duration)> {
+        self.entries
+            .values()
+            .map(move |e| (&e.lsa, now.saturating_duration_since(e.refreshed)))
+    }
+
     /// Drop foreign entries not refreshed within `max_age`; returns their
     /// (region, node) keys.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(RegionName, NodeName)> {

@@ -129,6 +129,11 @@ impl Router {
         &self.me
     }
 
+    /// The hop limit.
+    pub fn hop_limit(&self) -> u32 {
+        self.hop_limit
+    }
+
     /// The link-state database.
     pub fn lsdb(&self) -> &Lsdb {
         &self.lsdb
@@ -461,6 +466,51 @@ mod tests {
             }
         }
         router
+    }
+
+    #[test]
+    fn a_trace_names_paths_filters_and_why_not() {
+        use crate::trace::Miss;
+        let mut b = triangle_at("b", false);
+        b.handle_snapshot(snapshot("c", &["t/#", "t/1", "u/#"]));
+        b.handle_snapshot(snapshot("d", &["t/+"]));
+        let topic = TopicName::new("t/1").unwrap();
+        let t = b.trace(&r("a"), &topic);
+        assert_eq!(t.seen_from, r("b"));
+        let names: Vec<&str> = t.regions.iter().map(|h| h.region.as_str()).collect();
+        assert_eq!(names, ["b", "c", "d"], "every region but the origin");
+        // b wants nothing: not reached, though on the way.
+        assert_eq!(t.regions[0].miss, Some(Miss::NoInterest));
+        assert_eq!(t.regions[0].path, [r("a"), r("b")]);
+        // c: through the transit b (a-c is down), both matching filters.
+        let c = &t.regions[1];
+        assert_eq!(c.miss, None);
+        assert_eq!(c.path, [r("a"), r("b"), r("c")]);
+        assert_eq!(c.cost, Some(2));
+        let filters: Vec<&str> = c.matches.iter().map(|m| m.filter.as_str()).collect();
+        assert_eq!(filters, ["t/#", "t/1"]);
+        // d wants it but has no link: a partition.
+        assert_eq!(t.regions[2].miss, Some(Miss::Partition));
+        assert!(t.regions[2].path.is_empty());
+        assert_eq!(t.reached().count(), 1);
+
+        // A link policy on the way takes c out.
+        let mut t2 = t.clone();
+        let refused = Miss::ExportPolicy {
+            from: r("b"),
+            to: r("c"),
+        };
+        t2.refuse(&r("b"), &r("c"), &refused);
+        assert_eq!(t2.regions[1].miss, Some(refused));
+
+        // A hop limit of one stops c, two links away.
+        let mut short = triangle_at("b", false).with_hop_limit(1);
+        short.handle_snapshot(snapshot("c", &["t/#"]));
+        let t = short.trace(&r("a"), &topic);
+        assert_eq!(
+            t.regions[1].miss,
+            Some(Miss::HopLimit { hops: 2, limit: 1 })
+        );
     }
 
     #[test]

@@ -136,6 +136,19 @@ pub struct Waiting {
     pub bytes: u64,
 }
 
+/// What the spool holds, as last reported (for the admin API).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SpoolView {
+    /// Messages.
+    pub messages: u64,
+    /// Live bytes.
+    pub bytes: u64,
+    /// Age of the oldest message.
+    pub oldest: Duration,
+    /// Per destination region.
+    pub regions: BTreeMap<RegionName, Waiting>,
+}
+
 /// A message read back: its key, its time in the spool, the envelope.
 pub type Replayed = (u64, Duration, Envelope);
 
@@ -559,10 +572,17 @@ pub fn run(
     policy: Policy,
     mut cmds: mpsc::UnboundedReceiver<SpoolCmd>,
     core: mpsc::Sender<Input>,
+    view: tokio::sync::watch::Sender<SpoolView>,
 ) {
     let max_age = policy.max_age;
     let mut reported: Vec<RegionName> = Vec::new();
     let mut gauges = |s: &Spool| {
+        view.send_replace(SpoolView {
+            messages: s.len(),
+            bytes: s.bytes(),
+            oldest: s.oldest_age(),
+            regions: s.per_region().clone(),
+        });
         metrics::gauge!("mqlink_spool_messages").set(s.len() as f64);
         metrics::gauge!("mqlink_spool_bytes").set(s.bytes() as f64);
         metrics::gauge!("mqlink_spool_oldest_seconds").set(s.oldest_age().as_secs_f64());

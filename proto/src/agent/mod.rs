@@ -49,6 +49,7 @@
 //! - `custody`: QoS >= 1 custody: held messages, acks, reroutes.
 //! - `window`: a connection's unacknowledged envelopes (a ring by link
 //!   sequence number).
+//! - `views`: read-only views for the admin API (links, peers, trace).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -67,6 +68,7 @@ mod custody;
 mod forward;
 mod peers;
 mod summary;
+mod views;
 mod window;
 use crate::frame::{
     DataBatch, Envelope, Frame, Hello, Message, PROTOCOL_VERSION, Regions, TableId,
