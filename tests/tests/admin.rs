@@ -25,6 +25,7 @@ fn ctl(fed: &ProcFederation, region: &str, args: &[&str]) -> (i32, String, Strin
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
+    eprintln!("$ {cmd:?}\n{}", String::from_utf8_lossy(&out.stdout));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
