@@ -76,7 +76,7 @@ use std::path::Path;
 pub use deployment::{Deployment, check_deployment};
 pub use diagnostic::{ConfigError, Diagnostic, Pos, Severity};
 pub use region::{
-    BrokerConfig, DynamicInterest, InterestConfig, LinkConfig, ListenConfig, RegionConfig,
+    BrokerConfig, DynamicInterest, FileRef, InterestConfig, LinkConfig, ListenConfig, RegionConfig,
     SpoolConfig, SpoolFull, TlsConfig,
 };
 pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
@@ -90,6 +90,7 @@ pub fn parse(file: &Path, text: &str, hostname: &str) -> Result<RegionConfig, Co
     let mut ctx = region::Ctx {
         file,
         diags: Vec::new(),
+        files: Vec::new(),
     };
     let config = region::convert(&mut ctx, raw, hostname);
     match config {
@@ -116,24 +117,32 @@ pub fn load(file: &Path) -> Result<RegionConfig, ConfigError> {
 /// material and the broker password file. `mqlink run` needs them; a check
 /// on a build machine may not have them.
 pub fn missing_files(config: &RegionConfig) -> Vec<Diagnostic> {
-    let tls = &config.tls;
-    let files = [
-        ("tls.cert", Some(&tls.cert)),
-        ("tls.key", Some(&tls.key)),
-        ("tls.ca", Some(&tls.ca)),
-    ];
-    files
-        .into_iter()
-        .chain([("broker.password_file", config.broker.password_file.as_ref())])
-        .filter_map(|(what, path)| {
-            let path = path.filter(|p| !p.exists())?;
-            Some(Diagnostic::warning(
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    for f in &config.files {
+        let Ok(meta) = std::fs::metadata(&f.path) else {
+            out.push(Diagnostic::warning(
                 &config.file,
-                None,
-                format!("{what}: `{}` does not exist", path.display()),
-            ))
-        })
-        .collect()
+                f.pos,
+                format!("{}: `{}` does not exist", f.key, f.path.display()),
+            ));
+            continue;
+        };
+        let secret = f.key == "broker.password_file" || f.key.ends_with(".key");
+        if secret && meta.permissions().mode() & 0o077 != 0 {
+            out.push(Diagnostic::warning(
+                &config.file,
+                f.pos,
+                format!(
+                    "{}: `{}` can be read or changed by other users (mode {:o}); chmod 600 it",
+                    f.key,
+                    f.path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// This machine's hostname (the default node name), or `node`.

@@ -32,6 +32,9 @@ pub(crate) struct RawBroker {
     pub password_file: Option<Text>,
     pub shared: Option<Spanned<bool>>,
     pub batch_delay: Option<Text>,
+    pub ca: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
 }
 
 /// `listen:`

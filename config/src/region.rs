@@ -52,6 +52,20 @@ pub struct RegionConfig {
     pub interest: InterestConfig,
     /// The on-disk spool.
     pub spool: SpoolConfig,
+    /// Every file the config names (certificates, keys, password, CA),
+    /// with where (for `mqlink check --files`).
+    pub files: Vec<FileRef>,
+}
+
+/// A file named by the config.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRef {
+    /// Its key (`tls.cert`, `broker.password_file`, ...).
+    pub key: String,
+    /// The path, resolved against the config's directory.
+    pub path: PathBuf,
+    /// Where the value is.
+    pub pos: Option<Pos>,
 }
 
 /// `broker:`
@@ -65,6 +79,12 @@ pub struct BrokerConfig {
     pub username: Option<String>,
     /// Optional file holding the password.
     pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) the broker's certificate is checked against
+    /// (`mqtts://`; default: the system's bundle).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) and key for `mqtts://`, if the broker
+    /// asks for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Export through MQTT 5 shared subscriptions
     /// (`$share/mqlink-<region>/<filter>`), so that several agents of one
     /// region (replicas) split the exported messages between them; set it
@@ -189,6 +209,8 @@ pub(crate) struct Ctx<'a> {
     pub file: &'a Path,
     /// Problems found so far.
     pub diags: Vec<Diagnostic>,
+    /// Files named so far.
+    pub files: Vec<FileRef>,
 }
 
 impl Ctx<'_> {
@@ -225,11 +247,19 @@ impl Ctx<'_> {
             return None;
         }
         let p = Path::new(&text.value);
-        Some(if p.is_absolute() {
+        let path = if p.is_absolute() {
             p.to_owned()
         } else {
             self.file.parent().unwrap_or(Path::new("")).join(p)
-        })
+        };
+        if what != "spool.dir" {
+            self.files.push(FileRef {
+                key: what.to_owned(),
+                path: path.clone(),
+                pos: Pos::of(text.referenced),
+            });
+        }
+        Some(path)
     }
 
     fn filters(&mut self, list: &[Text], what: &str) -> Vec<TopicFilter> {
@@ -275,6 +305,7 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, raw: RawRegion, hostname: &str) -> Opti
         links,
         interest: interest?,
         spool: spool?,
+        files: std::mem::take(&mut ctx.files),
     })
 }
 
@@ -291,6 +322,9 @@ fn convert_broker(
         password_file: None,
         shared: None,
         batch_delay: None,
+        ca: None,
+        cert: None,
+        key: None,
     });
     let url = match &raw.url {
         Some(u) => ctx.parse(u, "broker.url", BrokerUrl::parse),
@@ -325,11 +359,40 @@ fn convert_broker(
         }),
         None => Some(Duration::ZERO),
     };
+    let ca = raw.ca.as_ref().and_then(|p| ctx.path(p, "broker.ca"));
+    let cert = raw.cert.as_ref().and_then(|p| ctx.path(p, "broker.cert"));
+    let key = raw.key.as_ref().and_then(|p| ctx.path(p, "broker.key"));
+    let client_cert = match (cert, key, &raw.cert, &raw.key) {
+        (Some(c), Some(k), _, _) => Some((c, k)),
+        (_, _, Some(c), None) => {
+            ctx.err(pos(c), "broker.cert: needs broker.key too");
+            None
+        }
+        (_, _, None, Some(k)) => {
+            ctx.err(pos(k), "broker.key: needs broker.cert too");
+            None
+        }
+        _ => None,
+    };
+    let tls_only = [
+        (&raw.ca, "broker.ca"),
+        (&raw.cert, "broker.cert"),
+        (&raw.key, "broker.key"),
+    ];
+    if url.as_ref().is_some_and(|u| !u.tls) {
+        for (t, what) in tls_only {
+            if let Some(t) = t {
+                ctx.err(pos(t), format!("{what}: only for an mqtts:// broker url"));
+            }
+        }
+    }
     Some(BrokerConfig {
         url: url?,
         client_id: client_id?,
         username: raw.username.map(|u| u.value),
         password_file,
+        ca,
+        client_cert,
         shared: raw.shared.is_some_and(|s| s.value),
         batch_delay: batch_delay?,
     })

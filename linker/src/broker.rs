@@ -98,6 +98,7 @@ use crate::mqtt::codec::{Connect, Publish, PublishOut, Subscription};
 pub mod acks;
 pub mod linger;
 pub mod session;
+pub mod stream;
 
 pub use session::{Channels, run as run_session};
 
@@ -219,9 +220,9 @@ pub const IMPORT_INFLIGHT: usize = 1000;
 /// Why the broker session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// `mqtts://` is not implemented yet.
-    #[error("mqtts:// brokers are not supported yet; use mqtt:// on a local or private network")]
-    TlsUnsupported,
+    /// TLS to the broker could not be set up (`mqtts://`).
+    #[error("broker TLS: {0}")]
+    Tls(#[from] stream::TlsSetupError),
     /// The password file could not be read.
     #[error("reading the broker password file {path}: {source}")]
     PasswordFile {
@@ -233,6 +234,20 @@ pub enum BrokerError {
     },
 }
 
+/// Why a password file is exposed (readable or writable by others than
+/// its owner), if it is.
+pub fn password_file_exposed(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o044 != 0 {
+        Some("is readable by other users")
+    } else if mode & 0o022 != 0 {
+        Some("is writable by other users")
+    } else {
+        None
+    }
+}
+
 /// Where and how to connect: the broker's address and our CONNECT.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -242,6 +257,8 @@ pub struct Session {
     pub port: u16,
     /// The CONNECT sent on every connection.
     pub connect: Connect,
+    /// TLS (`mqtts://`).
+    pub tls: Option<stream::BrokerTls>,
     /// How long reads from the broker may linger to gather a batch
     /// ([`linger`]); zero: none.
     pub linger: Duration,
@@ -250,8 +267,20 @@ pub struct Session {
 /// The broker session: persistent for `session_expiry` (clean start off),
 /// our Receive Maximum [`EXPORT_INFLIGHT`].
 pub fn session(cfg: &BrokerConfig, session_expiry: Duration) -> Result<Session, BrokerError> {
-    if cfg.url.tls {
-        return Err(BrokerError::TlsUnsupported);
+    let host = cfg.url.host.to_string().trim_matches(['[', ']']).to_owned();
+    let tls = if cfg.url.tls {
+        let client = cfg
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Some(stream::BrokerTls::new(&host, cfg.ca.as_deref(), client)?)
+    } else {
+        None
+    };
+    if let Some(p) = &cfg.password_file
+        && let Some(why) = password_file_exposed(p)
+    {
+        tracing::warn!(file = %p.display(), "broker password file {why}: chmod 600 it");
     }
     let password = match &cfg.password_file {
         Some(p) => Some(
@@ -266,8 +295,9 @@ pub fn session(cfg: &BrokerConfig, session_expiry: Duration) -> Result<Session, 
         None => cfg.username.as_ref().map(|_| String::new()),
     };
     Ok(Session {
-        host: cfg.url.host.to_string().trim_matches(['[', ']']).to_owned(),
+        host,
         port: cfg.url.port,
+        tls,
         connect: Connect {
             client_id: cfg.client_id.clone(),
             clean_start: false,

@@ -276,6 +276,27 @@ impl LocalBroker {
         Self::mosquitto_conf(dir, name, persistence, &extra)
     }
 
+    /// A Mosquitto broker from a whole configuration of the caller's
+    /// (`body`), whose listener on 127.0.0.1:`port` says it is up (TLS
+    /// listeners, password files, several listeners).
+    pub fn mosquitto_custom(
+        dir: &Path,
+        name: &str,
+        port: u16,
+        body: &str,
+    ) -> Result<Self, LocalBrokerError> {
+        let conf = dir.join(format!("{name}-mosquitto.conf"));
+        std::fs::write(&conf, body).map_err(io("writing the broker configuration"))?;
+        let log = dir.join(format!("{name}-mosquitto.log"));
+        let child = spawn_mosquitto(&conf, &log, port)?;
+        Ok(LocalBroker::Mosquitto {
+            port,
+            child,
+            conf,
+            log,
+        })
+    }
+
     fn mosquitto_conf(
         dir: &Path,
         name: &str,

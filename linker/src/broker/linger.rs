@@ -18,8 +18,6 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 
 /// Low-water mark while lingering: a read this large wakes the socket
@@ -41,12 +39,12 @@ impl ReadLinger {
     }
 
     /// After a read at `now`: raise the mark and start the delay.
-    pub fn read(&mut self, rd: &OwnedReadHalf, now: Instant) {
+    pub fn read(&mut self, sock: &socket2::Socket, now: Instant) {
         if self.delay.is_zero() {
             return;
         }
         if self.until.is_none() {
-            set_lowat(rd, LOWAT);
+            set_lowat(sock, LOWAT);
         }
         self.until = Some(now + self.delay);
     }
@@ -66,24 +64,23 @@ impl ReadLinger {
 
     /// The delay is out: the mark goes back to one byte, which makes the
     /// socket readable at once if anything gathered.
-    pub fn expire(&mut self, rd: &OwnedReadHalf) {
+    pub fn expire(&mut self, sock: &socket2::Socket) {
         self.until = None;
-        set_lowat(rd, 1);
+        set_lowat(sock, 1);
     }
 }
 
 /// Set the receive low-water mark. A failure only loses the batching:
 /// logged, not fatal.
-fn set_lowat(rd: &OwnedReadHalf, bytes: usize) {
+fn set_lowat(sock: &socket2::Socket, bytes: usize) {
     use std::os::fd::AsRawFd;
-    let stream: &TcpStream = rd.as_ref();
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket borrowed from `stream` for the call;
+    // SAFETY: the descriptor is an open socket owned by `sock` for the call;
     // the option value is a live `c_int` whose size is passed with it.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVLOWAT,
             std::ptr::from_ref(&value).cast(),

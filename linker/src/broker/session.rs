@@ -23,15 +23,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mqlink_proto::{DropReason, Envelope};
 use mqlink_topology::TopicCache;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::acks::{AckQueue, Arrival, Inflight, Outcome};
 use super::linger::ReadLinger;
+use super::stream::{BrokerStream, Connected};
 use super::{ExportState, Session, import_out, message_of};
 use crate::core::{ExportCmd, ImportCmd, Input};
 use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
@@ -167,9 +166,9 @@ pub async fn run(
 
 /// TCP connect, CONNECT, CONNACK; also what arrived after the CONNACK in
 /// the same read (the broker may send queued messages right behind it).
-async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), ConnError> {
-    let mut stream = TcpStream::connect((s.host.as_str(), s.port)).await?;
-    stream.set_nodelay(true)?;
+async fn connect(s: &Session) -> Result<(Connected, codec::ConnAck, BytesMut), ConnError> {
+    let mut conn = super::stream::connect(&s.host, s.port, s.tls.as_ref()).await?;
+    let stream = &mut conn.stream;
     let mut buf = BytesMut::new();
     codec::connect(&mut buf, &s.connect);
     stream.write_all(&buf).await?;
@@ -178,7 +177,7 @@ async fn connect(s: &Session) -> Result<(TcpStream, codec::ConnAck, BytesMut), C
     loop {
         if let Some(p) = codec::decode(&mut buf, MAX_PACKET)? {
             return match p {
-                Incoming::ConnAck(a) if a.reason < 0x80 => Ok((stream, a, buf)),
+                Incoming::ConnAck(a) if a.reason < 0x80 => Ok((conn, a, buf)),
                 Incoming::ConnAck(a) => Err(ConnError::Refused {
                     reason: a.reason,
                     text: a.reason_string,
@@ -211,17 +210,21 @@ struct Conn {
     max_qos: u8,
     last_write: Instant,
     ping_since: Option<Instant>,
+    /// Bytes written that TLS may still hold (flushed when nothing else
+    /// is to be written).
+    unflushed: bool,
 }
 
 async fn connected(
     s: &Session,
     st: &mut State,
     ch: &mut Channels,
-    stream: TcpStream,
+    conn: Connected,
     connack: codec::ConnAck,
     mut rbuf: BytesMut,
 ) -> ConnError {
-    let (mut rd, mut wr) = stream.into_split();
+    let sock = conn.sock;
+    let (mut rd, mut wr) = tokio::io::split(conn.stream);
     // Subscriptions in flight died with the last connection; they are
     // all made again below.
     st.inflight.forget_requests();
@@ -233,6 +236,7 @@ async fn connected(
         max_qos: connack.max_qos.unwrap_or(2),
         last_write: Instant::now(),
         ping_since: None,
+        unflushed: false,
     };
     if connack.session_present {
         // Whatever the broker has not acknowledged goes again, in order.
@@ -279,17 +283,19 @@ async fn connected(
         let tick = c.last_write.max(c.ping_since.unwrap_or(c.last_write)) + keep_alive;
         tokio::select! {
             biased;
-            w = wr.write(&c.out), if !c.out.is_empty() => match w {
-                Ok(0) => return ConnError::Closed,
-                Ok(n) => {
+            w = write_or_flush(&mut wr, &c.out), if !c.out.is_empty() || c.unflushed => match w {
+                Ok(Some(0)) => return ConnError::Closed,
+                Ok(Some(n)) => {
                     let _ = c.out.split_to(n);
                     c.last_write = Instant::now();
+                    c.unflushed = true;
                 }
+                Ok(None) => c.unflushed = false,
                 Err(e) => return e.into(),
             },
-            r = read(&mut rd, &mut rbuf), if read_room => match r {
+            r = read(&mut rd, &sock, &mut rbuf), if read_room => match r {
                 Ok(()) => {
-                    linger.read(&rd, Instant::now());
+                    linger.read(&sock, Instant::now());
                     if let Err(e) = incoming(st, &mut c, &mut rbuf) {
                         return e;
                     }
@@ -320,7 +326,7 @@ async fn connected(
                 None => return ConnError::CoreGone,
             },
             () = st.queue.room(), if core_full && !owed => {}
-            () = linger.expired(), if linger.lingering() => linger.expire(&rd),
+            () = linger.expired(), if linger.lingering() => linger.expire(&sock),
             () = tokio::time::sleep_until(tick) => {
                 if c.ping_since.is_some() {
                     return ConnError::Timeout;
@@ -338,30 +344,44 @@ impl Conn {
     }
 }
 
-async fn read(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<(), ConnError> {
+/// Write from `out`, or when it is empty flush what TLS still holds (the
+/// socket did not take it; a plain socket has nothing to flush). Both are
+/// cancel-safe: what a write took is reported, a flush takes nothing.
+async fn write_or_flush(
+    wr: &mut tokio::io::WriteHalf<BrokerStream>,
+    out: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(out).await.map(Some)
+    }
+}
+
+/// Read what the broker sent and acknowledge it at once (`TCP_QUICKACK`).
+/// Mosquitto leaves Nagle's algorithm on for its clients unless
+/// `set_tcp_nodelay true`: it then holds back a small segment until the
+/// previous one is acknowledged, and Linux delays the acknowledgement of a
+/// connection that only receives (exports at QoS 0 are just that).
+/// Together they held messages for 15-17 ms until a full 64 KB segment had
+/// gathered (`strace` of the agent: 16 ms between reads, the second one
+/// exactly 65,483 bytes); p99 latency at 38,000 msgs/s was 18 ms. The flag
+/// lasts until the kernel's own heuristics change it, hence once per read
+/// (one cheap setsockopt).
+async fn read(
+    rd: &mut ReadHalf<BrokerStream>,
+    sock: &socket2::Socket,
+    buf: &mut BytesMut,
+) -> Result<(), ConnError> {
     buf.reserve(64 * 1024);
     match rd.read_buf(buf).await {
         Ok(0) => Err(ConnError::Closed),
         Ok(_) => {
-            quickack(rd);
+            let _ = sock.set_tcp_quickack(true);
             Ok(())
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Acknowledge what was read at once. Mosquitto leaves Nagle's algorithm
-/// on for its clients unless `set_tcp_nodelay true`: it then holds back a
-/// small segment until the previous one is acknowledged, and Linux delays
-/// the acknowledgement of a connection that only receives (exports at
-/// QoS 0 are just that). Together they held messages for 15-17 ms until
-/// a full 64 KB segment had gathered (`strace` of the agent: 16 ms
-/// between reads, the second one exactly 65,483 bytes); p99 latency at
-/// 38,000 msgs/s was 18 ms. The flag lasts until the kernel's own
-/// heuristics change it, hence once per read (one cheap setsockopt).
-fn quickack(rd: &OwnedReadHalf) {
-    let stream: &TcpStream = rd.as_ref();
-    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
 }
 
 /// Every whole packet in `buf`.
@@ -706,6 +726,7 @@ mod tests {
     use bytes::{Buf, Bytes};
     use mqlink_proto::{Message, Properties, Qos};
     use mqlink_topology::{NodeName, RegionName, TopicName};
+    use tokio::net::TcpStream;
     use tokio::net::TcpListener;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -841,6 +862,7 @@ mod tests {
         let session = Session {
             host: "127.0.0.1".into(),
             port,
+            tls: None,
             connect: codec::Connect {
                 client_id: "t".into(),
                 keep_alive: 30,
