@@ -25,7 +25,10 @@
 //!   client_id: mqlink-eu-west-a   # default: mqlink-<node>, or mqlink-<region>-<node>
 //!                                 #   when the node name does not start with the region
 //!   username: agent               # optional
-//!   password_file: secrets/pw     # optional
+//!   password_file: secrets/pw     # optional; chmod 600 (check --files warns otherwise)
+//!   ca: certs/broker-ca.pem       # mqtts:// only; default: /etc/ssl/certs/ca-certificates.crt
+//!   cert: certs/agent.pem         # mqtts:// only, with key: a client certificate
+//!   key: certs/agent.key
 //!   shared: false                 # default; true on every agent of a region with
 //!                                 #   replicas: exports via $share/mqlink-<region>/...
 //!   batch_delay: 0ms              # default; up to 100ms: messages gather this long
