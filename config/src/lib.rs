@@ -60,6 +60,8 @@
 //!   max_bytes: 1GiB               # default; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB
 //!   max_age: 24h                  # default; units ms, s, m, h, d (e.g. 1h30m)
 //!   full: block                   # default; or drop-oldest (counted `spool_full`)
+//! dns:
+//!   servers: ["10.0.0.2"]         # default: the system's resolvers (/etc/resolv.conf, /etc/hosts)
 //! ```
 //!
 //! Relative paths are relative to the directory of the file that names
@@ -79,8 +81,8 @@ use std::path::Path;
 pub use deployment::{Deployment, check_deployment};
 pub use diagnostic::{ConfigError, Diagnostic, Pos, Severity};
 pub use region::{
-    BrokerConfig, DynamicInterest, FileRef, InterestConfig, LinkConfig, ListenConfig, RegionConfig,
-    SpoolConfig, SpoolFull, TlsConfig,
+    BrokerConfig, DnsConfig, DynamicInterest, FileRef, InterestConfig, LinkConfig, ListenConfig,
+    RegionConfig, SpoolConfig, SpoolFull, TlsConfig,
 };
 pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
 

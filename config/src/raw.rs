@@ -20,6 +20,15 @@ pub(crate) struct RawRegion {
     pub links: Vec<Spanned<RawLink>>,
     pub interest: Option<RawInterest>,
     pub spool: Option<RawSpool>,
+    pub dns: Option<RawDns>,
+}
+
+/// `dns:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    #[serde(default)]
+    pub servers: Vec<Text>,
 }
 
 /// `broker:`

@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde_saphyr::Spanned;
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::raw::{RawBroker, RawInterest, RawLink, RawListen, RawRegion, RawSpool, RawTls, Text};
+use crate::raw::{
+    RawBroker, RawDns, RawInterest, RawLink, RawListen, RawRegion, RawSpool, RawTls, Text,
+};
 use crate::units::{BrokerUrl, ByteSize, Endpoint, parse_duration, parse_listen};
 
 /// Default QUIC listen address.
@@ -55,6 +57,16 @@ pub struct RegionConfig {
     /// Every file the config names (certificates, keys, password, CA),
     /// with where (for `mqlink check --files`).
     pub files: Vec<FileRef>,
+    /// How peer endpoints' names are resolved.
+    pub dns: DnsConfig,
+}
+
+/// `dns:`
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DnsConfig {
+    /// Name servers to ask (`ip:port`, or `ip` for port 53); empty: the
+    /// system's (`/etc/resolv.conf`, and `/etc/hosts`).
+    pub servers: Vec<SocketAddr>,
 }
 
 /// A file named by the config.
@@ -294,6 +306,7 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, raw: RawRegion, hostname: &str) -> Opti
     let interest = convert_interest(ctx, raw.interest);
     let spool = convert_spool(ctx, raw.spool);
     let region_pos = pos(&raw.region);
+    let dns = convert_dns(ctx, raw.dns);
     Some(RegionConfig {
         file: ctx.file.to_owned(),
         region: region?,
@@ -306,7 +319,33 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, raw: RawRegion, hostname: &str) -> Opti
         interest: interest?,
         spool: spool?,
         files: std::mem::take(&mut ctx.files),
+        dns: dns?,
     })
+}
+
+fn convert_dns(ctx: &mut Ctx<'_>, raw: Option<RawDns>) -> Option<DnsConfig> {
+    let Some(raw) = raw else {
+        return Some(DnsConfig::default());
+    };
+    let mut servers = Vec::new();
+    for t in &raw.servers {
+        let parsed = t.value.parse::<SocketAddr>().or_else(|_| {
+            t.value
+                .parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => servers.push(a),
+            Err(_) => ctx.err(
+                pos(t),
+                format!(
+                    "dns.servers: invalid name server `{}`: expected `ip` or `ip:port`, like `10.0.0.2` or `[::1]:5353`",
+                    t.value
+                ),
+            ),
+        }
+    }
+    Some(DnsConfig { servers })
 }
 
 fn convert_broker(

@@ -41,6 +41,15 @@ pub enum Input {
         /// Why.
         reason: String,
     },
+    /// What a neighbour's endpoint name resolved to (for `ctl peers`).
+    Resolved {
+        /// The neighbour.
+        region: RegionName,
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Its addresses.
+        addrs: Vec<std::net::SocketAddr>,
+    },
     /// A question from the admin API.
     Admin(crate::admin::Query),
     /// A frame arrived.
@@ -191,6 +200,8 @@ pub struct StatsReport {
     /// Why the last connection to each neighbour ended, or the last
     /// attempt failed.
     pub last_errors: BTreeMap<RegionName, String>,
+    /// What each neighbour's endpoints resolved to, last time.
+    pub resolved: BTreeMap<RegionName, BTreeMap<String, String>>,
 }
 
 /// Channels to one connection's writers.
@@ -402,6 +413,18 @@ fn handle(
         Input::DialFailed { region, reason } => {
             report.last_errors.insert(region, reason);
         }
+        Input::Resolved {
+            region,
+            endpoint,
+            addrs,
+        } => {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            report
+                .resolved
+                .entry(region)
+                .or_default()
+                .insert(endpoint, addrs.join(", "));
+        }
         Input::Admin(query) => {
             let conns = peers
                 .iter()
@@ -419,6 +442,7 @@ fn handle(
             let view = crate::admin::CoreView {
                 conns,
                 last_errors: &report.last_errors,
+                resolved: &report.resolved,
                 export: &report.export,
                 now,
             };

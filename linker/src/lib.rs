@@ -12,6 +12,7 @@
 //! - [`certs`]: `mqlink certs init|issue`: a development PKI (rcgen).
 //! - [`tls`]: mutual TLS 1.3 (rustls, ring provider), region identity from
 //!   the certificate's SAN.
+//! - [`dns`]: resolving peer endpoints (hickory-resolver), following TTLs.
 //! - [`link`]: QUIC links (quinn): accept, dial with backoff, control
 //!   stream, sharded data streams, large payloads on their own streams.
 //! - [`broker`]: the MQTT 5 session with the local broker: export
@@ -84,6 +85,7 @@ pub mod check;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod dns;
 pub mod embedded_interest;
 pub mod federation;
 pub mod link;

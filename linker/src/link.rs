@@ -25,11 +25,11 @@
 //!   the stream's life.
 //! - Bytes that do not decode as a frame close the connection with the
 //!   decode error as reason (and a metric, counted by the core).
-//! - Peer endpoints are resolved again at every dial attempt with the
-//!   system resolver (`tokio::net::lookup_host`). DESIGN.md names
-//!   hickory-resolver; the system resolver follows DNS changes just as well
-//!   for a dial-per-attempt loop and keeps the dependency tree smaller. Swap
-//!   it in if TTL-driven re-resolution of live links is needed.
+//! - Peer endpoints are resolved with hickory-resolver ([`crate::dns`])
+//!   at every dial attempt, every address tried in turn, and again when
+//!   the answer's TTL runs out while the connection is up: a connection
+//!   whose address is no longer among the answers is closed and dialled
+//!   anew (the name moved).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::core::{Input, PeerOut};
+use crate::dns::{Dns, Resolved};
 use crate::tls::peer_regions;
 
 pub use mqlink_proto::DATA_SHARDS;
@@ -127,16 +128,31 @@ pub async fn accept(
 /// outage stayed unreachable for up to ten more.
 pub async fn dial(
     endpoint: quinn::Endpoint,
+    dns: Dns,
     region: RegionName,
     target: Endpoint,
     core: mpsc::Sender<Input>,
 ) {
     let mut backoff = DIAL_BACKOFF_MIN;
     loop {
-        match connect_once(&endpoint, &region, &target).await {
-            Ok((conn, control)) => {
+        match connect_once(&endpoint, &dns, &region, &target).await {
+            Ok((conn, control, resolved)) => {
                 backoff = DIAL_BACKOFF_MIN;
+                let resolved_input = |addrs: &[SocketAddr]| Input::Resolved {
+                    region: region.clone(),
+                    endpoint: target.to_string(),
+                    addrs: addrs.to_vec(),
+                };
+                let _ = core.try_send(resolved_input(&resolved.addrs));
+                let watcher = tokio::spawn(follow_name(
+                    dns.clone(),
+                    target.clone(),
+                    conn.clone(),
+                    resolved.valid_until,
+                    (core.clone(), region.clone()),
+                ));
                 serve(conn, region.clone(), control, core.clone()).await;
+                watcher.abort();
             }
             Err(e) => {
                 debug!(peer = %region, error = %e, "dial failed");
@@ -155,13 +171,45 @@ pub async fn dial(
     }
 }
 
-/// The addresses of `e`, resolved afresh (called at every attempt, so DNS
-/// changes are followed).
-async fn resolve(e: &Endpoint) -> Vec<SocketAddr> {
-    tokio::net::lookup_host((e.host.to_string().trim_matches(['[', ']']), e.port))
-        .await
-        .map(Iterator::collect)
-        .unwrap_or_default()
+/// Shortest wait between two resolutions of a live connection's name
+/// (a TTL of 0 would otherwise ask without pause).
+const MIN_RESOLVE: Duration = Duration::from_secs(1);
+
+/// While `conn` is up, resolve `target` again each time the answer's TTL
+/// runs out; close `conn` when its address is no longer among the
+/// answers (the dial loop then connects to the new one). A failed lookup
+/// keeps the connection and tries again later.
+async fn follow_name(
+    dns: Dns,
+    target: Endpoint,
+    conn: quinn::Connection,
+    mut valid_until: Option<std::time::Instant>,
+    (core, region): (mpsc::Sender<Input>, RegionName),
+) {
+    while let Some(until) = valid_until {
+        let at = until.max(std::time::Instant::now() + MIN_RESOLVE);
+        tokio::time::sleep_until(at.into()).await;
+        match dns.resolve(&target).await {
+            Ok(r) if !r.addrs.contains(&conn.remote_address()) => {
+                let now: Vec<String> = r.addrs.iter().map(ToString::to_string).collect();
+                info!(endpoint = %target, was = %conn.remote_address(), now = %now.join(", "), "endpoint moved: reconnecting");
+                conn.close(0u32.into(), b"endpoint moved");
+                return;
+            }
+            Ok(r) => {
+                let _ = core.try_send(Input::Resolved {
+                    region: region.clone(),
+                    endpoint: target.to_string(),
+                    addrs: r.addrs.clone(),
+                });
+                valid_until = r.valid_until;
+            }
+            Err(e) => {
+                warn!(endpoint = %target, error = %e, "re-resolving a live link's endpoint failed; keeping the connection");
+                valid_until = Some(std::time::Instant::now() + DIAL_BACKOFF_MAX * 5);
+            }
+        }
+    }
 }
 
 /// Why a dial attempt failed (the last address's error).
@@ -170,6 +218,9 @@ pub enum DialError {
     /// The endpoint's name resolved to nothing.
     #[error("no address for {0}")]
     NoAddress(RegionName),
+    /// The lookup failed.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The connection could not be started.
     #[error(transparent)]
     Connect(#[from] quinn::ConnectError),
@@ -178,19 +229,26 @@ pub enum DialError {
     Connection(#[from] quinn::ConnectionError),
 }
 
+type Dialled = (
+    quinn::Connection,
+    (quinn::SendStream, quinn::RecvStream),
+    Resolved,
+);
+
 async fn connect_once(
     endpoint: &quinn::Endpoint,
+    dns: &Dns,
     region: &RegionName,
     target: &Endpoint,
-) -> Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream)), DialError> {
-    let addrs = resolve(target).await;
+) -> Result<Dialled, DialError> {
+    let resolved = dns.resolve(target).await?;
     let mut last = DialError::NoAddress(region.clone());
-    for addr in addrs {
+    for &addr in &resolved.addrs {
         match endpoint.connect(addr, region.as_str()) {
             Ok(connecting) => match connecting.await {
                 Ok(conn) => {
                     let control = conn.open_bi().await?;
-                    return Ok((conn, control));
+                    return Ok((conn, control, resolved));
                 }
                 Err(e) => last = e.into(),
             },

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The spool thread.
     #[error("starting the spool thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The resolver.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The admin API's listener.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
@@ -302,6 +305,7 @@ async fn start_with(
     let (admin_addr, serve_admin) = crate::admin::bind(cfg.listen.admin, &cfg.tls, admin).await?;
     tasks.push(tokio::spawn(serve_admin));
     let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
+    let dns = crate::dns::Dns::new(&cfg.dns)?;
     tasks.push(tokio::spawn(link::accept(
         endpoint.clone(),
         neighbours,
@@ -316,6 +320,7 @@ async fn start_with(
         for target in &l.endpoints {
             tasks.push(tokio::spawn(link::dial(
                 endpoint.clone(),
+                dns.clone(),
                 l.region.clone(),
                 target.clone(),
                 input_tx.clone(),

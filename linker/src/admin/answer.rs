@@ -55,6 +55,8 @@ pub struct CoreView<'a> {
     pub conns: Vec<Conn>,
     /// Why the last connection to each region ended.
     pub last_errors: &'a BTreeMap<RegionName, String>,
+    /// What each region's endpoints resolved to (endpoint -> addresses).
+    pub resolved: &'a BTreeMap<RegionName, BTreeMap<String, String>>,
     /// Our export subscriptions.
     pub export: &'a BTreeSet<TopicFilter>,
     /// The core's clock.
@@ -145,6 +147,11 @@ fn peers(agent: &mut Agent, view: &CoreView<'_>) -> Vec<pb::Peer> {
             messages_in: stats.received.get(r).copied().unwrap_or(0),
             last_error: view.last_errors.get(r).cloned().unwrap_or_default(),
             cost: u64::from(link.cost.get()),
+            resolved: view
+                .resolved
+                .get(r)
+                .map(|m| m.iter().map(|(e, a)| format!("{e} -> {a}")).collect())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let conns: Vec<&Conn> = view.conns.iter().filter(|c| c.id.region == *r).collect();

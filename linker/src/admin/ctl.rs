@@ -322,8 +322,17 @@ fn peers(r: &pb::PeersReply) -> String {
             ]
         })
         .collect();
+    let mut resolved = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &r.peers {
+        for line in &p.resolved {
+            if seen.insert(line) {
+                let _ = writeln!(resolved, "resolved: {line}");
+            }
+        }
+    }
     format!(
-        "{} ({}): {} neighbour connection(s)\n{}",
+        "{} ({}): {} neighbour connection(s)\n{}{resolved}",
         r.region,
         r.node,
         r.peers.iter().filter(|p| p.up).count(),

@@ -726,8 +726,8 @@ mod tests {
     use bytes::{Buf, Bytes};
     use mqlink_proto::{Message, Properties, Qos};
     use mqlink_topology::{NodeName, RegionName, TopicName};
-    use tokio::net::TcpStream;
     use tokio::net::TcpListener;
+    use tokio::net::TcpStream;
 
     const WAIT: Duration = Duration::from_secs(10);
 
