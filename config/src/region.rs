@@ -32,7 +32,7 @@ pub const DEFAULT_SPOOL_MAX_BYTES: ByteSize = ByteSize(1 << 30);
 pub const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// One agent's configuration, checked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionConfig {
     /// The file it was read from.
     pub file: PathBuf,
@@ -62,7 +62,7 @@ pub struct RegionConfig {
 }
 
 /// `dns:`
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DnsConfig {
     /// Name servers to ask (`ip:port`, or `ip` for port 53); empty: the
     /// system's (`/etc/resolv.conf`, and `/etc/hosts`).
@@ -70,7 +70,7 @@ pub struct DnsConfig {
 }
 
 /// A file named by the config.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileRef {
     /// Its key (`tls.cert`, `broker.password_file`, ...).
     pub key: String,
@@ -81,7 +81,7 @@ pub struct FileRef {
 }
 
 /// `broker:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BrokerConfig {
     /// Broker URL.
     pub url: BrokerUrl,
@@ -115,7 +115,7 @@ pub struct BrokerConfig {
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(100);
 
 /// `listen:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenConfig {
     /// QUIC (UDP) address for peer agents.
     pub quic: SocketAddr,
@@ -126,7 +126,7 @@ pub struct ListenConfig {
 }
 
 /// `tls:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsConfig {
     /// This region's certificate (PEM), whose SAN names the region.
     pub cert: PathBuf,
@@ -137,7 +137,7 @@ pub struct TlsConfig {
 }
 
 /// One entry of `links:`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LinkConfig {
     /// The neighbouring region.
     pub region: RegionName,
@@ -161,7 +161,7 @@ pub struct LinkConfig {
 }
 
 /// `interest:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InterestConfig {
     /// Filters this region always wants (`static:`).
     pub static_filters: Vec<TopicFilter>,
@@ -189,7 +189,7 @@ pub enum DynamicInterest {
 }
 
 /// `spool:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpoolConfig {
     /// Directory holding the spool.
     pub dir: PathBuf,

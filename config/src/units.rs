@@ -118,7 +118,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// A host: an IP address or a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(into = "String")]
 pub enum Host {
     /// A literal address.
@@ -192,7 +192,7 @@ fn parse_port(s: &str, whole: &str) -> Result<u16, String> {
 }
 
 /// A peer agent's address: `host:port`, the host a DNS name or an IP.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(into = "String")]
 pub struct Endpoint {
     /// Where the peer is.

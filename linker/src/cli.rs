@@ -119,6 +119,10 @@ pub enum CtlView {
     },
     /// What waits in the spool (per destination region) and in custody.
     Spool,
+    /// Re-read the agent's config file, as SIGHUP does: links, costs,
+    /// policies and static interest change in place; a bad file changes
+    /// nothing.
+    Reload,
     /// Where a message on TOPIC from a region goes, and why it does not
     /// reach the others.
     Trace {

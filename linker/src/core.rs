@@ -52,6 +52,15 @@ pub enum Input {
     },
     /// A question from the admin API.
     Admin(crate::admin::Query),
+    /// A reload changed the links or the static interest.
+    Reconfigure {
+        /// Every link's policy, as configured now.
+        links: Vec<mqlink_proto::LinkPolicy>,
+        /// Static filters added.
+        subscribe: Vec<TopicFilter>,
+        /// Static filters removed.
+        unsubscribe: Vec<TopicFilter>,
+    },
     /// A frame arrived.
     Frame {
         /// On which connection.
@@ -408,6 +417,25 @@ fn handle(
             if peers.remove(&peer).is_some() {
                 info!(peer = %peer.region, conn = peer.conn, "link down");
                 agent.handle_disconnect(now, &peer);
+            }
+        }
+        Input::Reconfigure {
+            links,
+            subscribe,
+            unsubscribe,
+        } => {
+            for id in agent.handle_reconfigure(now, links) {
+                if let Some(p) = peers.remove(&id) {
+                    info!(peer = %id.region, conn = id.conn, "link removed from the configuration: closing it");
+                    p.conn
+                        .close(0u32.into(), b"link removed from the configuration");
+                }
+            }
+            for f in subscribe {
+                agent.handle_subscribe(now, f);
+            }
+            for f in unsubscribe {
+                agent.handle_unsubscribe(now, &f);
             }
         }
         Input::DialFailed { region, reason } => {

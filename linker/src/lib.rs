@@ -35,6 +35,7 @@
 //! - [`federation`]: a whole federation on this machine (brokers, agents, PKI).
 //! - [`demo`]: `mqlink demo`, narrated.
 //! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
+//! - [`reload`]: what a reload (SIGHUP, `ctl reload`) may change, and its plan.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
 //!
 //! # The data path: what was measured and changed
@@ -94,6 +95,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod plugin_feed;
 pub mod relay;
+pub mod reload;
 pub mod run;
 pub mod spool;
 pub mod tls;

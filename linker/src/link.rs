@@ -48,6 +48,46 @@ use crate::tls::peer_regions;
 
 pub use mqlink_proto::DATA_SHARDS;
 
+/// The configured links, shared by the tasks that read them (accepting,
+/// the admin API) and replaced by a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Neighbours(std::sync::Arc<std::sync::RwLock<Vec<mqlink_config::LinkConfig>>>);
+
+impl Neighbours {
+    /// Shared links, starting with `links`.
+    pub fn new(links: Vec<mqlink_config::LinkConfig>) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(links)))
+    }
+
+    /// Replace the links (a reload).
+    pub fn set(&self, links: Vec<mqlink_config::LinkConfig>) {
+        if let Ok(mut l) = self.0.write() {
+            *l = links;
+        }
+    }
+
+    /// The neighbouring regions.
+    pub fn regions(&self) -> Vec<RegionName> {
+        self.0
+            .read()
+            .map(|l| l.iter().map(|l| l.region.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The endpoints configured for `region`.
+    pub fn endpoints(&self, region: &RegionName) -> Vec<String> {
+        self.0
+            .read()
+            .ok()
+            .and_then(|l| {
+                l.iter()
+                    .find(|l| l.region == *region)
+                    .map(|l| l.endpoints.iter().map(ToString::to_string).collect())
+            })
+            .unwrap_or_default()
+    }
+}
+
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// First wait between dial attempts.
@@ -72,14 +112,11 @@ pub fn dials(me: &RegionName, peer: &RegionName) -> bool {
 }
 
 /// Accept connections until the endpoint closes. Peers must present a
-/// certificate from our CA (checked by TLS) naming one of `neighbours`.
-pub async fn accept(
-    endpoint: quinn::Endpoint,
-    neighbours: Vec<RegionName>,
-    core: mpsc::Sender<Input>,
-) {
+/// certificate from our CA (checked by TLS) naming one of `neighbours`
+/// (as configured now: a reload changes them).
+pub async fn accept(endpoint: quinn::Endpoint, neighbours: Neighbours, core: mpsc::Sender<Input>) {
     while let Some(incoming) = endpoint.accept().await {
-        let (neighbours, core) = (neighbours.clone(), core.clone());
+        let (neighbours, core) = (neighbours.regions(), core.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {

@@ -318,12 +318,16 @@ fn bench(args: &mqlink::cli::BenchArgs) -> anyhow::Result<bool> {
 }
 
 /// Logs on stderr, filtered by `RUST_LOG` or else `default`.
+/// Logs on stderr; colours only on a terminal (a journal or a file gets
+/// plain text).
 fn logging(default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -374,6 +378,14 @@ fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Log a reload's outcome (what changed, or why nothing did).
+fn log_reload(outcome: &Result<mqlink::reload::Plan, mqlink::reload::ReloadError>) {
+    match outcome {
+        Ok(plan) => tracing::info!(changes = %plan.summary(), "configuration reloaded"),
+        Err(e) => tracing::error!("reload refused: {e}"),
+    }
+}
+
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     logging("info,quinn=warn,rumqttc=warn");
     let cfg = mqlink_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -381,15 +393,31 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
     rt.block_on(async {
         mqlink::metrics::install(cfg.listen.metrics)?;
         let mut agent = mqlink::run::start(&cfg).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let failed = tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
-                false
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut reloads = agent.take_reload_requests();
+        let failed = agent.take_failed();
+        tokio::pin!(failed);
+        let failed = loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    r.context("waiting for Ctrl-C")?;
+                    break false;
+                }
+                _ = term.recv() => break false,
+                () = &mut failed => break true,
+                _ = hup.recv() => {
+                    tracing::info!(file = %config.display(), "SIGHUP: reloading");
+                    log_reload(&agent.reload_file().await);
+                }
+                Some(reply) = reloads.recv() => {
+                    tracing::info!(file = %config.display(), "reload asked through the admin API");
+                    let outcome = agent.reload_file().await;
+                    log_reload(&outcome);
+                    let _ = reply.send(outcome.map(|p| p.summary()).map_err(|e| e.to_string()));
+                }
             }
-            _ = term.recv() => false,
-            () = agent.failed() => true,
         };
         tracing::info!("shutting down");
         agent.shutdown().await;

@@ -6,15 +6,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mqlink_config::{DynamicInterest, RegionConfig};
-use mqlink_proto::{Agent, AgentConfig, LinkPolicy};
+use std::collections::BTreeMap;
+
+use mqlink_config::{DynamicInterest, Endpoint, RegionConfig};
+use mqlink_proto::{Agent, AgentConfig};
 use mqlink_topology::RegionName;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::core::{Input, StatsReport};
-use crate::{broker, core, link, tls};
+use crate::{broker, core, link, reload, tls};
 
 /// How long a silent link lives before it is declared down.
 pub const LINK_IDLE: Duration = Duration::from_millis(1500);
@@ -69,8 +71,18 @@ pub struct Running {
     export: mpsc::UnboundedSender<core::ExportCmd>,
     /// The QUIC endpoint, closed at shutdown.
     endpoint: quinn::Endpoint,
-    /// Every task of the agent.
+    /// Every task of the agent but the dial tasks.
     tasks: Vec<JoinHandle<()>>,
+    /// The configuration running now.
+    cfg: RegionConfig,
+    /// The resolver the dial tasks share.
+    dns: crate::dns::Dns,
+    /// The configured links, as accepting and the admin API see them.
+    neighbours: link::Neighbours,
+    /// One dial task per endpoint of a neighbour we dial.
+    dials: BTreeMap<(RegionName, Endpoint), JoinHandle<()>>,
+    /// Reloads asked for through the admin API.
+    reloads: mpsc::Receiver<crate::admin::ReloadRequest>,
     /// Fires (or its sender drops) when the core task ends: the agent
     /// routes nothing any more.
     core_done: Option<oneshot::Receiver<()>>,
@@ -84,16 +96,84 @@ impl Running {
         rx.await.ok()
     }
 
-    /// Wait until the core task ends on its own (it must not: it owns
-    /// every decision). `mqlink run` exits non-zero when this returns, so
-    /// a supervisor (systemd) restarts it; custody upstream makes that
-    /// safe.
-    pub async fn failed(&mut self) {
-        match self.core_done.take() {
-            Some(rx) => {
-                let _ = rx.await;
+    /// Re-read the config file and apply it ([`crate::reload`]); on any
+    /// refusal nothing changes.
+    pub async fn reload_file(&mut self) -> Result<reload::Plan, reload::ReloadError> {
+        let new = mqlink_config::load(&self.cfg.file)
+            .map_err(|e| reload::ReloadError::Invalid(e.to_string()))?;
+        self.reload(new).await
+    }
+
+    /// Apply `new`: links, costs, policies and static interest in place;
+    /// refused (nothing changed) when it changes what needs a restart.
+    pub async fn reload(&mut self, new: RegionConfig) -> Result<reload::Plan, reload::ReloadError> {
+        let keys = reload::restart_needed(&self.cfg, &new);
+        if !keys.is_empty() {
+            return Err(reload::ReloadError::NeedsRestart {
+                file: new.file.display().to_string(),
+                keys,
+            });
+        }
+        let plan = reload::plan(&self.cfg, &new);
+        if plan.is_empty() {
+            self.cfg = new;
+            return Ok(plan);
+        }
+        self.neighbours.set(new.links.clone());
+        self.inputs
+            .send(Input::Reconfigure {
+                links: reload::link_policies(&new),
+                subscribe: plan.subscribe.clone(),
+                unsubscribe: plan.unsubscribe.clone(),
+            })
+            .await
+            .map_err(|_| reload::ReloadError::Stopping)?;
+        for key in &plan.stop_dialling {
+            if let Some(t) = self.dials.remove(key) {
+                t.abort();
             }
-            None => std::future::pending().await,
+        }
+        for (region, target) in &plan.start_dialling {
+            self.dial(region, target);
+        }
+        self.cfg = new;
+        Ok(plan)
+    }
+
+    /// Start dialling `target`, an agent of `region`.
+    fn dial(&mut self, region: &RegionName, target: &Endpoint) {
+        let task = tokio::spawn(link::dial(
+            self.endpoint.clone(),
+            self.dns.clone(),
+            region.clone(),
+            target.clone(),
+            self.inputs.clone(),
+        ));
+        if let Some(old) = self.dials.insert((region.clone(), target.clone()), task) {
+            old.abort();
+        }
+    }
+
+    /// The reloads asked for through the admin API (`mqlink ctl
+    /// reload`), for the caller to apply with [`Self::reload_file`] and
+    /// answer; empty after the first call.
+    pub fn take_reload_requests(&mut self) -> mpsc::Receiver<crate::admin::ReloadRequest> {
+        std::mem::replace(&mut self.reloads, mpsc::channel(1).1)
+    }
+
+    /// Resolves when the core task ends on its own (it must not: it owns
+    /// every decision). `mqlink run` exits non-zero then, so a supervisor
+    /// (systemd) restarts it; custody upstream makes that safe. Pending
+    /// for ever after the first call.
+    pub fn take_failed(&mut self) -> impl std::future::Future<Output = ()> + use<> {
+        let rx = self.core_done.take();
+        async move {
+            match rx {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -115,10 +195,15 @@ impl Running {
         // The last acknowledgements reach the broker.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.endpoint.close(0u32.into(), b"shutting down");
-        for t in &self.tasks {
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .into_iter()
+            .chain(self.dials.into_values())
+            .collect();
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in tasks {
             let _ = t.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -183,16 +268,7 @@ async fn start_with(
     let epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64);
-    let links: Vec<LinkPolicy> = cfg
-        .links
-        .iter()
-        .map(|l| LinkPolicy {
-            region: l.region.clone(),
-            cost: l.cost.unwrap_or_default(),
-            export: l.export.clone(),
-            import: l.import.clone(),
-        })
-        .collect();
+    let links = reload::link_policies(cfg);
     let (spool, recovered) = crate::spool::Spool::open(&cfg.spool.dir, cfg.spool.max_bytes.0)?;
     if recovered.records + recovered.corrupt + recovered.truncated > 0 {
         info!(
@@ -286,49 +362,25 @@ async fn start_with(
         })
     };
     tasks.push(tokio::spawn(crate::metrics::sample(input_tx.clone())));
-    let configured = cfg
-        .links
-        .iter()
-        .map(|l| {
-            (
-                l.region.clone(),
-                l.endpoints.iter().map(ToString::to_string).collect(),
-            )
-        })
-        .collect();
+    let neighbours = link::Neighbours::new(cfg.links.clone());
+    let (reload_tx, reloads) = mpsc::channel(4);
     let admin = crate::admin::AdminService::new(
         input_tx.clone(),
         spool_view,
-        configured,
+        neighbours.clone(),
+        reload_tx,
         cfg.spool.max_bytes.0,
     );
     let (admin_addr, serve_admin) = crate::admin::bind(cfg.listen.admin, &cfg.tls, admin).await?;
     tasks.push(tokio::spawn(serve_admin));
-    let neighbours: Vec<RegionName> = cfg.links.iter().map(|l| l.region.clone()).collect();
     let dns = crate::dns::Dns::new(&cfg.dns)?;
     tasks.push(tokio::spawn(link::accept(
         endpoint.clone(),
-        neighbours,
+        neighbours.clone(),
         input_tx.clone(),
     )));
-    for l in cfg
-        .links
-        .iter()
-        .filter(|l| link::dials(&cfg.region, &l.region))
-    {
-        // One connection per endpoint: each is an agent (replica) of the peer region.
-        for target in &l.endpoints {
-            tasks.push(tokio::spawn(link::dial(
-                endpoint.clone(),
-                dns.clone(),
-                l.region.clone(),
-                target.clone(),
-                input_tx.clone(),
-            )));
-        }
-    }
     info!(region = %cfg.region, node = %cfg.node, quic = %quic_addr, "agent started");
-    let running = Running {
+    let mut running = Running {
         region: cfg.region.clone(),
         quic_addr,
         admin_addr,
@@ -336,7 +388,22 @@ async fn start_with(
         export: export_tx,
         endpoint,
         tasks,
+        cfg: cfg.clone(),
+        dns,
+        neighbours,
+        dials: BTreeMap::new(),
+        reloads,
         core_done: Some(core_done),
     };
+    for l in cfg
+        .links
+        .iter()
+        .filter(|l| link::dials(&cfg.region, &l.region))
+    {
+        // One connection per endpoint: each is an agent (replica) of the peer region.
+        for target in &l.endpoints {
+            running.dial(&l.region, target);
+        }
+    }
     Ok((running, side))
 }

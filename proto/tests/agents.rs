@@ -437,3 +437,80 @@ fn a_fleet_interest_is_aggregated_under_the_budget() {
     );
     assert!(bytes * 20 < exact_bytes, "{bytes} vs {exact_bytes}");
 }
+
+/// A link policy of `to` with `cost`, exporting everything and importing
+/// what `import` says.
+fn policy(to: &str, cost: u64, import: &str) -> mqlink_proto::LinkPolicy {
+    mqlink_proto::LinkPolicy {
+        region: r(to),
+        cost: mqlink_topology::Cost::new(cost).unwrap(),
+        export: vec![f("#")],
+        import: vec![f(import)],
+    }
+}
+
+#[test]
+fn a_reload_adds_and_removes_links_and_changes_policies_in_place() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b", 10), ("b", "c", 10)]);
+    net.subscribe("c", "t/#");
+    net.subscribe("a", "t/#");
+    net.publish("a", "t/1");
+    assert_eq!(net.count("c", "t/1"), 1, "through b");
+    let before_ab = net.sent("a", "b");
+
+    // a and c gain a cheap direct link; a's link to b imports only x/#.
+    let now = net.now;
+    let gone = net
+        .agent("a")
+        .handle_reconfigure(now, vec![policy("b", 10, "x/#"), policy("c", 1, "#")]);
+    assert!(gone.is_empty(), "b is still a neighbour");
+    let gone = net
+        .agent("c")
+        .handle_reconfigure(now, vec![policy("b", 10, "#"), policy("a", 1, "#")]);
+    assert!(gone.is_empty());
+    net.connect("a", "c");
+    net.publish("a", "t/2");
+    assert_eq!(net.count("c", "t/2"), 1);
+    assert_eq!(net.sent("a", "c"), 1, "the new link carries it");
+    assert_eq!(
+        net.sent("a", "b"),
+        before_ab,
+        "b wants nothing: nothing more to b"
+    );
+    // b's t/3 is refused by a's new import policy (c still gets it).
+    net.publish("b", "t/3");
+    assert_eq!(net.count("a", "t/3"), 0);
+    assert_eq!(net.count("c", "t/3"), 1);
+    let refused = net
+        .agent("a")
+        .stats()
+        .drops
+        .get(&mqlink_proto::DropReason::ImportPolicy)
+        .copied();
+    assert_eq!(refused, Some(1));
+
+    // a drops its link to b: the connection is handed back to close, and
+    // a's LSA no longer lists b.
+    let gone = net
+        .agent("a")
+        .handle_reconfigure(now, vec![policy("c", 1, "#")]);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].region, r("b"));
+    net.close_conn("a", &gone[0]);
+    net.pump();
+    let lsa = net
+        .agent("c")
+        .router()
+        .lsdb()
+        .lsas()
+        .find(|l| l.origin == r("a"))
+        .cloned()
+        .unwrap();
+    let peers: Vec<&str> = lsa.links.iter().map(|l| l.peer.as_str()).collect();
+    assert_eq!(peers, ["c"]);
+    // b still reaches a, now through c.
+    net.publish("b", "x/1");
+    net.subscribe("a", "x/#");
+    net.publish("b", "x/2");
+    assert_eq!(net.count("a", "x/2"), 1);
+}

@@ -142,6 +142,8 @@ pub enum Reply {
     Spool(pb::SpoolReply),
     /// `trace`.
     Trace(pb::TraceReply),
+    /// `reload`.
+    Reload(pb::ReloadReply),
 }
 
 /// Ask for `view`.
@@ -196,6 +198,13 @@ pub async fn fetch(client: &mut AdminClient<Channel>, view: &CtlView) -> Result<
         CtlView::Spool => Reply::Spool(
             client
                 .spool(pb::SpoolRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner(),
+        ),
+        CtlView::Reload => Reply::Reload(
+            client
+                .reload(pb::ReloadRequest {})
                 .await
                 .map_err(unreachable)?
                 .into_inner(),
@@ -292,6 +301,7 @@ pub fn render(reply: &Reply) -> String {
         Reply::Interest(r) => interest(r),
         Reply::Spool(r) => spool(r),
         Reply::Trace(r) => trace(r),
+        Reply::Reload(r) => format!("reloaded: {}\n", r.summary),
     }
 }
 

@@ -29,7 +29,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use answer::{Conn, CoreView, Query, answer};
-pub use service::AdminService;
+pub use service::{AdminService, ReloadRequest};
 
 /// The generated gRPC code.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,7 +1,6 @@
 //! The gRPC service: each call becomes a [`Query`] for the core task (or a
 //! read of the spool thread's last report) and waits for the answer.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mqlink_topology::{RegionName, TopicName};
@@ -13,6 +12,10 @@ use super::pb;
 use crate::core::Input;
 use crate::spool::SpoolView;
 
+/// A reload asked through the admin API: the answer is the plan's
+/// summary, or why the reload was refused.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
 /// How long a call waits for the core (busy flat out, or stopping).
 const CORE_WAIT: Duration = Duration::from_secs(5);
 
@@ -21,8 +24,10 @@ const CORE_WAIT: Duration = Duration::from_secs(5);
 pub struct AdminService {
     core: mpsc::Sender<Input>,
     spool: watch::Receiver<SpoolView>,
-    /// The endpoints configured for each neighbour.
-    configured: BTreeMap<RegionName, Vec<String>>,
+    /// The configured links.
+    neighbours: crate::link::Neighbours,
+    /// Reload requests, answered by whoever runs the agent.
+    reload: mpsc::Sender<ReloadRequest>,
     max_bytes: u64,
 }
 
@@ -31,13 +36,15 @@ impl AdminService {
     pub fn new(
         core: mpsc::Sender<Input>,
         spool: watch::Receiver<SpoolView>,
-        configured: BTreeMap<RegionName, Vec<String>>,
+        neighbours: crate::link::Neighbours,
+        reload: mpsc::Sender<ReloadRequest>,
         max_bytes: u64,
     ) -> Self {
         Self {
             core,
             spool,
-            configured,
+            neighbours,
+            reload,
             max_bytes,
         }
     }
@@ -77,7 +84,7 @@ impl pb::admin_server::Admin for AdminService {
         let mut r = self.ask(Query::Peers).await?;
         for p in &mut r.peers {
             if let Ok(region) = RegionName::new(&p.region) {
-                p.configured = self.configured.get(&region).cloned().unwrap_or_default();
+                p.configured = self.neighbours.endpoints(&region);
             }
         }
         Ok(Response::new(r))
@@ -130,6 +137,19 @@ impl pb::admin_server::Admin for AdminService {
             })
             .collect();
         Ok(Response::new(r))
+    }
+
+    async fn reload(
+        &self,
+        _: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        let stopping = || Status::unavailable("the agent is stopping");
+        self.reload.send(tx).await.map_err(|_| stopping())?;
+        match rx.await.map_err(|_| stopping())? {
+            Ok(summary) => Ok(Response::new(pb::ReloadReply { summary })),
+            Err(why) => Err(Status::failed_precondition(why)),
+        }
     }
 
     async fn trace(

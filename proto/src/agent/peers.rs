@@ -232,3 +232,28 @@ impl Agent {
         self.originate(now);
     }
 }
+
+impl Agent {
+    /// The configuration's links changed (a reload): new links, costs and
+    /// export/import policies take effect now; our LSA is re-originated and
+    /// the export subscriptions follow. Connections to regions that are no
+    /// longer neighbours are ended here (their custody copies go back to
+    /// waiting for a path); the runtime closes them: they are returned.
+    pub fn handle_reconfigure(&mut self, now: Instant, links: Vec<LinkPolicy>) -> Vec<PeerId> {
+        self.last_now = now;
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|id| !links.iter().any(|l| l.region == id.region))
+            .cloned()
+            .collect();
+        self.cfg.links = links;
+        for id in &gone {
+            self.handle_disconnect(now, id);
+        }
+        self.originate(now);
+        self.export_due = Some(now);
+        self.refresh_export(now);
+        gone
+    }
+}
