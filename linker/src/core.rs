@@ -287,6 +287,8 @@ pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: Br
     let mut held: Vec<QueueGuard> = Vec::new();
     let mut report = StatsReport::default();
     let mut losses = LossLog::new(Instant::now());
+    let mut rtt_tick = tokio::time::interval(RTT_EVERY);
+    rtt_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let deadline = agent.poll_timeout().map(tokio::time::Instant::from_std);
         let first = tokio::select! {
@@ -295,6 +297,10 @@ pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: Br
                 None => return,
             },
             () = sleep_until(deadline) => None,
+            _ = rtt_tick.tick() => {
+                sample_rtts(&mut agent, &peers, Instant::now());
+                None
+            }
         };
         let now = Instant::now();
         if let Some(input) = first {
@@ -324,6 +330,27 @@ pub async fn run(mut agent: Agent, mut inputs: mpsc::Receiver<Input>, broker: Br
             held.clear();
         }
         losses.check(&agent, now);
+    }
+}
+
+/// How often QUIC's RTT estimates feed the measured link costs.
+const RTT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Each neighbour's lowest RTT over its ready connections, to the agent
+/// (links without a configured cost cost it: `Agent::handle_rtt`).
+fn sample_rtts(agent: &mut Agent, peers: &Peers, now: Instant) {
+    let mut best: BTreeMap<RegionName, std::time::Duration> = BTreeMap::new();
+    for (id, p) in peers {
+        if agent.peer_node(id).is_none() {
+            continue;
+        }
+        let rtt = p.conn.rtt();
+        best.entry(id.region.clone())
+            .and_modify(|b| *b = (*b).min(rtt))
+            .or_insert(rtt);
+    }
+    for (region, rtt) in best {
+        agent.handle_rtt(now, &region, rtt);
     }
 }
 

@@ -22,7 +22,7 @@ pub fn link_policies(cfg: &RegionConfig) -> Vec<LinkPolicy> {
         .iter()
         .map(|l| LinkPolicy {
             region: l.region.clone(),
-            cost: l.cost.unwrap_or_default(),
+            cost: l.cost,
             export: l.export.clone(),
             import: l.import.clone(),
         })

@@ -36,7 +36,7 @@ mod wire {
 }
 
 pub use agent::{
-    Agent, AgentConfig, DropReason, Event, LinkPolicy, ORIGIN_PROPERTY, PeerId, Stats,
+    Agent, AgentConfig, DropReason, Event, LinkPolicy, MeasuredCost, ORIGIN_PROPERTY, PeerId, Stats,
 };
 pub use frame::{
     ALIASES_MAX, DATA_SHARDS, DataBatch, Envelope, Frame, FrameError, Hello, MAX_ACK_RANGES,

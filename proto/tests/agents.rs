@@ -443,7 +443,7 @@ fn a_fleet_interest_is_aggregated_under_the_budget() {
 fn policy(to: &str, cost: u64, import: &str) -> mqlink_proto::LinkPolicy {
     mqlink_proto::LinkPolicy {
         region: r(to),
-        cost: mqlink_topology::Cost::new(cost).unwrap(),
+        cost: Some(mqlink_topology::Cost::new(cost).unwrap()),
         export: vec![f("#")],
         import: vec![f(import)],
     }

@@ -183,8 +183,10 @@ pub struct LinkSpec {
     pub loss: f64,
     /// Bits per second, per direction.
     pub bandwidth_bps: u64,
-    /// Routing cost.
-    pub cost: u32,
+    /// Configured routing cost; `None`: the agents measure the round-trip
+    /// time and use it, as `mqlink run` does (the production rule,
+    /// [`mqlink_proto::MeasuredCost`]).
+    pub cost: Option<u32>,
 }
 
 /// Payload size distribution.
@@ -509,8 +511,6 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
                 );
                 continue;
             }
-            let rtt_ms =
-                (latency.as_millis() * 2).clamp(1, u128::from(mqlink_topology::Cost::MAX)) as u32;
             links.push(LinkSpec {
                 a,
                 b,
@@ -518,7 +518,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigE
                 jitter,
                 loss,
                 bandwidth_bps,
-                cost: cost.unwrap_or(rtt_ms),
+                cost,
             });
         }
     }

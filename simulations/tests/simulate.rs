@@ -313,3 +313,25 @@ fn unknown_replicas_are_named_with_their_position() {
         "{e}"
     );
 }
+
+/// Links without a configured cost cost their measured round-trip time,
+/// as in production: before the first samples every link costs 100, so a
+/// reaches c directly; once measured (a-c is 200 ms round trip, a-b-c
+/// about 110 ms) a's tree reaches c through b, and jitter on a-b and b-c
+/// does not make it flap back.
+#[test]
+fn unconfigured_links_cost_their_measured_rtt() {
+    let s = parse(Path::new("t.yaml"), &triangle("60s", "  []\n")).unwrap();
+    assert!(s.links.iter().all(|l| l.cost.is_none()));
+    let r = simulate(s, None, |_| {});
+    let from_a = &r.routes["a"];
+    assert!(
+        from_a.contains(&("b".to_owned(), "c".to_owned())),
+        "a's tree: {from_a:?}"
+    );
+    assert!(
+        !from_a.contains(&("a".to_owned(), "c".to_owned())),
+        "{from_a:?}"
+    );
+    assert_eq!(r.lost, 0);
+}

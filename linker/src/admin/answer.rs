@@ -146,7 +146,7 @@ fn peers(agent: &mut Agent, view: &CoreView<'_>) -> Vec<pb::Peer> {
             messages_out: stats.sent.get(r).copied().unwrap_or(0),
             messages_in: stats.received.get(r).copied().unwrap_or(0),
             last_error: view.last_errors.get(r).cloned().unwrap_or_default(),
-            cost: u64::from(link.cost.get()),
+            cost: u64::from(agent.link_cost(r).get()),
             resolved: view
                 .resolved
                 .get(r)

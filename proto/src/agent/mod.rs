@@ -50,6 +50,7 @@
 //! - `window`: a connection's unacknowledged envelopes (a ring by link
 //!   sequence number).
 //! - `views`: read-only views for the admin API (links, peers, trace).
+//! - `cost`: link costs from measured round-trip times, with hysteresis.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -64,7 +65,9 @@ use crate::dedupe::{Dedupe, Mark, Seen};
 use crate::frame::{DATA_SHARDS, shard_of};
 use custody::Upstream;
 
+mod cost;
 mod custody;
+pub use cost::MeasuredCost;
 mod forward;
 mod peers;
 mod summary;
@@ -147,8 +150,9 @@ impl std::fmt::Display for PeerId {
 pub struct LinkPolicy {
     /// The neighbouring region.
     pub region: RegionName,
-    /// Link cost advertised in our LSA.
-    pub cost: Cost,
+    /// Link cost advertised in our LSA; `None`: its measured round-trip
+    /// time ([`Agent::handle_rtt`]).
+    pub cost: Option<Cost>,
     /// Topics we may send to it.
     pub export: Vec<TopicFilter>,
     /// Topics we accept from it.
@@ -569,6 +573,8 @@ pub struct Agent {
     /// The time of the latest input (for custody entries begun deep in the
     /// data path).
     last_now: Instant,
+    /// Measured costs of links without a configured one.
+    measured: BTreeMap<RegionName, cost::MeasuredCost>,
     /// Until when unwanted QoS >= 1 messages are held (peers' summaries may
     /// still be on their way).
     warm_until: Instant,
@@ -619,6 +625,7 @@ impl Agent {
             custody: custody::Custody::default(),
             warm_until: now + cfg.warmup,
             last_now: now,
+            measured: BTreeMap::new(),
             next_spool_tick: None,
             stats: Stats::default(),
             cfg,
@@ -691,7 +698,7 @@ impl Agent {
             .iter()
             .map(|l| LsaLink {
                 peer: l.region.clone(),
-                cost: l.cost,
+                cost: self.link_cost(&l.region),
                 up: self
                     .peers
                     .range(PeerId::range(&l.region))

@@ -87,7 +87,7 @@ fn config(name: &str, links: &[(String, String, u64)], epoch: u64) -> AgentConfi
         .filter(|(a, b, _)| r(a) == region || r(b) == region)
         .map(|(a, b, c)| LinkPolicy {
             region: if r(a) == region { r(b) } else { r(a) },
-            cost: Cost::new(*c).unwrap(),
+            cost: Some(Cost::new(*c).unwrap()),
             export: vec![f("#")],
             import: vec![f("#")],
         })

@@ -53,6 +53,10 @@ pub const DETECT: Duration = Duration::from_millis(1500);
 /// Zeros to slice payloads from (no allocation per message).
 static ZEROS: [u8; 65_536] = [0; 65_536];
 
+/// How often a connection's round-trip time is sampled (the runtime's
+/// rate).
+const RTT_EVERY: Duration = Duration::from_secs(1);
+
 /// One connection over a link: (agent index at end `a`, agent index at end `b`).
 type Pair = (usize, usize);
 
@@ -85,6 +89,14 @@ enum Ev {
     },
     /// Both ends of a connection connect (if still in `generation` and usable).
     Connect {
+        link: usize,
+        pair: Pair,
+        generation: u64,
+    },
+    /// Both ends sample the connection's round-trip time (once a second
+    /// while it lasts, on links without a configured cost), as the
+    /// runtime reads QUIC's estimate.
+    Rtt {
         link: usize,
         pair: Pair,
         generation: u64,
@@ -159,6 +171,8 @@ struct Link {
     jitter: Duration,
     loss: f64,
     bandwidth_bps: u64,
+    /// Whether the agents measure its cost (none configured).
+    measured: bool,
     /// Not failed by a link fault.
     healthy: bool,
     /// Not cut by a partition.
@@ -222,7 +236,7 @@ fn agent_config(s: &Scenario, region: usize, node: usize, epoch: u64) -> AgentCo
         .filter(|l| l.a == *me || l.b == *me)
         .map(|l| LinkPolicy {
             region: if l.a == *me { l.b.clone() } else { l.a.clone() },
-            cost: Cost::new(u64::from(l.cost)).unwrap_or_default(),
+            cost: l.cost.and_then(|c| Cost::new(u64::from(c)).ok()),
             export: everything.clone(),
             import: everything.clone(),
         })
@@ -264,6 +278,7 @@ impl Sim {
                 jitter: l.jitter,
                 loss: l.loss,
                 bandwidth_bps: l.bandwidth_bps.max(1),
+                measured: l.cost.is_none(),
                 healthy: true,
                 unpartitioned: true,
                 conns: BTreeMap::new(),
@@ -438,6 +453,45 @@ impl Sim {
                     agent.handle_disconnect(now, peer);
                     agent.handle_connect(now, peer);
                 });
+                if self.links[link].measured {
+                    let generation = self.conn(link, pair).generation;
+                    self.push(
+                        self.now + RTT_EVERY,
+                        Ev::Rtt {
+                            link,
+                            pair,
+                            generation,
+                        },
+                    );
+                }
+            }
+            Ev::Rtt {
+                link,
+                pair,
+                generation,
+            } => {
+                let conn = *self.conn(link, pair);
+                if conn.generation != generation || !conn.connected {
+                    return;
+                }
+                let l = &self.links[link];
+                let (latency, jitter) = (l.latency, l.jitter);
+                // Each way: latency plus a uniform share of the jitter.
+                let mut rtt = latency * 2;
+                for _ in 0..2 {
+                    rtt += jitter.mul_f64(self.rng.random_range(0.0..1.0));
+                }
+                self.at_both_ends(link, pair, |agent, peer, now| {
+                    agent.handle_rtt(now, &peer.region, rtt);
+                });
+                self.push(
+                    self.now + RTT_EVERY,
+                    Ev::Rtt {
+                        link,
+                        pair,
+                        generation,
+                    },
+                );
             }
         }
     }
