@@ -108,7 +108,7 @@ fn config(
     let certs = dir.join("certs");
     let yaml = format!(
         "region: {region}\nnode: {region}-1\nbroker: {{ url: \"mqtt://127.0.0.1:1\" }}\n\
-         listen: {{ quic: \"127.0.0.1:0\" }}\n\
+         listen: {{ quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:0\" }}\n\
          tls: {{ cert: {c}/{region}.pem, key: {c}/{region}.key, ca: {c}/ca.pem }}\n\
          interest: {{ static: [{interest}] }}\nspool: {{ dir: {d}/spool-{region} }}\nlinks:\n{links}",
         c = certs.display(),
