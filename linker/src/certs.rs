@@ -5,11 +5,13 @@
 //! region a peer claims. The same certificate serves as TLS server and
 //! client certificate (mutual TLS).
 //!
+//! `inspect FILE` shows a certificate: region(s), validity, days left,
+//! fingerprint. Validity is computed with the `time` crate.
+//!
 //! For production, use your own CA; the agent only needs PEM files whose
 //! SAN (DNS name) is the region.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mqlink_topology::RegionName;
 use rcgen::{
@@ -18,38 +20,13 @@ use rcgen::{
 };
 
 /// Validity of issued certificates: from a day ago, for this many days.
-const LEAF_DAYS: i64 = 825;
+pub const LEAF_DAYS: i64 = 825;
 const CA_DAYS: i64 = 3650;
 
 fn validity(params: &mut CertificateParams, days: i64) {
-    let today = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-        / 86_400;
-    let date = |days: i64| {
-        let (y, m, d) = civil_from_days(days);
-        rcgen::date_time_ymd(y, m, d)
-    };
-    params.not_before = date(today - 1);
-    params.not_after = date(today + days);
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian;
-/// H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        (yoe + era * 400 + i64::from(m <= 2)) as i32,
-        m as u8,
-        d as u8,
-    )
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
 }
 
 /// Why a certificate could not be made.
@@ -71,6 +48,14 @@ pub enum CertsError {
     /// `init` found a CA in the directory already.
     #[error("{} already holds a CA (ca.pem / ca.key); remove them first to make a new one", .0.display())]
     CaExists(PathBuf),
+    /// A certificate file that does not parse.
+    #[error("{}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Key generation, parsing or signing failed.
     #[error("{what}")]
     Crypto {
@@ -123,8 +108,18 @@ pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), CertsError> {
     Ok((cert_path, key_path))
 }
 
-/// Write DIR/REGION.pem and DIR/REGION.key, signed by DIR/ca.*.
+/// Write DIR/REGION.pem and DIR/REGION.key, signed by DIR/ca.*, valid
+/// for [`LEAF_DAYS`].
 pub fn issue(region: &RegionName, dir: &Path) -> Result<(PathBuf, PathBuf), CertsError> {
+    issue_for(region, dir, LEAF_DAYS)
+}
+
+/// [`issue`], valid for `days` (from a day ago).
+pub fn issue_for(
+    region: &RegionName,
+    dir: &Path,
+    days: i64,
+) -> Result<(PathBuf, PathBuf), CertsError> {
     let ca = dir.join("ca.pem");
     let ca_pem = std::fs::read_to_string(&ca).map_err(|source| CertsError::Io {
         what: "reading",
@@ -150,7 +145,7 @@ pub fn issue(region: &RegionName, dir: &Path) -> Result<(PathBuf, PathBuf), Cert
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    validity(&mut params, LEAF_DAYS);
+    validity(&mut params, days);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(crypto("signing the region certificate"))?;
@@ -178,15 +173,165 @@ fn write_private(path: &Path, pem: &str) -> Result<(), CertsError> {
     Ok(())
 }
 
+/// One certificate of a PEM file, as `mqlink certs inspect` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertInfo {
+    /// Subject (distinguished name).
+    pub subject: String,
+    /// Issuer (distinguished name).
+    pub issuer: String,
+    /// DNS subject alternative names: the regions it speaks for.
+    pub regions: Vec<String>,
+    /// Whether it is a CA.
+    pub ca: bool,
+    /// Valid from (RFC 3339).
+    pub not_before: String,
+    /// Valid until (RFC 3339).
+    pub not_after: String,
+    /// Whole days from now until `not_after` (negative: expired).
+    pub days_left: i64,
+    /// SHA-256 of the DER, hex pairs joined by `:`.
+    pub sha256: String,
+}
+
+impl std::fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.days_left {
+            d if d < 0 => format!("EXPIRED {} day(s) ago", -d),
+            d if d < 30 => format!("expires in {d} day(s): renew it"),
+            d => format!("{d} day(s) left"),
+        };
+        writeln!(f, "subject:     {}", self.subject)?;
+        writeln!(f, "issuer:      {}", self.issuer)?;
+        if self.ca {
+            writeln!(f, "kind:        CA")?;
+        } else {
+            writeln!(f, "region(s):   {}", self.regions.join(", "))?;
+        }
+        writeln!(f, "valid from:  {}", self.not_before)?;
+        writeln!(f, "valid until: {} ({state})", self.not_after)?;
+        writeln!(f, "sha256:      {}", self.sha256)
+    }
+}
+
+/// Every certificate in the PEM file `path`.
+pub fn inspect(path: &Path) -> Result<Vec<CertInfo>, CertsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let bad = |reason: String| CertsError::Parse {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let ders: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    ders.iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+            let regions = cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::DNSName(s) => {
+                                Some((*s).to_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let validity = cert.validity();
+            let not_after = validity.not_after.to_datetime();
+            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            Ok(CertInfo {
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                regions,
+                ca: cert.is_ca(),
+                not_before: rfc3339(validity.not_before.to_datetime()),
+                not_after: rfc3339(not_after),
+                days_left: (not_after - now).whole_days(),
+                sha256: digest
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            })
+        })
+        .collect()
+}
+
+/// Days before expiry under which the agent warns.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// Keep `mqlink_certificate_expiry_days` set from the agent's certificate
+/// `path` and warn in the log while it has fewer than
+/// [`EXPIRY_WARNING_DAYS`] left: at start, then twice a day.
+pub async fn watch_expiry(path: PathBuf, region: String) {
+    loop {
+        match inspect(&path) {
+            Ok(certs) => {
+                if let Some(c) = certs.first() {
+                    metrics::gauge!("mqlink_certificate_expiry_days").set(c.days_left as f64);
+                    if c.days_left < EXPIRY_WARNING_DAYS {
+                        tracing::warn!(
+                            file = %path.display(),
+                            %region,
+                            days_left = c.days_left,
+                            not_after = %c.not_after,
+                            "the agent's certificate expires soon: issue a new one and reload"
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "checking the certificate's expiry"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(12 * 3600)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn issued_certificates_inspect_as_issued() {
+        let dir = std::env::temp_dir().join(format!("mqlink-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir).unwrap();
+        let (pem, _) = issue(&RegionName::new("eu-west").unwrap(), &dir).unwrap();
+        let info = inspect(&pem).unwrap();
+        assert_eq!(info.len(), 1);
+        let c = &info[0];
+        assert_eq!(c.regions, ["eu-west"]);
+        assert!(!c.ca);
+        assert!(
+            (LEAF_DAYS - 1..=LEAF_DAYS).contains(&c.days_left),
+            "{}",
+            c.days_left
+        );
+        assert_eq!(c.sha256.len(), 32 * 3 - 1);
+        let ca = &inspect(&dir.join("ca.pem")).unwrap()[0];
+        assert!(ca.ca);
+        assert!((CA_DAYS - 1..=CA_DAYS).contains(&ca.days_left));
+        assert!(c.to_string().contains("region(s):   eu-west"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -234,6 +234,18 @@ pub enum CertsAction {
         /// Directory holding the CA, and where the files are written.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Days of validity (from a day ago).
+        #[arg(long, default_value_t = crate::certs::LEAF_DAYS)]
+        days: i64,
+    },
+    /// Show a certificate file: the region(s) it names, its validity and
+    /// days left, its SHA-256 fingerprint.
+    Inspect {
+        /// A PEM file (every certificate in it is shown).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

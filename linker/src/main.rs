@@ -131,10 +131,19 @@ fn certs(action: CertsAction) -> anyhow::Result<()> {
             let (cert, key) = mqlink::certs::init(&out)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
-        CertsAction::Issue { region, out } => {
+        CertsAction::Issue { region, out, days } => {
             let region = RegionName::new(&region)?;
-            let (cert, key) = mqlink::certs::issue(&region, &out)?;
+            let (cert, key) = mqlink::certs::issue_for(&region, &out, days)?;
             println!("wrote {} and {}", cert.display(), key.display());
+        }
+        CertsAction::Inspect { file, json } => {
+            let certs = mqlink::certs::inspect(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&certs)?);
+            } else {
+                let text: Vec<String> = certs.iter().map(ToString::to_string).collect();
+                print!("{}", text.join("\n"));
+            }
         }
     }
     Ok(())

@@ -33,6 +33,7 @@
 //! | `mqlink_spool_corrupt_records_total` | | spool records skipped for a bad checksum |
 //! | `mqlink_handshake_failures_total` | | refused TLS handshakes and identities |
 //! | `mqlink_broker_subscribe_failures_total` | | export (un)subscriptions the local broker refused in its SUBACK / UNSUBACK |
+//! | `mqlink_certificate_expiry_days` | | whole days until the agent's certificate expires (a warning is logged under 30) |
 //!
 //! The protocol core keeps plain counters ([`mqlink_proto::Stats`]); a
 //! sampler copies them into the recorder once a second, so the hot path

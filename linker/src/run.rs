@@ -379,6 +379,10 @@ async fn start_with(
         neighbours.clone(),
         input_tx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::certs::watch_expiry(
+        cfg.tls.cert.clone(),
+        cfg.region.to_string(),
+    )));
     info!(region = %cfg.region, node = %cfg.node, quic = %quic_addr, "agent started");
     let mut running = Running {
         region: cfg.region.clone(),

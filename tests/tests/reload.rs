@@ -73,6 +73,13 @@ async fn sighup_adds_a_link_and_changes_a_policy_while_another_link_carries_traf
         },
     )
     .unwrap();
+    // c's certificate expires in 10 days: its agent says so.
+    mqlink::certs::issue_for(
+        &mqlink_topology::RegionName::new("c").unwrap(),
+        &fed.dir.join("certs"),
+        10,
+    )
+    .unwrap();
     let file = fed.regions["a"].config.clone();
     let full = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, without_link(&full, "c")).unwrap();
@@ -165,6 +172,15 @@ async fn sighup_adds_a_link_and_changes_a_policy_while_another_link_carries_traf
         }
     }
     assert!(to_c, "the added link carries traffic");
+    // c warned about its certificate, and exports the days left.
+    let c_log = std::fs::read_to_string(fed.dir.join("c-agent-1.log")).unwrap();
+    assert!(c_log.contains("certificate expires soon"), "{c_log}");
+    let days = fed.metric("c", "mqlink_certificate_expiry_days").await;
+    assert!(
+        matches!(days, Some(d) if (9.0..=10.0).contains(&d)),
+        "{days:?}"
+    );
+
     // A broken file: refused, logged with its position; nothing changes.
     std::fs::write(&file, "region: a\nlinks: [\n").unwrap();
     hup(&fed, "a");
