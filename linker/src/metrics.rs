@@ -22,6 +22,7 @@
 //! | `mqlink_interest_advertised_filters` | | filters our summary carries (at most `interest.budget`, after aggregation) |
 //! | `mqlink_interest_widened_filters` | | of those, filters wider than any local one (aggregation) |
 //! | `mqlink_interest_budget` | | `interest.budget` (absent: exact) |
+//! | `mqlink_interest_invalid_filters_total` | | filters the broker's interest plugin reported that are not valid topic filters (skipped) |
 //! | `mqlink_route_recomputations_total` | | shortest-path trees computed |
 //! | `mqlink_resyncs_total` | | summary snapshots requested after drift |
 //! | `mqlink_peer_errors_total` | peer, reason (`malformed_frame`, `protocol_violation`) | links closed for bad input |
