@@ -316,6 +316,9 @@ pub fn session(cfg: &BrokerConfig, session_expiry: Duration) -> Result<Session, 
 #[derive(Debug, Clone, Default)]
 pub struct ExportState {
     filters: std::sync::Arc<std::sync::Mutex<BTreeSet<TopicFilter>>>,
+    /// Export filters the broker has granted on the current connection
+    /// (SUBACK), for whoever waits until exports are really in place.
+    granted: std::sync::Arc<std::sync::Mutex<BTreeSet<TopicFilter>>>,
     /// Shared-subscription group, when replicas split the exports.
     share: Option<String>,
 }
@@ -326,7 +329,42 @@ impl ExportState {
     pub fn new(region: &RegionName, shared: bool) -> Self {
         Self {
             filters: Default::default(),
+            granted: Default::default(),
             share: shared.then(|| format!("mqlink-{region}")),
+        }
+    }
+
+    /// The export filters the broker has granted on this connection.
+    pub fn granted(&self) -> BTreeSet<TopicFilter> {
+        self.granted.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The broker answered a (un)subscription of `paths` with `codes`.
+    pub(crate) fn answered(&self, subscribe: bool, paths: &[String], codes: &[u8]) {
+        let Ok(mut granted) = self.granted.lock() else {
+            return;
+        };
+        for (path, code) in paths.iter().zip(codes) {
+            // `$share/<group>/<filter>` or the filter itself.
+            let filter = match path.strip_prefix("$share/") {
+                Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+                None => path.as_str(),
+            };
+            let Ok(f) = TopicFilter::new(filter) else {
+                continue;
+            };
+            if subscribe && *code < 0x80 {
+                granted.insert(f);
+            } else if !subscribe {
+                granted.remove(&f);
+            }
+        }
+    }
+
+    /// A new connection: nothing is granted until its SUBACKs.
+    pub(crate) fn reconnected(&self) {
+        if let Ok(mut g) = self.granted.lock() {
+            g.clear();
         }
     }
 

@@ -258,10 +258,24 @@ async fn narrate(
             }
         }
     }
-    // ... and has subscribed on its broker to what others want from it.
+    // ... and its broker has granted (SUBACK) export subscriptions that
+    // cover what the others want: a message published before that finds no
+    // subscriber on its broker and is gone (Mosquitto answers later than
+    // the embedded broker: the first humidity message was lost this way).
     for agent in names {
+        let wanted: Vec<mqlink_topology::TopicFilter> = subs
+            .iter()
+            .filter(|(r, _, _)| r != agent)
+            .filter_map(|(_, f, _)| mqlink_topology::TopicFilter::new(f).ok())
+            .collect();
         loop {
-            if !fed.stats(agent).await.export.is_empty() {
+            let granted = fed.agents.get(agent).is_some_and(|replicas| {
+                replicas.iter().all(|a| {
+                    let g = a.exports_granted();
+                    wanted.iter().all(|w| g.iter().any(|e| e.covers(w)))
+                })
+            });
+            if granted {
                 break;
             }
             if Instant::now() > deadline {
@@ -594,22 +608,15 @@ async fn summary(
     for (origin, t) in published {
         let wanted = filters.iter().any(|(fr, f)| fr != origin && f.matches(t));
         if !wanted {
-            // Group by topic with the region level blanked: factory/*/humidity.
-            let kind: Vec<&str> = t
-                .as_str()
-                .split('/')
-                .enumerate()
-                .map(|(i, l)| if i == 1 { "*" } else { l })
-                .collect();
-            *unwanted.entry(kind.join("/")).or_default() += 1;
+            *unwanted.entry(t.to_string()).or_default() += 1;
         }
     }
-    let _ = writeln!(out, "  not carried (no other region wants them):");
-    for (kind, n) in unwanted {
-        let _ = writeln!(
-            out,
-            "    {kind:<20} {n:>5} messages published, 0 crossed a link"
-        );
+    let _ = writeln!(
+        out,
+        "  never exported (no other region wants them; the export subscriptions below leave them on their broker):"
+    );
+    for (topic, n) in unwanted {
+        let _ = writeln!(out, "    {topic:<26} {n:>5} published");
     }
     let _ = writeln!(
         out,

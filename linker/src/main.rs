@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             regions,
             duration,
             broker,
-        } => demo(regions, &duration, broker).map(|()| true),
+        } => demo(regions, &duration, broker),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -345,7 +345,7 @@ fn demo(
     regions: usize,
     duration: &str,
     broker: mqlink::federation::BrokerKind,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let duration = match duration.trim() {
         "0" => None,
         d => Some(
@@ -354,13 +354,23 @@ fn demo(
     };
     logging("warn,quinn=error,rumqttc=error,mqtt5=error");
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    rt.block_on(mqlink::demo::run(mqlink::demo::DemoOptions {
+    let report = rt.block_on(mqlink::demo::run(mqlink::demo::DemoOptions {
         regions,
         duration,
         broker,
-    }))
-    .map(|_| ())
-    .map_err(anyhow::Error::from)
+    }))?;
+    // Exit 1 when a region missed something it wanted: the demo claims
+    // "received N of N", so anything less is a failure, not a footnote.
+    let short: Vec<String> = report
+        .deliveries
+        .iter()
+        .filter(|(_, (got, wanted, _))| got < wanted)
+        .map(|(r, (got, wanted, _))| format!("{r} received {got} of {wanted}"))
+        .collect();
+    if !short.is_empty() {
+        eprintln!("mqlink demo: messages were lost: {}", short.join(", "));
+    }
+    Ok(short.is_empty())
 }
 
 /// The agent's runtime: one thread (a current-thread runtime) unless

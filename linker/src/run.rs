@@ -83,6 +83,8 @@ pub struct Running {
     dials: BTreeMap<(RegionName, Endpoint), JoinHandle<()>>,
     /// Reloads asked for through the admin API.
     reloads: mpsc::Receiver<crate::admin::ReloadRequest>,
+    /// The export subscriptions, as the broker granted them.
+    exports: broker::ExportState,
     /// Fires (or its sender drops) when the core task ends: the agent
     /// routes nothing any more.
     core_done: Option<oneshot::Receiver<()>>,
@@ -94,6 +96,12 @@ impl Running {
         let (tx, rx) = oneshot::channel();
         self.inputs.send(Input::Stats(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// The export filters the local broker has granted (SUBACK) on the
+    /// current connection: what actually leaves the broker for the agent.
+    pub fn exports_granted(&self) -> std::collections::BTreeSet<mqlink_topology::TopicFilter> {
+        self.exports.granted()
     }
 
     /// Re-read the config file and apply it ([`crate::reload`]); on any
@@ -317,6 +325,7 @@ async fn start_with(
     };
     let session = broker::session(&cfg.broker, session)?;
     let export = broker::ExportState::new(&cfg.region, cfg.broker.shared);
+    let exports = export.clone();
     let follower = (cfg.interest.dynamic == DynamicInterest::Mosquitto)
         .then(|| crate::mosquitto::LogFollower::new(&cfg.broker.client_id));
     let (spool_tx, spool_rx) = mpsc::unbounded_channel();
@@ -397,6 +406,7 @@ async fn start_with(
         neighbours,
         dials: BTreeMap::new(),
         reloads,
+        exports,
         core_done: Some(core_done),
     };
     for l in cfg

@@ -78,7 +78,10 @@ fn the_dashboard_queries_only_metrics_the_agent_exports() {
     let exported = exported();
     assert!(exported.len() > 25, "{exported:?}");
     let unknown: Vec<&String> = queried.difference(&exported).collect();
-    assert!(unknown.is_empty(), "the dashboard queries unknown metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries unknown metrics: {unknown:?}"
+    );
     // What the issue asks the dashboard to show.
     for m in [
         "mqlink_drops_total",
@@ -93,7 +96,10 @@ fn the_dashboard_queries_only_metrics_the_agent_exports() {
     // Every exported metric is documented in the metrics table.
     let documented = metric_names(&read("linker/src/metrics.rs"));
     let undocumented: Vec<&String> = exported.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "not in linker/src/metrics.rs's table: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "not in linker/src/metrics.rs's table: {undocumented:?}"
+    );
 }
 
 #[test]
@@ -110,8 +116,8 @@ fn the_kubernetes_manifests_parse_and_their_configs_pass_check() {
     assert!(files.len() >= 2, "{files:?}");
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
@@ -123,7 +129,10 @@ fn the_kubernetes_manifests_parse_and_their_configs_pass_check() {
             assert!(d["apiVersion"].is_string() && d["metadata"]["name"].is_string());
         }
         let quic = &docs[2]["spec"]["ports"][0];
-        assert_eq!((quic["protocol"].as_str(), quic["port"].as_u64()), (Some("UDP"), Some(7443)));
+        assert_eq!(
+            (quic["protocol"].as_str(), quic["port"].as_u64()),
+            (Some("UDP"), Some(7443))
+        );
         let sts = &docs[4]["spec"];
         assert!(sts["volumeClaimTemplates"][0]["metadata"]["name"] == "spool");
         let c = &sts["template"]["spec"]["containers"][0];
@@ -163,6 +172,13 @@ fn the_systemd_unit_and_containerfile_keep_their_hardening() {
         assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
     }
     let file = read("deploy/container/Containerfile");
-    assert_eq!(file.lines().filter(|l| l.starts_with("FROM ")).count(), 2, "multi-stage");
-    assert!(file.lines().any(|l| l.starts_with("USER ") && !l.contains("root")));
+    assert_eq!(
+        file.lines().filter(|l| l.starts_with("FROM ")).count(),
+        2,
+        "multi-stage"
+    );
+    assert!(
+        file.lines()
+            .any(|l| l.starts_with("USER ") && !l.contains("root"))
+    );
 }

@@ -387,6 +387,7 @@ async fn read(
 /// Every whole packet in `buf`.
 fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), ConnError> {
     while let Some(p) = codec::decode(buf, MAX_PACKET)? {
+        let is_suback = matches!(p, Incoming::SubAck(..));
         c.ping_since = None;
         match p {
             Incoming::Publish(p) => publish(st, c, p),
@@ -407,7 +408,9 @@ fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), Conn
                 codec::ack(&mut c.out, AckKind::PubComp, id);
             }
             Incoming::SubAck(id, codes) | Incoming::UnsubAck(id, codes) => {
+                let subscribe = is_suback;
                 let filters = st.inflight.answered(id);
+                st.export.answered(subscribe, &filters, &codes);
                 for (i, code) in codes.iter().enumerate() {
                     if *code >= 0x80 {
                         let f = filters.get(i).map_or("?", String::as_str);
@@ -623,6 +626,7 @@ fn subscribe(st: &mut State, c: &mut Conn, subs: Vec<Subscription>) {
 /// After a connect: the log topics (dynamic interest) and every export
 /// subscription.
 fn subscribe_all(st: &mut State, c: &mut Conn) {
+    st.export.reconnected();
     let mut subs: Vec<Subscription> = Vec::new();
     let dynamic = st.dynamic;
     if dynamic {
