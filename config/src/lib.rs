@@ -73,6 +73,7 @@ mod raw;
 
 pub mod deployment;
 pub mod diagnostic;
+mod explain;
 pub mod region;
 pub mod units;
 
@@ -89,9 +90,10 @@ pub use units::{BrokerUrl, ByteSize, Endpoint, Host};
 /// Parse region YAML `text`, reporting positions against `file`. `hostname`
 /// is the default node name. Reads nothing from disk.
 pub fn parse(file: &Path, text: &str, hostname: &str) -> Result<RegionConfig, ConfigError> {
-    let raw: raw::RawRegion = serde_saphyr::from_str(text).map_err(|e| ConfigError {
-        diagnostics: vec![yaml_error(file, &e)],
-    })?;
+    let raw: raw::RawRegion =
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| ConfigError {
+            diagnostics: vec![yaml_error_in(file, text, &e)],
+        })?;
     let mut ctx = region::Ctx {
         file,
         diags: Vec::new(),
@@ -163,6 +165,73 @@ pub fn hostname() -> String {
 /// Turn a serde-saphyr error into a diagnostic with a message of our own
 /// words where we can do better than the generic one (used for every YAML
 /// file mqlink reads, scenarios included).
+/// How mqlink reads YAML: booleans are `true` / `false` only (YAML 1.1's
+/// `yes`, `no`, `on`, `off` are refused rather than guessed).
+pub fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o
+}
+
+/// [`yaml_error`], saying more with the source `text`: the dotted key a
+/// bad value belongs to, the block a missing key belongs in (and its
+/// position), where an unclosed bracket was opened, plain words for the
+/// parser's jargon.
+pub fn yaml_error_in(file: &Path, text: &str, err: &serde_saphyr::Error) -> Diagnostic {
+    let plain = yaml_error(file, err);
+    let Some(at) = plain.pos else {
+        return plain;
+    };
+    let line = usize::try_from(at.line).unwrap_or(usize::MAX);
+    let mut key = explain::dotted(&explain::path_at(text, line));
+    let mut value = explain::value_at(text, line);
+    if let Some((inner, v)) = explain::flow_entry(text, at) {
+        key = format!("{key}.{inner}");
+        value = Some(v);
+    }
+    let found = value.map(|v| format!(", found `{v}`")).unwrap_or_default();
+    let (pos, message) = match (err.without_snippet(), plain.message.as_str()) {
+        (serde_saphyr::Error::SerdeMissingField { field, .. }, _) => {
+            let block = explain::block_of(text, at);
+            match block.last() {
+                Some((_, p)) => {
+                    let path = explain::dotted(&block);
+                    (*p, format!("{path}: missing required key `{path}.{field}`"))
+                }
+                None => (at, plain.message.clone()),
+            }
+        }
+        (_, "expected a whole number") => (at, format!("{key}: expected a whole number{found}")),
+        (_, m) if m.contains("bool") => (
+            at,
+            format!("{key}: expected `true` or `false` (unquoted){found}"),
+        ),
+        (_, m) if m.contains("sequence start") => {
+            let list = explain::dotted(&explain::block_of(text, at));
+            (
+                at,
+                format!("{list}: expected a list (`- item` lines, or `[a, b]`), found `key: value` lines"),
+            )
+        }
+        (_, m) if m.contains("did not find expected key") => (
+            at,
+            "this line is indented deeper than the keys above it, or is not `key: value`: keys of one block start in the same column".to_owned(),
+        ),
+        _ => match explain::unclosed_before(text, at) {
+            Some((c, opened)) => {
+                let close = if c == '[' { ']' } else { '}' };
+                (
+                    opened,
+                    format!("unclosed `{c}`: close it with `{close}` on this line (the parser stumbled at line {}: {})", at.line, plain.message),
+                )
+            }
+            None => return plain,
+        },
+    };
+    Diagnostic::error(file, Some(pos), message)
+}
+
+/// A YAML error as a diagnostic, from the parser's error alone.
 pub fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> Diagnostic {
     let pos = err.location().and_then(Pos::of);
     let message = match err.without_snippet() {

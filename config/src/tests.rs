@@ -291,3 +291,51 @@ fn partitions_duplicates_and_dead_filters() {
         "{m:#?}"
     );
 }
+
+#[test]
+fn yaml_errors_say_which_key_and_what_to_do() {
+    let cases = [
+        // A missing key: the block it belongs in, by its full name.
+        (
+            "region: eu\ntls:\n  cert: c\n  ca: a\n",
+            "conf/eu.yaml:2:1: error: tls: missing required key `tls.key`",
+        ),
+        (
+            "region: eu\ntls: { cert: c, ca: a }\n",
+            "conf/eu.yaml:2:1: error: tls: missing required key `tls.key`",
+        ),
+        // An unclosed bracket: where it was opened, not where the parser stumbled.
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: us\n    endpoints: [a:1\n    cost: 5\n",
+            "conf/eu.yaml:5:16: error: unclosed `[`: close it with `]` on this line",
+        ),
+        // Bad values name their key and what was found.
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  - region: us\n    endpoints: [\"a:1\"]\n    cost: -5\n",
+            "conf/eu.yaml:6:11: error: links.cost: expected a whole number, found `-5`",
+        ),
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nbroker: { shared: maybe }\n",
+            "conf/eu.yaml:3:19: error: broker.shared: expected `true` or `false` (unquoted), found `maybe`",
+        ),
+        // YAML 1.1 booleans are refused rather than guessed.
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nbroker: { shared: \"yes\" }\n",
+            "conf/eu.yaml:3:19: error: broker.shared: expected `true` or `false`",
+        ),
+        // The parser's jargon, in words.
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  region: us\n",
+            "conf/eu.yaml:4:3: error: links: expected a list (`- item` lines, or `[a, b]`)",
+        ),
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\n  links: []\n",
+            "conf/eu.yaml:3:3: error: this line is indented deeper than the keys above it",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(want), "got  {}\nwant {want}", e[0]);
+    }
+}

@@ -123,12 +123,13 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<bool> {
     match &deployment {
         Some(d) => {
             let names: Vec<&str> = d.regions.iter().map(|r| r.as_str()).collect();
+            let (r, l) = (d.regions.len(), d.links.len());
             writeln!(
                 out,
-                "deployment of {} regions ({}) and {} links: {verdict} ({counts})",
-                d.regions.len(),
+                "deployment of {r} region{} ({}) and {l} link{}: {verdict} ({counts})",
+                plural(r),
                 names.join(", "),
-                d.links.len()
+                plural(l)
             )?;
         }
         None if !all_loaded && args.configs.len() > 1 => {

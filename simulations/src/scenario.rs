@@ -419,9 +419,9 @@ impl Ctx<'_> {
 
 /// Parse scenario YAML `text`, reporting positions against `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Scenario, mqlink_config::ConfigError> {
-    let raw: RawScenario =
-        serde_saphyr::from_str(text).map_err(|e| mqlink_config::ConfigError {
-            diagnostics: vec![mqlink_config::yaml_error(file, &e)],
+    let raw: RawScenario = serde_saphyr::from_str_with_options(text, mqlink_config::yaml_options())
+        .map_err(|e| mqlink_config::ConfigError {
+            diagnostics: vec![mqlink_config::yaml_error_in(file, text, &e)],
         })?;
     let mut ctx = Ctx {
         file,
