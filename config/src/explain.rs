@@ -18,8 +18,7 @@ fn line_key(line: &str) -> (usize, Option<&str>) {
     let key = rest.split_once(':').and_then(|(k, _)| {
         let k = k.trim();
         (!k.is_empty()
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .then_some(k)
     });
@@ -166,7 +165,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    const TEXT: &str = "region: eu\ntls:\n  cert: c\n  ca: a\nlinks:\n  - region: us\n    cost: -5\n";
+    const TEXT: &str =
+        "region: eu\ntls:\n  cert: c\n  ca: a\nlinks:\n  - region: us\n    cost: -5\n";
 
     #[test]
     fn paths_follow_indentation_and_list_items() {
@@ -179,18 +179,48 @@ mod tests {
         let flow = "tls: { cert: c }\n";
         let b = "broker: { url: x, shared: maybe }\n";
         assert_eq!(
-            flow_entry(b, Pos { line: 1, column: 27 }),
+            flow_entry(
+                b,
+                Pos {
+                    line: 1,
+                    column: 27
+                }
+            ),
             Some(("shared".to_owned(), "maybe".to_owned()))
         );
-        assert_eq!(dotted(&block_of(flow, Pos { line: 1, column: 16 })), "tls");
+        assert_eq!(
+            dotted(&block_of(
+                flow,
+                Pos {
+                    line: 1,
+                    column: 16
+                }
+            )),
+            "tls"
+        );
     }
 
     #[test]
     fn an_unclosed_bracket_is_found_where_it_opened() {
         let text = "links:\n  - endpoints: [a:1\n    cost: 5\n";
         let (c, p) = unclosed_before(text, Pos { line: 3, column: 9 }).unwrap();
-        assert_eq!((c, p), ('[', Pos { line: 2, column: 16 }));
-        assert_eq!(unclosed_before("a: [1]\nb: 2\n", Pos { line: 2, column: 2 }), None);
-        assert_eq!(unclosed_before("a: \"[\"\nb: 2\n", Pos { line: 2, column: 2 }), None);
+        assert_eq!(
+            (c, p),
+            (
+                '[',
+                Pos {
+                    line: 2,
+                    column: 16
+                }
+            )
+        );
+        assert_eq!(
+            unclosed_before("a: [1]\nb: 2\n", Pos { line: 2, column: 2 }),
+            None
+        );
+        assert_eq!(
+            unclosed_before("a: \"[\"\nb: 2\n", Pos { line: 2, column: 2 }),
+            None
+        );
     }
 }

@@ -19,10 +19,16 @@ use crate::report::{FaultReport, Report};
 
 const W: f64 = 900.0;
 const H: f64 = 520.0;
-const LEFT: f64 = 80.0;
+const LEFT: f64 = 90.0;
 const RIGHT: f64 = 220.0;
 const TOP: f64 = 50.0;
-const BOTTOM: f64 = 60.0;
+/// Room for rotated bar labels under the axis, and the axis title.
+const BOTTOM: f64 = 95.0;
+/// Line styles taken in turn by series that may coincide.
+const DASHES: [&str; 3] = ["", "7 4", "2 3"];
+/// Legend labels wrap at this many characters (the legend column is
+/// `RIGHT` wide).
+const LEGEND_CHARS: usize = 28;
 const COLORS: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
@@ -38,6 +44,8 @@ struct Plot {
     body: String,
     x_max: f64,
     y_max: f64,
+    /// Where the next legend entry goes.
+    legend_y: f64,
 }
 
 impl Plot {
@@ -53,10 +61,12 @@ impl Plot {
         y_max: f64,
         x_ticks: bool,
     ) -> Self {
+        let (y_top, y_step) = nice_axis(y_max.max(1e-9));
         let mut p = Plot {
             body: String::new(),
             x_max: x_max.max(1e-9),
-            y_max: y_max.max(1e-9),
+            y_max: y_top,
+            legend_y: TOP + 10.0,
         };
         let _ = write!(
             p.body,
@@ -89,8 +99,9 @@ impl Plot {
                 );
             }
         }
-        for i in 0..=5 {
-            let f = f64::from(i) / 5.0;
+        let steps = (p.y_max / y_step).round() as u32;
+        for i in 0..=steps {
+            let f = f64::from(i) / f64::from(steps.max(1));
             let y = y0 - f * (y0 - y1);
             let _ = write!(
                 p.body,
@@ -131,13 +142,23 @@ impl Plot {
     }
 
     fn polyline(&mut self, points: &[(f64, f64)], color: &str) {
+        self.polyline_dashed(points, color, "");
+    }
+
+    /// A line with an SVG dash pattern (`""`: solid).
+    fn polyline_dashed(&mut self, points: &[(f64, f64)], color: &str, dash: &str) {
         let pts: Vec<String> = points
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", self.x(*x), self.y(*y)))
             .collect();
+        let dash = if dash.is_empty() {
+            String::new()
+        } else {
+            format!(r#" stroke-dasharray="{dash}""#)
+        };
         let _ = write!(
             self.body,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
             pts.join(" ")
         );
     }
@@ -145,7 +166,7 @@ impl Plot {
     /// A dashed vertical line at each fault (named in the legend with
     /// `legend`).
     fn mark_faults(&mut self, faults: &[FaultReport], legend: bool) {
-        for (i, f) in faults.iter().enumerate() {
+        for f in faults {
             let x = self.x(f.at_s);
             let _ = write!(
                 self.body,
@@ -154,25 +175,44 @@ impl Plot {
                 TOP
             );
             if legend {
-                self.legend(i, &format!("{:.0} s: {}", f.at_s, f.what), "#d62728");
+                self.legend(&format!("{:.0} s: {}", f.at_s, f.what), "#d62728");
             }
         }
     }
 
-    fn legend(&mut self, i: usize, label: &str, color: &str) {
-        let y = TOP + 10.0 + 20.0 * i as f64;
+    /// The next legend entry, its label wrapped to fit the legend column.
+    fn legend(&mut self, label: &str, color: &str) {
+        self.legend_styled(label, color, None);
+    }
+
+    /// A legend entry whose swatch is a line in `dash` style (for line
+    /// charts whose series differ by dash), or a square (`None`).
+    fn legend_styled(&mut self, label: &str, color: &str, dash: Option<&str>) {
+        let y = self.legend_y;
         let x = W - RIGHT + 15.0;
-        let _ = write!(
-            self.body,
-            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{color}"/>"#,
-            y - 10.0
-        );
-        let _ = write!(
-            self.body,
-            r#"<text x="{}" y="{y}" font-size="12" font-family="sans-serif">{}</text>"#,
-            x + 18.0,
-            esc(label)
-        );
+        let _ = match dash {
+            None => write!(
+                self.body,
+                r#"<rect x="{x}" y="{}" width="12" height="12" fill="{color}"/>"#,
+                y - 10.0
+            ),
+            Some(d) => write!(
+                self.body,
+                r#"<line x1="{x}" y1="{yl}" x2="{}" y2="{yl}" stroke="{color}" stroke-width="2" stroke-dasharray="{d}"/>"#,
+                x + 14.0,
+                yl = y - 4.0
+            ),
+        };
+        for (k, line) in wrap(label, LEGEND_CHARS).iter().enumerate() {
+            let _ = write!(
+                self.body,
+                r#"<text x="{}" y="{}" font-size="12" font-family="sans-serif">{}</text>"#,
+                x + 18.0,
+                y + 14.0 * k as f64,
+                esc(line)
+            );
+            self.legend_y = y + 14.0 * k as f64 + 20.0;
+        }
     }
 
     fn finish(self) -> String {
@@ -182,6 +222,30 @@ impl Plot {
             self.body
         )
     }
+}
+
+/// `s` in lines of at most `width` characters, broken at spaces (a word
+/// longer than that stands alone).
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in s.split(' ') {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+/// A value axis from 0: its top (`max` rounded up to a round step) and
+/// the step, so ticks fall on round numbers (100M, 200M, not 110.4M).
+fn nice_axis(max: f64) -> (f64, f64) {
+    let step = ticks(max).get(1).copied().unwrap_or(max);
+    let step = if step > 0.0 { step } else { 1.0 };
+    ((max / step - 1e-9).ceil().max(1.0) * step, step)
 }
 
 /// Round tick values from 0 to `max`: a step of 1, 2, 2.5, 3, 5 or 6
@@ -204,12 +268,16 @@ fn ticks(max: f64) -> Vec<f64> {
 }
 
 fn num(v: f64) -> String {
+    let short = |x: f64, unit: &str| {
+        let s = format!("{x:.1}");
+        format!("{}{unit}", s.strip_suffix(".0").unwrap_or(&s))
+    };
     if v >= 1e9 {
-        format!("{:.1}G", v / 1e9)
+        short(v / 1e9, "G")
     } else if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        short(v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
+        short(v / 1e3, "k")
     } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
     } else {
@@ -221,22 +289,34 @@ fn latency_cdf(r: &Report) -> String {
     let mut pairs: Vec<_> = r.latency_cdf.iter().collect();
     pairs.sort_by_key(|p| std::cmp::Reverse(p.messages));
     pairs.truncate(10);
+    // The axis ends at the slowest pair's 99th percentile: the last
+    // percent of a tail stretched it so far that pairs a few ms apart drew
+    // on top of each other (the curves run on, flat, at the edge).
     let x_max = pairs
         .iter()
-        .flat_map(|p| p.points.iter().map(|(ms, _)| *ms))
-        .fold(0.0, f64::max);
+        .filter_map(|p| p.points.iter().find(|(_, f)| *f >= 0.99).map(|(ms, _)| *ms))
+        .fold(0.0, f64::max)
+        * 1.1;
     let mut plot = Plot::new(
         "Latency CDF per region pair",
-        "latency (ms)",
+        "latency (ms, to the 99th percentile)",
         "fraction delivered",
         x_max,
         1.0,
     );
+    // Pairs over the same path (a link's two directions) draw the same
+    // curve: solid, dashed and dotted in turn, later ones on top, so each
+    // shows through the gaps of the next.
     for (i, p) in pairs.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let points: Vec<(f64, f64)> = p.points.iter().map(|(ms, f)| (*ms, *f)).collect();
-        plot.polyline(&points, color);
-        plot.legend(i, &format!("{} -> {}", p.origin, p.destination), color);
+        let dash = DASHES[i % DASHES.len()];
+        plot.polyline_dashed(&points, color, dash);
+        plot.legend_styled(
+            &format!("{} -> {}", p.origin, p.destination),
+            color,
+            Some(if dash.is_empty() { "none" } else { dash }),
+        );
     }
     plot.finish()
 }
@@ -332,7 +412,7 @@ pub fn bars(
         );
     }
     for (j, (name, _)) in series.iter().enumerate() {
-        plot.legend(j, name, COLORS[j % COLORS.len()]);
+        plot.legend(name, COLORS[j % COLORS.len()]);
     }
     plot.finish()
 }
@@ -371,7 +451,7 @@ fn spool_depth(r: &Report) -> String {
         y_max,
     );
     if series.is_empty() {
-        plot.legend(0, "nothing was spooled", "#7f7f7f");
+        plot.legend("nothing was spooled", "#7f7f7f");
     }
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -382,7 +462,7 @@ fn spool_depth(r: &Report) -> String {
             .map(|(t, n)| (t as f64, *n as f64))
             .collect();
         plot.polyline(&points, color);
-        plot.legend(i, &format!("{} (peak {})", s.region, s.peak), color);
+        plot.legend(&format!("{} (peak {})", s.region, s.peak), color);
     }
     plot.mark_faults(&r.faults, false);
     plot.finish()

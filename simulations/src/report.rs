@@ -615,7 +615,10 @@ impl Report {
                 self.pairs.len() - shown
             );
         }
-        let _ = writeln!(o, "\ncross-region traffic per link");
+        let _ = writeln!(
+            o,
+            "\ncross-region traffic per link (msgs: data envelopes; MB: every frame, data and control, ~40 B of headers each)"
+        );
         let mut links: Vec<&LinkReport> = self.links.iter().collect();
         links.sort_by_key(|l| std::cmp::Reverse(l.bytes_ab + l.bytes_ba));
         for l in links.iter().take(30) {
@@ -665,7 +668,10 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(o, "\nthe same workload under the alternatives");
+        let _ = writeln!(
+            o,
+            "\nthe same workload under the alternatives (MB: mqlink every frame, data and control; the others their messages only)"
+        );
         for a in &self.alternatives {
             let _ = writeln!(
                 o,
