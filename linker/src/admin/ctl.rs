@@ -516,9 +516,19 @@ fn spool(r: &pb::SpoolReply) -> String {
         let rows: Vec<Vec<String>> = r
             .regions
             .iter()
-            .map(|w| vec![w.region.clone(), w.messages.to_string(), bytes(w.bytes)])
+            .map(|w| {
+                vec![
+                    w.region.clone(),
+                    w.messages.to_string(),
+                    bytes(w.bytes),
+                    age(w.oldest_ms),
+                ]
+            })
             .collect();
-        out.push_str(&table(&["FOR REGION", "MESSAGES", "BYTES"], &rows));
+        out.push_str(&table(
+            &["FOR REGION", "MESSAGES", "BYTES", "OLDEST"],
+            &rows,
+        ));
     }
     out
 }

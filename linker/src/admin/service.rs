@@ -134,6 +134,10 @@ impl pb::admin_server::Admin for AdminService {
                 region: region.to_string(),
                 messages: w.messages,
                 bytes: w.bytes,
+                oldest_ms: v
+                    .oldest_per_region
+                    .get(region)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             })
             .collect();
         Ok(Response::new(r))

@@ -147,6 +147,9 @@ pub struct SpoolView {
     pub oldest: Duration,
     /// Per destination region.
     pub regions: BTreeMap<RegionName, Waiting>,
+    /// Age of the oldest message owed to each region (refreshed about
+    /// once a second; see [`Spool::oldest_per_region`]).
+    pub oldest_per_region: BTreeMap<RegionName, Duration>,
 }
 
 /// A message read back: its key, its time in the spool, the envelope.
@@ -359,6 +362,34 @@ impl<S: Storage> Spool<S> {
         })
     }
 
+    /// How long the oldest message owed to each region has waited: the
+    /// spool is read oldest first until every region is found, or `limit`
+    /// messages were looked at (regions not found by then get the age of
+    /// the last one looked at: a lower bound).
+    pub fn oldest_per_region(&self, limit: usize) -> BTreeMap<RegionName, Duration> {
+        let now = now_ms();
+        let age = |l: &Loc| Duration::from_millis(now.saturating_sub(l.ts));
+        let mut out = BTreeMap::new();
+        let mut last = None;
+        for l in self.live.values().take(limit) {
+            last = Some(age(l));
+            if let Some(set) = self.sets.sets.get(l.dests as usize) {
+                for r in set {
+                    out.entry(r.clone()).or_insert_with(|| age(l));
+                }
+            }
+            if out.len() >= self.per_region.len() {
+                return out;
+            }
+        }
+        if let Some(a) = last {
+            for r in self.per_region.keys() {
+                out.entry(r.clone()).or_insert(a);
+            }
+        }
+        out
+    }
+
     /// Add (or, with `add` false, take away) `loc` in the per-region counts.
     fn count(&mut self, loc: Loc, add: bool) {
         let Some(set) = self.sets.sets.get(loc.dests as usize) else {
@@ -559,6 +590,9 @@ const GATHER_FROM: usize = 16;
 /// envelopes, the broker's 1,000 in flight).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Most messages the per-region oldest scan looks at.
+const OLDEST_SCAN: usize = 100_000;
+
 /// How often the spool gauges are refreshed under load.
 const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -576,12 +610,22 @@ pub fn run(
 ) {
     let max_age = policy.max_age;
     let mut reported: Vec<RegionName> = Vec::new();
+    let mut oldest_at: Option<std::time::Instant> = None;
     let mut gauges = |s: &Spool| {
+        // The per-region scan at most once a second.
+        let stale = oldest_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        let oldest_per_region = if stale {
+            oldest_at = Some(std::time::Instant::now());
+            s.oldest_per_region(OLDEST_SCAN)
+        } else {
+            view.borrow().oldest_per_region.clone()
+        };
         view.send_replace(SpoolView {
             messages: s.len(),
             bytes: s.bytes(),
             oldest: s.oldest_age(),
             regions: s.per_region().clone(),
+            oldest_per_region,
         });
         metrics::gauge!("mqlink_spool_messages").set(s.len() as f64);
         metrics::gauge!("mqlink_spool_bytes").set(s.bytes() as f64);
@@ -741,6 +785,25 @@ mod tests {
                 properties: Properties::default(),
             },
         }
+    }
+
+    #[test]
+    fn the_oldest_message_of_each_region_is_found() {
+        let mut s = Spool::open_in(Mem::default(), 1 << 30).unwrap().0;
+        assert!(s.oldest_per_region(10).is_empty());
+        let (b, c) = (RegionName::new("b").unwrap(), RegionName::new("c").unwrap());
+        s.put(env(1)).unwrap();
+        let mut for_b = env(2);
+        for_b.dests = [b.clone()].into_iter().collect();
+        s.put(for_b).unwrap();
+        let found = s.oldest_per_region(10);
+        assert_eq!(
+            found.keys().cloned().collect::<Vec<_>>(),
+            [b.clone(), c.clone()]
+        );
+        assert!(found[&c] >= found[&b], "c's message is the older");
+        // A scan cut short still names every region (a lower bound).
+        assert_eq!(s.oldest_per_region(1).len(), 2);
     }
 
     fn dir(name: &str) -> PathBuf {
