@@ -96,6 +96,7 @@ pub fn parse(file: &Path, text: &str, hostname: &str) -> Result<RegionConfig, Co
         })?;
     let mut ctx = region::Ctx {
         file,
+        text,
         diags: Vec::new(),
         files: Vec::new(),
     };

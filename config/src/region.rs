@@ -219,6 +219,8 @@ pub enum SpoolFull {
 pub(crate) struct Ctx<'a> {
     /// The file being converted.
     pub file: &'a Path,
+    /// Its text.
+    pub text: &'a str,
     /// Problems found so far.
     pub diags: Vec<Diagnostic>,
     /// Files named so far.
@@ -279,6 +281,18 @@ impl Ctx<'_> {
             .filter_map(|t| self.parse(t, what, TopicFilter::new))
             .collect()
     }
+}
+
+/// Whether the value at `p` in `text` is a quoted string (YAML would
+/// still turn `"false"` into a boolean for a boolean key).
+fn quoted_at(text: &str, p: Pos) -> bool {
+    let (Ok(line), Ok(col)) = (usize::try_from(p.line), usize::try_from(p.column)) else {
+        return false;
+    };
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.get(col.saturating_sub(1)..))
+        .is_some_and(|rest| rest.starts_with(['"', '\'']))
 }
 
 fn pos<T>(s: &Spanned<T>) -> Option<Pos> {
@@ -424,6 +438,15 @@ fn convert_broker(
                 ctx.err(pos(t), format!("{what}: only for an mqtts:// broker url"));
             }
         }
+    }
+    if let Some(s) = &raw.shared
+        && let Some(p) = pos(s)
+        && quoted_at(ctx.text, p)
+    {
+        ctx.err(
+            Some(p),
+            "broker.shared: expected `true` or `false` unquoted, found a quoted string",
+        );
     }
     Some(BrokerConfig {
         url: url?,

@@ -323,6 +323,10 @@ fn yaml_errors_say_which_key_and_what_to_do() {
             "region: eu\ntls: { cert: c, key: k, ca: a }\nbroker: { shared: \"yes\" }\n",
             "conf/eu.yaml:3:19: error: broker.shared: expected `true` or `false`",
         ),
+        (
+            "region: eu\ntls: { cert: c, key: k, ca: a }\nbroker: { shared: \"false\" }\n",
+            "conf/eu.yaml:3:19: error: broker.shared: expected `true` or `false` unquoted, found a quoted string",
+        ),
         // The parser's jargon, in words.
         (
             "region: eu\ntls: { cert: c, key: k, ca: a }\nlinks:\n  region: us\n",
