@@ -304,7 +304,6 @@ impl LocalBroker {
         extra: &str,
     ) -> Result<Self, LocalBrokerError> {
         let port = free_port()?;
-        let conf = dir.join(format!("{name}-mosquitto.conf"));
         let persistence = if persistence {
             let db = dir.join(format!("{name}-mosquitto-db"));
             std::fs::create_dir_all(&db).map_err(io("creating the broker database directory"))?;
@@ -317,23 +316,12 @@ impl LocalBroker {
         } else {
             "persistence false\n".to_owned()
         };
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+        let body = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  log_dest topic\nlog_type subscribe\nlog_type unsubscribe\nlog_type notice\n\
                  max_inflight_messages 1000\nmax_queued_messages 100000\n{extra}"
-            ),
-        )
-        .map_err(io("writing the broker configuration"))?;
-        let log = dir.join(format!("{name}-mosquitto.log"));
-        let child = spawn_mosquitto(&conf, &log, port)?;
-        Ok(LocalBroker::Mosquitto {
-            port,
-            child,
-            conf,
-            log,
-        })
+        );
+        Self::mosquitto_custom(dir, name, port, &body)
     }
 
     /// Stop a Mosquitto broker as its service manager would (SIGTERM, by

@@ -340,6 +340,18 @@ impl Sim {
         sim
     }
 
+    /// The next RTT sample of a connection, [`RTT_EVERY`] from now.
+    fn next_rtt(&mut self, link: usize, pair: Pair, generation: u64) {
+        self.push(
+            self.now + RTT_EVERY,
+            Ev::Rtt {
+                link,
+                pair,
+                generation,
+            },
+        );
+    }
+
     fn push(&mut self, at: Duration, ev: Ev) {
         self.queue.insert((at, self.next_id), ev);
         self.next_id += 1;
@@ -455,14 +467,7 @@ impl Sim {
                 });
                 if self.links[link].measured {
                     let generation = self.conn(link, pair).generation;
-                    self.push(
-                        self.now + RTT_EVERY,
-                        Ev::Rtt {
-                            link,
-                            pair,
-                            generation,
-                        },
-                    );
+                    self.next_rtt(link, pair, generation);
                 }
             }
             Ev::Rtt {
@@ -484,14 +489,7 @@ impl Sim {
                 self.at_both_ends(link, pair, |agent, peer, now| {
                     agent.handle_rtt(now, &peer.region, rtt);
                 });
-                self.push(
-                    self.now + RTT_EVERY,
-                    Ev::Rtt {
-                        link,
-                        pair,
-                        generation,
-                    },
-                );
+                self.next_rtt(link, pair, generation);
             }
         }
     }
