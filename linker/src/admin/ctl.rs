@@ -239,7 +239,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == cells.len() {
                 l.push_str(c);
             } else {
-                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+                let _ = write!(l, "{c:<w$}  ", w = widths.get(i).copied().unwrap_or(0));
             }
         }
         out.push_str(l.trim_end());
