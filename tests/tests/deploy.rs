@@ -182,3 +182,29 @@ fn the_systemd_unit_and_containerfile_keep_their_hardening() {
             .any(|l| l.starts_with("USER ") && !l.contains("root"))
     );
 }
+
+/// The walk-through's two regions (`deploy/local`, deploy/README.md) load
+/// and cross-check as one deployment, on loopback ports of their own.
+#[test]
+fn the_local_walk_through_configs_pass_check() {
+    let dir = root().join("deploy/local");
+    let configs: Vec<_> = ["west.yaml", "east.yaml"]
+        .iter()
+        .map(|f| mqlink_config::load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect();
+    let d = mqlink_config::check_deployment(&configs);
+    let errors: Vec<_> = d
+        .diagnostics
+        .iter()
+        .filter(|x| x.severity == mqlink_config::Severity::Error)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    for c in &configs {
+        assert!(c.listen.quic.ip().is_loopback() && c.listen.admin.ip().is_loopback());
+        assert!(c.broker.url.to_string().starts_with("mqtt://127.0.0.1:1883"));
+    }
+    let guide = read("deploy/README.md");
+    for line in ["mqlink run --config west.yaml", "mosquitto -c mosquitto-east.conf"] {
+        assert!(guide.contains(line), "the guide lacks `{line}`");
+    }
+}
