@@ -201,10 +201,18 @@ fn the_local_walk_through_configs_pass_check() {
     assert!(errors.is_empty(), "{errors:#?}");
     for c in &configs {
         assert!(c.listen.quic.ip().is_loopback() && c.listen.admin.ip().is_loopback());
-        assert!(c.broker.url.to_string().starts_with("mqtt://127.0.0.1:1883"));
+        assert!(
+            c.broker
+                .url
+                .to_string()
+                .starts_with("mqtt://127.0.0.1:1883")
+        );
     }
     let guide = read("deploy/README.md");
-    for line in ["mqlink run --config west.yaml", "mosquitto -c mosquitto-east.conf"] {
+    for line in [
+        "mqlink run --config west.yaml",
+        "mosquitto -c mosquitto-east.conf",
+    ] {
         assert!(guide.contains(line), "the guide lacks `{line}`");
     }
 }
