@@ -343,3 +343,37 @@ fn yaml_errors_say_which_key_and_what_to_do() {
         assert!(e[0].starts_with(want), "got  {}\nwant {want}", e[0]);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Whatever the file holds (mangled configs: brackets, quotes, tabs,
+    /// colons, dashes and multibyte characters in any order), parsing and
+    /// explaining its errors never panics, and every error has a position
+    /// inside the file.
+    #[test]
+    fn any_text_gives_a_config_or_positioned_errors(
+        text in "(region: eu\n|tls: \\{ cert: c, key: k, ca: a \\}\n|links:\n|  - region: us\n|    endpoints: \\[|\\]|\\{|\\}|\"|'|:|-|#|é|\t| |\n|cost: -5|shared: yes|broker:|  url: x|[a-z]{1,6}){0,40}"
+    ) {
+        positioned(&text)?;
+    }
+
+    /// Arbitrary printable text and line breaks.
+    #[test]
+    fn arbitrary_text_never_panics(text in "(\\PC|\n){0,200}") {
+        positioned(&text)?;
+    }
+}
+
+/// Parse `text`; every error it gives has a line inside the file.
+fn positioned(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    if let Err(e) = parse(Path::new(FILE), text, "host-1") {
+        let lines = text.lines().count().max(1) as u64 + 1;
+        for d in &e.diagnostics {
+            if let Some(p) = d.pos {
+                proptest::prop_assert!(p.line >= 1 && p.line <= lines, "{d} in {text:?}");
+            }
+        }
+    }
+    Ok(())
+}
