@@ -180,7 +180,10 @@ pub async fn dial(
                     endpoint: target.to_string(),
                     addrs: addrs.to_vec(),
                 };
-                let _ = core.try_send(resolved_input(&resolved.addrs));
+                // A literal address resolves to itself: nothing to show.
+                if matches!(target.host, mqlink_config::Host::Dns(_)) {
+                    let _ = core.try_send(resolved_input(&resolved.addrs));
+                }
                 let watcher = tokio::spawn(follow_name(
                     dns.clone(),
                     target.clone(),
