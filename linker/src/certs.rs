@@ -238,23 +238,7 @@ pub fn inspect(path: &Path) -> Result<Vec<CertInfo>, CertsError> {
         .map(|der| {
             let (_, cert) = x509_parser::parse_x509_certificate(der)
                 .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
-            let regions = cert
-                .subject_alternative_name()
-                .ok()
-                .flatten()
-                .map(|san| {
-                    san.value
-                        .general_names
-                        .iter()
-                        .filter_map(|n| match n {
-                            x509_parser::extensions::GeneralName::DNSName(s) => {
-                                Some((*s).to_owned())
-                            }
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let regions = crate::tls::dns_names(der).unwrap_or_default();
             let validity = cert.validity();
             let not_after = validity.not_after.to_datetime();
             let digest = ring::digest::digest(&ring::digest::SHA256, der);
