@@ -339,8 +339,10 @@ impl ExportState {
         self.granted.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// The broker answered a (un)subscription of `paths` with `codes`.
+    /// The broker answered a (un)subscription of `paths` with `codes`
+    /// (only export filters count: not the plugin's or the log's topics).
     pub(crate) fn answered(&self, subscribe: bool, paths: &[String], codes: &[u8]) {
+        let wanted = self.current();
         let Ok(mut granted) = self.granted.lock() else {
             return;
         };
@@ -353,7 +355,7 @@ impl ExportState {
             let Ok(f) = TopicFilter::new(filter) else {
                 continue;
             };
-            if subscribe && *code < 0x80 {
+            if subscribe && *code < 0x80 && wanted.contains(&f) {
                 granted.insert(f);
             } else if !subscribe {
                 granted.remove(&f);

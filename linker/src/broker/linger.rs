@@ -38,15 +38,16 @@ impl ReadLinger {
         Self { delay, until: None }
     }
 
-    /// After a read at `now`: raise the mark and start the delay.
-    pub fn read(&mut self, sock: &socket2::Socket, now: Instant) {
+    /// After a read: raise the mark and start the delay (nothing, not
+    /// even a clock read, without a linger: this runs on every read).
+    pub fn read(&mut self, sock: &socket2::Socket) {
         if self.delay.is_zero() {
             return;
         }
         if self.until.is_none() {
             set_lowat(sock, LOWAT);
         }
-        self.until = Some(now + self.delay);
+        self.until = Some(Instant::now() + self.delay);
     }
 
     /// Whether the mark is up (the caller waits for [`Self::expired`]).

@@ -295,7 +295,7 @@ async fn connected(
             },
             r = read(&mut rd, &sock, &mut rbuf), if read_room => match r {
                 Ok(()) => {
-                    linger.read(&sock, Instant::now());
+                    linger.read(&sock);
                     if let Err(e) = incoming(st, &mut c, &mut rbuf) {
                         return e;
                     }
