@@ -40,6 +40,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A CA and a certificate for each of `names` in `dir/certs` (returned).
+pub fn pki(dir: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
+    let certs = dir.join("certs");
+    mqlink::certs::init(&certs)?;
+    for name in names {
+        mqlink::certs::issue(&RegionName::new(name)?, &certs)?;
+    }
+    Ok(certs)
+}
+
 /// Wait until `cond` holds, polling every 20 ms, for at most `limit`.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut cond: F) -> anyhow::Result<()>
 where

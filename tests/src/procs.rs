@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use mqlink::brokers::LocalBroker;
 pub use mqlink::relay::Relay;
-use mqlink_topology::RegionName;
 
 use crate::{Client, scratch};
 
@@ -102,11 +101,9 @@ impl ProcFederation {
         opts: &Options,
     ) -> anyhow::Result<Self> {
         let dir = scratch(name);
-        let certs = dir.join("certs");
-        mqlink::certs::init(&certs)?;
+        crate::pki(&dir, regions)?;
         let mut quic = BTreeMap::new();
         for r in regions {
-            mqlink::certs::issue(&RegionName::new(r)?, &certs)?;
             quic.insert(*r, mqlink::brokers::free_udp_port()?);
         }
         let mut relays = BTreeMap::new();

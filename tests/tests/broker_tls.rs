@@ -11,8 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mqlink::brokers::{LocalBroker, free_port, free_udp_port};
-use mqlink_e2e::{Client, scratch, wait_until};
-use mqlink_topology::RegionName;
+use mqlink_e2e::{Client, pki, scratch, wait_until};
 use rumqttc::v5::mqttbytes::QoS;
 
 fn chmod(path: &std::path::Path, mode: u32) {
@@ -27,11 +26,7 @@ async fn an_agent_reaches_its_broker_over_mqtts_with_a_password() {
     }
     mqlink::run::install_crypto();
     let dir = scratch("broker-tls");
-    let certs = dir.join("certs");
-    mqlink::certs::init(&certs).unwrap();
-    for name in ["a", "b", "localhost"] {
-        mqlink::certs::issue(&RegionName::new(name).unwrap(), &certs).unwrap();
-    }
+    let certs = pki(&dir, &["a", "b", "localhost"]).unwrap();
     // Mosquitto started as root reads its files as the `mosquitto` user.
     chmod(&certs.join("localhost.key"), 0o644);
     let passwd = dir.join("passwd");

@@ -63,6 +63,18 @@ fn exported() -> BTreeSet<String> {
     out
 }
 
+/// `configs` cross-check as one deployment without errors (warnings,
+/// such as single points of failure, allowed).
+fn assert_no_errors(configs: &[mqlink_config::RegionConfig]) {
+    let d = mqlink_config::check_deployment(configs);
+    let errors: Vec<_> = d
+        .diagnostics
+        .iter()
+        .filter(|x| x.severity == mqlink_config::Severity::Error)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
 #[test]
 fn the_dashboard_queries_only_metrics_the_agent_exports() {
     let dash: Value = serde_json::from_str(&read("deploy/grafana/mqlink.json")).unwrap();
@@ -147,13 +159,7 @@ fn the_kubernetes_manifests_parse_and_their_configs_pass_check() {
         assert_eq!(cfg.spool.dir, Path::new("/var/lib/mqlink"));
         configs.push(cfg);
     }
-    let d = mqlink_config::check_deployment(&configs);
-    let errors: Vec<_> = d
-        .diagnostics
-        .iter()
-        .filter(|x| x.severity == mqlink_config::Severity::Error)
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    assert_no_errors(&configs);
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
@@ -192,13 +198,7 @@ fn the_local_walk_through_configs_pass_check() {
         .iter()
         .map(|f| mqlink_config::load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
         .collect();
-    let d = mqlink_config::check_deployment(&configs);
-    let errors: Vec<_> = d
-        .diagnostics
-        .iter()
-        .filter(|x| x.severity == mqlink_config::Severity::Error)
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    assert_no_errors(&configs);
     for c in &configs {
         assert!(c.listen.quic.ip().is_loopback() && c.listen.admin.ip().is_loopback());
         assert!(

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use mqlink::brokers::{LocalBroker, free_udp_port};
 use mqlink_e2e::procs::mqlink_bin;
-use mqlink_e2e::{scratch, wait_until};
-use mqlink_topology::RegionName;
+use mqlink_e2e::{pki, scratch, wait_until};
 use tokio::net::UdpSocket;
 
 /// Answer every A question with `addr` (TTL 1 s), every other with no
@@ -78,11 +77,7 @@ async fn a_dns_endpoint_is_followed_when_its_address_changes() {
     }
     mqlink::run::install_crypto();
     let dir = scratch("dns");
-    let certs = dir.join("certs");
-    mqlink::certs::init(&certs).unwrap();
-    for name in ["a", "b"] {
-        mqlink::certs::issue(&RegionName::new(name).unwrap(), &certs).unwrap();
-    }
+    pki(&dir, &["a", "b"]).unwrap();
     let answer = Arc::new(Mutex::new(Ipv4Addr::new(127, 0, 0, 2)));
     let dns = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dns_addr = dns.local_addr().unwrap();

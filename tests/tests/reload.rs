@@ -47,6 +47,17 @@ fn hup(fed: &ProcFederation, region: &str) {
     assert!(ok.success());
 }
 
+/// Whether a message with `payload` reaches `client` (others may come
+/// first; each waits at most 10 s).
+async fn arrives(client: &mut Client, payload: &[u8]) -> bool {
+    while let Some(m) = client.next(Duration::from_secs(10)).await {
+        if &m.payload[..] == payload {
+            return true;
+        }
+    }
+    false
+}
+
 /// The `links:` entry of `region` cut out of a generated config.
 fn without_link(yaml: &str, region: &str) -> String {
     let start = yaml.find(&format!("  - region: {region}\n")).unwrap();
@@ -164,14 +175,10 @@ async fn sighup_adds_a_link_and_changes_a_policy_while_another_link_carries_traf
         .publish("t/c", b"to c", QoS::AtLeastOnce, false)
         .await
         .unwrap();
-    let mut to_c = false;
-    while let Some(m) = at_c.next(Duration::from_secs(10)).await {
-        if &m.payload[..] == b"to c" {
-            to_c = true;
-            break;
-        }
-    }
-    assert!(to_c, "the added link carries traffic");
+    assert!(
+        arrives(&mut at_c, b"to c").await,
+        "the added link carries traffic"
+    );
     // c warned about its certificate, and exports the days left.
     let c_log = std::fs::read_to_string(fed.dir.join("c-agent-1.log")).unwrap();
     assert!(c_log.contains("certificate expires soon"), "{c_log}");
@@ -203,14 +210,10 @@ async fn sighup_adds_a_link_and_changes_a_policy_while_another_link_carries_traf
         .publish("t/after", b"after", QoS::AtLeastOnce, false)
         .await
         .unwrap();
-    let mut after = false;
-    while let Some(m) = at_b.next(Duration::from_secs(10)).await {
-        if &m.payload[..] == b"after" {
-            after = true;
-            break;
-        }
-    }
-    assert!(after, "a still carries to b after the refused reload");
+    assert!(
+        arrives(&mut at_b, b"after").await,
+        "a still carries to b after the refused reload"
+    );
 
     // `mqlink ctl reload` with a good file again: no change to apply.
     std::fs::write(&file, &full).unwrap();
