@@ -481,8 +481,11 @@ fn handle(
                 .insert(endpoint, addrs.join(", "));
         }
         Input::Admin(query) => {
+            // Connection statistics only for the view that shows them.
+            let wanted = matches!(query, crate::admin::Query::Peers(_));
             let conns = peers
                 .iter()
+                .filter(|_| wanted)
                 .map(|(id, p)| {
                     let s = p.conn.stats();
                     crate::admin::Conn {
