@@ -213,6 +213,9 @@ struct Conn {
     /// Bytes written that TLS may still hold (flushed when nothing else
     /// is to be written).
     unflushed: bool,
+    /// Whether the connection is TLS (a plain socket holds nothing back:
+    /// no flush, no extra turn of the loop after each write).
+    tls: bool,
 }
 
 async fn connected(
@@ -224,6 +227,7 @@ async fn connected(
     mut rbuf: BytesMut,
 ) -> ConnError {
     let sock = conn.sock;
+    let tls = matches!(conn.stream, BrokerStream::Tls(_));
     let (mut rd, mut wr) = tokio::io::split(conn.stream);
     // Subscriptions in flight died with the last connection; they are
     // all made again below.
@@ -237,6 +241,7 @@ async fn connected(
         last_write: Instant::now(),
         ping_since: None,
         unflushed: false,
+        tls,
     };
     if connack.session_present {
         // Whatever the broker has not acknowledged goes again, in order.
@@ -288,7 +293,7 @@ async fn connected(
                 Ok(Some(n)) => {
                     let _ = c.out.split_to(n);
                     c.last_write = Instant::now();
-                    c.unflushed = true;
+                    c.unflushed = c.tls;
                 }
                 Ok(None) => c.unflushed = false,
                 Err(e) => return e.into(),
