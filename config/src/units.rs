@@ -67,7 +67,7 @@ impl fmt::Display for ByteSize {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let expected = || {
         format!(
-            "invalid duration `{s}`: expected numbers with units ms, s, m, h or d, like `24h`, `30s` or `1h30m`"
+            "invalid duration `{s}`: expected numbers with units us, ms, s, m, h or d, like `24h`, `30s`, `1h30m` or `200us`"
         )
     };
     let mut rest = s.trim();
@@ -88,6 +88,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
+            "us" => Duration::from_micros(n),
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
@@ -101,8 +102,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Format a duration the way the config writes it (`24h`, `90s`, `250ms`).
+/// Format a duration the way the config writes it (`24h`, `90s`, `250ms`,
+/// `200us`).
 pub fn format_duration(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{}us", d.as_micros());
+    }
     let ms = d.as_millis();
     for (unit, size) in [
         ("d", 86_400_000),
@@ -355,6 +360,10 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("1ms500us"), Ok(Duration::from_micros(1_500)));
+        assert_eq!(format_duration(Duration::from_micros(200)), "200us");
+        assert_eq!(format_duration(Duration::from_micros(1_500)), "1500us");
     }
 
     #[test]

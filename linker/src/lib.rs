@@ -37,6 +37,8 @@
 //! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
 //! - [`reload`]: what a reload (SIGHUP, `ctl reload`) may change, and its plan.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
+//! - [`timer`]: a one-shot timer with microsecond precision (`timerfd`),
+//!   for the read linger and the bench's paced publishers.
 //!
 //! # The data path: what was measured and changed
 //!
@@ -98,4 +100,5 @@ pub mod relay;
 pub mod reload;
 pub mod run;
 pub mod spool;
+pub mod timer;
 pub mod tls;

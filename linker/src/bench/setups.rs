@@ -144,10 +144,10 @@ fn agent_yaml(
     (quic, peer_quic, metrics): (u16, u16, u16),
     (broker, batch_delay): (u16, Duration),
 ) -> String {
-    let delay = batch_delay.as_millis();
+    let delay = batch_delay.as_micros();
     format!(
         "region: {region}\nnode: {region}-1\n\
-         broker: {{ url: \"mqtt://127.0.0.1:{broker}\", client_id: mqlink-bench-{region}, batch_delay: {delay}ms }}\n\
+         broker: {{ url: \"mqtt://127.0.0.1:{broker}\", client_id: mqlink-bench-{region}, batch_delay: {delay}us }}\n\
          listen: {{ quic: \"127.0.0.1:{quic}\", admin: \"127.0.0.1:0\", metrics: \"127.0.0.1:{metrics}\" }}\n\
          tls: {{ cert: certs/{region}.pem, key: certs/{region}.key, ca: certs/ca.pem }}\n\
          interest: {{ dynamic: mosquitto }}\n\

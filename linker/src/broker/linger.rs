@@ -14,11 +14,13 @@
 //! anything is there). Whatever gathered is read, handed to the core and
 //! sent on as one batch. An idle connection costs nothing (no periodic
 //! tick): the first message after a quiet spell is read at once, and only
-//! the ones that follow it within the delay wait.
+//! the ones that follow it within the delay wait. The delay is kept by a
+//! [`PreciseTimer`] (a `timerfd`), so it can be well under a millisecond
+//! (tokio's own timer counts whole milliseconds: 200 µs would wait 1-2 ms).
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::timer::PreciseTimer;
 
 /// Low-water mark while lingering: a read this large wakes the socket
 /// before the delay is out (64 KB reads; a quarter of one).
@@ -28,45 +30,60 @@ pub const LOWAT: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct ReadLinger {
     delay: Duration,
-    /// When the mark goes back down (`None`: it is down).
-    until: Option<Instant>,
+    /// Armed while the mark is up: when it goes back down.
+    until: PreciseTimer,
+    /// The previous read.
+    last: Option<std::time::Instant>,
 }
 
 impl ReadLinger {
     /// A linger of `delay` (zero: none, every byte wakes the socket).
     pub fn new(delay: Duration) -> Self {
-        Self { delay, until: None }
+        Self {
+            delay,
+            until: PreciseTimer::new(),
+            last: None,
+        }
     }
 
-    /// After a read: raise the mark and start the delay (nothing, not
-    /// even a clock read, without a linger: this runs on every read).
-    pub fn read(&mut self, sock: &socket2::Socket) {
+    /// After a read of `packets` whole packets: raise the mark and start
+    /// the delay, if traffic is dense enough that lingering gathers
+    /// something: the read held more than one packet, or came within the
+    /// delay of the previous one. Sparser traffic is read at once, each
+    /// message as it comes (a linger would only add a timer's wake-up per
+    /// message: 40 -> 55 µs per message at 3,800 msgs/s with 200 µs).
+    /// Nothing, not even a clock read, without a linger: this runs on
+    /// every read.
+    pub fn read(&mut self, sock: &socket2::Socket, packets: usize) {
         if self.delay.is_zero() {
             return;
         }
-        if self.until.is_none() {
+        let now = std::time::Instant::now();
+        let dense = packets > 1 || self.last.is_some_and(|t| now - t < self.delay);
+        self.last = Some(now);
+        if !dense {
+            return;
+        }
+        if !self.until.armed() {
             set_lowat(sock, LOWAT);
         }
-        self.until = Some(Instant::now() + self.delay);
+        self.until.arm(self.delay);
     }
 
     /// Whether the mark is up (the caller waits for [`Self::expired`]).
     pub fn lingering(&self) -> bool {
-        self.until.is_some()
+        self.until.armed()
     }
 
     /// Resolves when the delay is out (never while not lingering).
-    pub async fn expired(&self) {
-        match self.until {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
+    pub async fn expired(&mut self) {
+        self.until.fired().await;
     }
 
     /// The delay is out: the mark goes back to one byte, which makes the
     /// socket readable at once if anything gathered.
     pub fn expire(&mut self, sock: &socket2::Socket) {
-        self.until = None;
+        self.until.disarm();
         set_lowat(sock, 1);
     }
 }
@@ -90,5 +107,48 @@ fn set_lowat(sock: &socket2::Socket, bytes: usize) {
     };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn socket() -> (socket2::Socket, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_s, _) = l.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&c).try_clone().unwrap();
+        (sock, c)
+    }
+
+    #[tokio::test]
+    async fn lingers_only_where_traffic_is_dense() {
+        let (sock, _c) = socket().await;
+        // Within an hour of each other: dense from the second read on.
+        let mut l = ReadLinger::new(Duration::from_secs(3600));
+        l.read(&sock, 1);
+        assert!(
+            !l.lingering(),
+            "the first message after a quiet spell is read at once"
+        );
+        l.read(&sock, 1);
+        assert!(l.lingering());
+        l.expire(&sock);
+        assert!(!l.lingering());
+        // A read that gathered several packets: dense.
+        let mut l = ReadLinger::new(Duration::from_nanos(1));
+        l.read(&sock, 1);
+        l.read(&sock, 1);
+        assert!(!l.lingering(), "reads further apart than the delay: sparse");
+        l.read(&sock, 3);
+        assert!(l.lingering());
+        // No delay: never.
+        let mut l = ReadLinger::new(Duration::ZERO);
+        l.read(&sock, 5);
+        assert!(!l.lingering());
     }
 }

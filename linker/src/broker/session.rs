@@ -299,12 +299,10 @@ async fn connected(
                 Err(e) => return e.into(),
             },
             r = read(&mut rd, &sock, &mut rbuf), if read_room => match r {
-                Ok(()) => {
-                    linger.read(&sock);
-                    if let Err(e) = incoming(st, &mut c, &mut rbuf) {
-                        return e;
-                    }
-                }
+                Ok(()) => match incoming(st, &mut c, &mut rbuf) {
+                    Ok(packets) => linger.read(&sock, packets),
+                    Err(e) => return e,
+                },
                 Err(e) => return e,
             },
             permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
@@ -389,9 +387,11 @@ async fn read(
     }
 }
 
-/// Every whole packet in `buf`.
-fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), ConnError> {
+/// Every whole packet in `buf`; how many there were.
+fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<usize, ConnError> {
+    let mut packets = 0;
     while let Some(p) = codec::decode(buf, MAX_PACKET)? {
+        packets += 1;
         let is_suback = matches!(p, Incoming::SubAck(..));
         c.ping_since = None;
         match p {
@@ -432,7 +432,7 @@ fn incoming(st: &mut State, c: &mut Conn, buf: &mut BytesMut) -> Result<(), Conn
             Incoming::Disconnect(r) => return Err(ConnError::Disconnected(r)),
         }
     }
-    Ok(())
+    Ok(packets)
 }
 
 fn outcome(st: &mut State, o: Outcome, pkid: u16) {
