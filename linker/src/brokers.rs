@@ -346,6 +346,14 @@ impl LocalBroker {
         Ok(())
     }
 
+    /// The broker's process, if it is one (a Mosquitto).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            LocalBroker::Mosquitto { child, .. } => Some(child.id()),
+            LocalBroker::Embedded { .. } => None,
+        }
+    }
+
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         match self {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::run::{RunReport, run};
+use super::run::{CpuCost, RunReport, run};
 use super::setups::{Setup, SetupKind, mosquitto_available};
 use super::{BenchError, Workload, group};
 
@@ -215,6 +215,25 @@ async fn probe(
     Ok((r.lost == 0 && r.rate >= 0.95 * rate, r))
 }
 
+/// The CPU column: the whole path's CPU per delivered message (brokers
+/// and agents; the bench's own clients not counted), then each agent's.
+fn cpu_column(cpu: &[CpuCost]) -> String {
+    if cpu.is_empty() {
+        return "-".to_owned();
+    }
+    let path: f64 = cpu.iter().map(|c| c.us_per_msg).sum();
+    let agents: Vec<String> = cpu
+        .iter()
+        .filter(|c| c.name.starts_with("agent"))
+        .map(|c| format!("{} {:.1}", c.name, c.us_per_msg))
+        .collect();
+    if agents.is_empty() {
+        format!("path {path:.1} µs")
+    } else {
+        format!("path {path:.1} µs ({} µs)", agents.join(", "))
+    }
+}
+
 /// `a / b`, or nothing when `b` is 0.
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
@@ -248,12 +267,7 @@ impl Comparison {
         let broker = self.find(SetupKind::Broker);
         let fmt_ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         for r in &self.results {
-            let cpu: Vec<String> = r
-                .run
-                .cpu
-                .iter()
-                .map(|c| format!("{} {:.1} µs", c.name, c.us_per_msg))
-                .collect();
+            let cpu = cpu_column(&r.run.cpu);
             let _ = writeln!(
                 t,
                 "{:<11} {:>10} {:>9} {:>9} {:>14} {:>5} {:>7} {:>8.3} {:>8.3}{} {}",
@@ -283,11 +297,7 @@ impl Comparison {
                     ),
                     (true, None) => format!("  {:>12}", "-"),
                 },
-                if cpu.is_empty() {
-                    "-".to_owned()
-                } else {
-                    cpu.join(", ")
-                }
+                cpu
             );
         }
         for (s, why) in &self.skipped {
@@ -339,5 +349,35 @@ impl Comparison {
             out.push(path);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(name: &str, us: f64) -> CpuCost {
+        CpuCost {
+            name: name.into(),
+            us_per_msg: us,
+            rss_mb: 0.0,
+            peak_rss_mb: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_cpu_column_sums_the_path_and_names_the_agents() {
+        assert_eq!(cpu_column(&[]), "-");
+        assert_eq!(cpu_column(&[cost("broker", 4.6)]), "path 4.6 µs");
+        let mqlink = [
+            cost("broker a", 7.0),
+            cost("broker b", 6.5),
+            cost("agent a", 8.0),
+            cost("agent b", 7.4),
+        ];
+        assert_eq!(
+            cpu_column(&mqlink),
+            "path 28.9 µs (agent a 8.0, agent b 7.4 µs)"
+        );
     }
 }

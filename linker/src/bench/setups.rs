@@ -61,12 +61,32 @@ pub struct Setup {
     pub kind: SetupKind,
     /// Where the clients connect.
     pub at: Endpoints,
-    /// Processes whose CPU the runs report (the agents).
+    /// Processes whose CPU the runs report (brokers and agents).
     pub watched: Vec<Watched>,
     /// The agents' Prometheus ports (their drop counters).
     pub metrics: Vec<u16>,
     brokers: Vec<LocalBroker>,
     agents: Vec<Child>,
+}
+
+/// The brokers as watched processes: `broker` alone, else `broker a`,
+/// `broker b` (publishers' first).
+fn brokers_watched<B: std::borrow::Borrow<LocalBroker>>(brokers: &[B]) -> Vec<Watched> {
+    let one = brokers.len() == 1;
+    brokers
+        .iter()
+        .zip(["a", "b", "c", "d"])
+        .filter_map(|(b, tag)| {
+            Some(Watched {
+                name: if one {
+                    "broker".into()
+                } else {
+                    format!("broker {tag}")
+                },
+                pid: b.borrow().pid()?,
+            })
+        })
+        .collect()
 }
 
 /// Whether a Mosquitto can be started here.
@@ -184,7 +204,7 @@ impl Setup {
                     publish: addr(brokers.first()),
                     subscribe: addr(brokers.last()),
                 },
-                watched: Vec::new(),
+                watched: brokers_watched(&brokers),
                 metrics: Vec::new(),
                 brokers,
                 agents: Vec::new(),
@@ -223,7 +243,7 @@ impl Setup {
             free_udp_port().map_err(failed("free port"))?,
         );
         let mut agents = Vec::new();
-        let mut watched = Vec::new();
+        let mut watched = brokers_watched(&[&a, &b]);
         let mut metrics_ports = Vec::new();
         for (region, peer, quic, peer_quic, broker) in
             [("a", "b", qa, qb, a.port()), ("b", "a", qb, qa, b.port())]
