@@ -65,18 +65,24 @@
 //!   messages ([`core::CoreQueue`]).
 //! - **What is left is wake-ups**: with the brokers out of the way
 //!   (`mqlink bench --pair`) two agents carry 925 k msgs/s at QoS 0 for
-//!   0.6-0.7 µs of CPU per message each; beside real brokers at moderate
-//!   rates each message still costs a read, a few task hand-offs and a
-//!   share of a QUIC packet (15-20 µs at 3,800 msgs/s, 3-4 µs at 38,000).
-//!   A task that does not read does not help: the readable socket wakes
-//!   the thread anyway. **`broker.batch_delay`** ([`broker::linger`])
-//!   asks the kernel instead (`SO_RCVLOWAT`): messages gather in the
-//!   socket for up to the delay, and are read, routed and sent as one
-//!   batch; the first message after a quiet spell is read at once. With
-//!   1 ms: 15.8 / 13.7 -> 9.5 / 8.4 µs per message at 3,800 msgs/s and
-//!   3.4 / 2.5 -> 1.8-2.3 / 1.4-1.5 µs at 38,000, for p50 0.2-0.7 ->
-//!   1.2-1.4 ms (tokio's timer counts whole milliseconds, so 1 ms waits
-//!   1-2 ms). Off by default: latency first.
+//!   0.6-0.7 µs of CPU per message each; beside real brokers, with
+//!   messages arriving evenly (the bench paces publishers on a `timerfd`;
+//!   it used to send a millisecond's worth at once, which batched for
+//!   free), each message at a moderate rate is a wake-up of each agent:
+//!   36-40 µs per message and agent at 3,800 msgs/s, 7-8.5 at 38,000, a
+//!   third of it the kernel's context switch and the wake-up of the next
+//!   process on this virtual machine (Mosquitto pays the same: 15 µs per
+//!   message and broker at 3,800 msgs/s). A task that does not read does
+//!   not help: the readable socket wakes the thread anyway.
+//!   **`broker.batch_delay`** ([`broker::linger`]) asks the kernel
+//!   instead (`SO_RCVLOWAT`): where traffic is dense, messages gather in
+//!   the socket for up to the delay ([`timer`]: a `timerfd`, so under a
+//!   millisecond if asked), and are read, routed and sent as one batch;
+//!   sparse traffic and the first message after a quiet spell are read at
+//!   once. With 1 ms: 40 / 36 -> 16 / 10.5 µs per message at 3,800
+//!   msgs/s and 8.5 / 7.3 -> 3.2 / 2.0 µs at 38,000 (the whole path,
+//!   brokers included, 15.7 µs against the bridge's 13.7), for p50 0.15
+//!   -> 0.7-1.0 ms. Off by default: latency first.
 
 pub mod admin;
 pub mod bench;
