@@ -79,10 +79,10 @@
 //!   the socket for up to the delay ([`timer`]: a `timerfd`, so under a
 //!   millisecond if asked), and are read, routed and sent as one batch;
 //!   sparse traffic and the first message after a quiet spell are read at
-//!   once. With 1 ms: 40 / 36 -> 16 / 10.5 µs per message at 3,800
-//!   msgs/s and 8.5 / 7.3 -> 3.2 / 2.0 µs at 38,000 (the whole path,
-//!   brokers included, 15.7 µs against the bridge's 13.7), for p50 0.15
-//!   -> 0.7-1.0 ms. Off by default: latency first.
+//!   once. With 1 ms: 40 / 36 -> 14 / 10.5 µs per message at 3,800
+//!   msgs/s and 8.5 / 7.3 -> 2.9 / 1.9-2.0 µs at 38,000 (the whole path,
+//!   brokers included, 15.1-15.5 µs against the bridge's 13.7), for p50
+//!   0.15 -> 0.7-1.0 ms. Off by default: latency first.
 
 pub mod admin;
 pub mod bench;

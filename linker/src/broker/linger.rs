@@ -26,14 +26,29 @@ use crate::timer::PreciseTimer;
 /// before the delay is out (64 KB reads; a quarter of one).
 pub const LOWAT: usize = 16 * 1024;
 
+/// What a read of the gathered bytes found ([`ReadLinger::take`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gathered {
+    /// This many bytes, appended to the buffer.
+    Bytes(usize),
+    /// Nothing: the mark is down again, the linger over.
+    Nothing,
+    /// The broker closed the connection.
+    Closed,
+}
+
 /// The linger of one connection.
 #[derive(Debug)]
 pub struct ReadLinger {
     delay: Duration,
-    /// Armed while the mark is up: when it goes back down.
+    /// Armed while lingering: when what gathered is read.
     until: PreciseTimer,
     /// The previous read.
     last: Option<std::time::Instant>,
+    /// Whether the mark is at [`LOWAT`] (else one byte).
+    mark_up: bool,
+    /// Where [`Self::take`] reads (allocated on first use).
+    scratch: Vec<u8>,
 }
 
 impl ReadLinger {
@@ -43,6 +58,8 @@ impl ReadLinger {
             delay,
             until: PreciseTimer::new(),
             last: None,
+            mark_up: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -62,15 +79,17 @@ impl ReadLinger {
         let dense = packets > 1 || self.last.is_some_and(|t| now - t < self.delay);
         self.last = Some(now);
         if !dense {
+            self.expire(sock);
             return;
         }
-        if !self.until.armed() {
+        if !self.mark_up {
             set_lowat(sock, LOWAT);
+            self.mark_up = true;
         }
         self.until.arm(self.delay);
     }
 
-    /// Whether the mark is up (the caller waits for [`Self::expired`]).
+    /// Whether a delay is running (the caller waits for [`Self::expired`]).
     pub fn lingering(&self) -> bool {
         self.until.armed()
     }
@@ -80,11 +99,50 @@ impl ReadLinger {
         self.until.fired().await;
     }
 
-    /// The delay is out: the mark goes back to one byte, which makes the
-    /// socket readable at once if anything gathered.
+    /// The delay is out, or lingering ends: the mark goes back to one
+    /// byte, which makes the socket readable at once if anything gathered.
     pub fn expire(&mut self, sock: &socket2::Socket) {
         self.until.disarm();
-        set_lowat(sock, 1);
+        if self.mark_up {
+            set_lowat(sock, 1);
+            self.mark_up = false;
+        }
+    }
+
+    /// The delay is out: read what gathered straight from the socket (a
+    /// plain TCP one: a TLS stream's bytes must go through its session),
+    /// into `buf`. A non-blocking read returns what is there even below
+    /// the mark, so the mark stays up and the socket is not polled again:
+    /// per batch, two `setsockopt`s and a turn of the event loop fewer
+    /// than lowering the mark and waiting for the socket to turn readable.
+    /// Nothing there: the mark goes down ([`Self::expire`]).
+    pub fn take(
+        &mut self,
+        sock: &socket2::Socket,
+        buf: &mut bytes::BytesMut,
+    ) -> std::io::Result<Gathered> {
+        use std::io::Read as _;
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; 64 * 1024];
+        }
+        let mut reader: &socket2::Socket = sock;
+        match reader.read(&mut self.scratch) {
+            Ok(0) => Ok(Gathered::Closed),
+            Ok(n) => {
+                buf.extend_from_slice(&self.scratch[..n]);
+                Ok(Gathered::Bytes(n))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.expire(sock);
+                Ok(Gathered::Nothing)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -112,17 +170,64 @@ fn set_lowat(sock: &socket2::Socket, bytes: usize) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
-    async fn socket() -> (socket2::Socket, tokio::net::TcpStream) {
+    /// A connected pair: the agent's end (and a duplicate of its
+    /// descriptor, as the session has), and the broker's end.
+    async fn pair() -> (socket2::Socket, tokio::net::TcpStream, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
             .unwrap();
-        let (_s, _) = l.accept().await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
         let sock = socket2::SockRef::from(&c).try_clone().unwrap();
+        (sock, c, s)
+    }
+
+    async fn socket() -> (socket2::Socket, tokio::net::TcpStream) {
+        let (sock, c, _) = pair().await;
         (sock, c)
+    }
+
+    #[tokio::test]
+    async fn take_reads_what_gathered_below_the_mark_then_ends_the_linger() {
+        use tokio::io::AsyncWriteExt as _;
+        let (sock, _c, mut broker) = pair().await;
+        let mut l = ReadLinger::new(Duration::from_secs(3600));
+        l.read(&sock, 2);
+        assert!(l.lingering());
+        // Far below the mark: the socket never turns readable, yet the
+        // gathered bytes are read.
+        broker.write_all(b"0123456789").await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while buf.len() < 10 {
+            assert!(std::time::Instant::now() < deadline, "nothing gathered");
+            match l.take(&sock, &mut buf).unwrap() {
+                Gathered::Bytes(_) => {}
+                Gathered::Nothing => {
+                    // Not there yet: back to lingering, as after a read.
+                    l.read(&sock, 2);
+                    tokio::task::yield_now().await;
+                }
+                Gathered::Closed => panic!("closed"),
+            }
+        }
+        assert_eq!(&buf[..], b"0123456789");
+        // Nothing more: the linger ends, the mark is down.
+        assert_eq!(l.take(&sock, &mut buf).unwrap(), Gathered::Nothing);
+        assert!(!l.lingering());
+        assert!(!l.mark_up);
+        drop(broker);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no end of stream");
+            if l.take(&sock, &mut buf).unwrap() == Gathered::Closed {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::acks::{AckQueue, Arrival, Inflight, Outcome};
-use super::linger::ReadLinger;
+use super::linger::{Gathered, ReadLinger};
 use super::stream::{BrokerStream, Connected};
 use super::{ExportState, Session, import_out, message_of};
 use crate::core::{ExportCmd, ImportCmd, Input};
@@ -329,7 +329,28 @@ async fn connected(
                 None => return ConnError::CoreGone,
             },
             () = st.queue.room(), if core_full && !owed => {}
-            () = linger.expired(), if linger.lingering() => linger.expire(&sock),
+            () = linger.expired(), if linger.lingering() => {
+                // TLS bytes go through the stream; with the core full,
+                // nothing is read: the mark goes down, reads resume later.
+                let take = if c.tls || !read_room {
+                    linger.expire(&sock);
+                    Ok(Gathered::Nothing)
+                } else {
+                    linger.take(&sock, &mut rbuf)
+                };
+                match take {
+                    Ok(Gathered::Bytes(_)) => {
+                        let _ = sock.set_tcp_quickack(true);
+                        match incoming(st, &mut c, &mut rbuf) {
+                            Ok(packets) => linger.read(&sock, packets),
+                            Err(e) => return e,
+                        }
+                    }
+                    Ok(Gathered::Nothing) => {}
+                    Ok(Gathered::Closed) => return ConnError::Closed,
+                    Err(e) => return e.into(),
+                }
+            }
             () = tokio::time::sleep_until(tick) => {
                 if c.ping_since.is_some() {
                     return ConnError::Timeout;
