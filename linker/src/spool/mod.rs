@@ -590,6 +590,13 @@ const GATHER_FROM: usize = 16;
 /// envelopes, the broker's 1,000 in flight).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Syncs at most this often while requests keep coming: a request that
+/// arrives sooner after the last sync waits out the rest, with whatever
+/// else arrives meanwhile. At a steady 3,800 QoS 1 msgs/s each dedupe mark
+/// came alone and had its own `fdatasync` (3,800 a second); now one covers
+/// about four. A request after a quiet spell is synced at once.
+const SYNC_GAP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Most messages the per-region oldest scan looks at.
 const OLDEST_SCAN: usize = 100_000;
 
@@ -645,6 +652,7 @@ pub fn run(
         reported = s.per_region().keys().cloned().collect();
     };
     let mut last_gauges = std::time::Instant::now();
+    let mut last_sync: Option<std::time::Instant> = None;
     gauges(&spool);
     while let Some(first) = cmds.blocking_recv() {
         let mut batch = vec![first];
@@ -662,6 +670,10 @@ pub fn run(
             // covers more requests (an fdatasync costs the same for 10
             // marks as for 500).
             std::thread::sleep(GATHER);
+            take(&mut batch);
+        } else if let Some(wait) = last_sync.and_then(|t| SYNC_GAP.checked_sub(t.elapsed())) {
+            // Steady traffic: not more than one sync per SYNC_GAP.
+            std::thread::sleep(wait);
             take(&mut batch);
         }
         let mut replies = Vec::new();
@@ -701,6 +713,7 @@ pub fn run(
             }
         }
         // Group commit: nothing is reported durable before this.
+        last_sync = Some(std::time::Instant::now());
         if let Err(e) = marks.sync() {
             warn!(error = %e, "dedupe marks sync failed");
         }

@@ -41,6 +41,10 @@ pub struct Dir {
     /// The segment being appended to, and appends not yet written to it.
     writer: Option<(u64, File)>,
     pending: Vec<u8>,
+    /// Whether anything was created or appended since the last sync (in
+    /// steady state only the dedupe marks are written: the spool's own
+    /// `fdatasync` of an unchanged segment was a second one per commit).
+    dirty: bool,
     /// Read handles.
     readers: BTreeMap<u64, File>,
 }
@@ -53,6 +57,7 @@ impl Dir {
             dir: dir.to_owned(),
             writer: None,
             pending: Vec::with_capacity(WRITE_BUFFER),
+            dirty: false,
             readers: BTreeMap::new(),
         })
     }
@@ -124,11 +129,13 @@ impl Storage for Dir {
         let f = File::create(self.path(n))?;
         self.readers.remove(&n);
         self.writer = Some((n, f));
+        self.dirty = true;
         Ok(())
     }
 
     fn append(&mut self, n: u64, bytes: &[u8]) -> io::Result<()> {
         self.writer(n)?;
+        self.dirty = true;
         self.pending.extend_from_slice(bytes);
         if self.pending.len() >= WRITE_BUFFER {
             self.flush()?;
@@ -137,9 +144,14 @@ impl Storage for Dir {
     }
 
     fn sync(&mut self, n: u64) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
         self.writer(n)?;
         self.flush()?;
-        self.writer(n)?.sync_data()
+        self.writer(n)?.sync_data()?;
+        self.dirty = false;
+        Ok(())
     }
 
     fn truncate(&mut self, n: u64, len: u64) -> io::Result<()> {
