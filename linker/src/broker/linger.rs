@@ -175,7 +175,11 @@ mod tests {
 
     /// A connected pair: the agent's end (and a duplicate of its
     /// descriptor, as the session has), and the broker's end.
-    async fn pair() -> (socket2::Socket, tokio::net::TcpStream, tokio::net::TcpStream) {
+    async fn pair() -> (
+        socket2::Socket,
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+    ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
