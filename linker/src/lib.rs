@@ -64,8 +64,8 @@
 //!   load, now 23 MB), and what the session hands the core is counted in
 //!   messages ([`core::CoreQueue`]).
 //! - **What is left is wake-ups**: with the brokers out of the way
-//!   (`mqlink bench --pair`) two agents carry 990 k msgs/s at QoS 0 for
-//!   0.55-0.6 µs of CPU per message each; beside real brokers, with
+//!   (`mqlink bench --pair`) two agents carry 1 M msgs/s at QoS 0 for
+//!   0.5-0.6 µs of CPU per message each; beside real brokers, with
 //!   messages arriving evenly (the bench paces publishers on a `timerfd`;
 //!   it used to send a millisecond's worth at once, which batched for
 //!   free), each message at a moderate rate is a wake-up of each agent:
