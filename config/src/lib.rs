@@ -58,7 +58,7 @@
 //! spool:
 //!   dir: /var/lib/mqlink          # default
 //!   max_bytes: 1GiB               # default; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB
-//!   max_age: 24h                  # default; units ms, s, m, h, d (e.g. 1h30m)
+//!   max_age: 24h                  # default; units us, ms, s, m, h, d (e.g. 1h30m)
 //!   full: block                   # default; or drop-oldest (counted `spool_full`)
 //! dns:
 //!   servers: ["10.0.0.2"]         # default: the system's resolvers (/etc/resolv.conf, /etc/hosts)

@@ -62,8 +62,8 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// Parse a duration: one or more `<number><unit>` parts, units `ms`, `s`,
-/// `m`, `h`, `d`; e.g. `500ms`, `30s`, `1h30m`, `24h`, `7d`.
+/// Parse a duration: one or more `<number><unit>` parts, units `us`, `ms`,
+/// `s`, `m`, `h`, `d`; e.g. `200us`, `500ms`, `30s`, `1h30m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let expected = || {
         format!(
