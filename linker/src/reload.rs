@@ -81,41 +81,24 @@ impl Plan {
         if self.is_empty() {
             return "no change".to_owned();
         }
-        let mut parts = Vec::new();
-        let list = |v: &[RegionName]| {
+        fn join<T: ToString>(v: &[T], sep: &str) -> String {
             v.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if !self.added.is_empty() {
-            parts.push(format!("links added: {}", list(&self.added)));
+                .join(sep)
         }
-        if !self.removed.is_empty() {
-            parts.push(format!("links removed: {}", list(&self.removed)));
-        }
-        if !self.changed.is_empty() {
-            parts.push(format!("links changed: {}", list(&self.changed)));
-        }
-        let filters = |v: &[TopicFilter]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        if !self.subscribe.is_empty() {
-            parts.push(format!(
-                "static interest added: {}",
-                filters(&self.subscribe)
-            ));
-        }
-        if !self.unsubscribe.is_empty() {
-            parts.push(format!(
-                "static interest removed: {}",
-                filters(&self.unsubscribe)
-            ));
-        }
-        parts.join("; ")
+        [
+            ("links added", join(&self.added, ", ")),
+            ("links removed", join(&self.removed, ", ")),
+            ("links changed", join(&self.changed, ", ")),
+            ("static interest added", join(&self.subscribe, " ")),
+            ("static interest removed", join(&self.unsubscribe, " ")),
+        ]
+        .into_iter()
+        .filter(|(_, what)| !what.is_empty())
+        .map(|(label, what)| format!("{label}: {what}"))
+        .collect::<Vec<_>>()
+        .join("; ")
     }
 }
 
