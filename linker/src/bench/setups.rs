@@ -71,10 +71,9 @@ pub struct Setup {
 
 /// The brokers as watched processes: `broker` alone, else `broker a`,
 /// `broker b` (publishers' first).
-fn brokers_watched<B: std::borrow::Borrow<LocalBroker>>(brokers: &[B]) -> Vec<Watched> {
+fn brokers_watched<'a>(brokers: impl ExactSizeIterator<Item = &'a LocalBroker>) -> Vec<Watched> {
     let one = brokers.len() == 1;
     brokers
-        .iter()
         .zip(["a", "b", "c", "d"])
         .filter_map(|(b, tag)| {
             Some(Watched {
@@ -83,7 +82,7 @@ fn brokers_watched<B: std::borrow::Borrow<LocalBroker>>(brokers: &[B]) -> Vec<Wa
                 } else {
                     format!("broker {tag}")
                 },
-                pid: b.borrow().pid()?,
+                pid: b.pid()?,
             })
         })
         .collect()
@@ -204,7 +203,7 @@ impl Setup {
                     publish: addr(brokers.first()),
                     subscribe: addr(brokers.last()),
                 },
-                watched: brokers_watched(&brokers),
+                watched: brokers_watched(brokers.iter()),
                 metrics: Vec::new(),
                 brokers,
                 agents: Vec::new(),
@@ -243,7 +242,7 @@ impl Setup {
             free_udp_port().map_err(failed("free port"))?,
         );
         let mut agents = Vec::new();
-        let mut watched = brokers_watched(&[&a, &b]);
+        let mut watched = brokers_watched([&a, &b].into_iter());
         let mut metrics_ports = Vec::new();
         for (region, peer, quic, peer_quic, broker) in
             [("a", "b", qa, qb, a.port()), ("b", "a", qb, qa, b.port())]

@@ -299,10 +299,11 @@ async fn connected(
                 Err(e) => return e.into(),
             },
             r = read(&mut rd, &sock, &mut rbuf), if read_room => match r {
-                Ok(()) => match incoming(st, &mut c, &mut rbuf) {
-                    Ok(packets) => linger.read(&sock, packets),
-                    Err(e) => return e,
-                },
+                Ok(()) => {
+                    if let Err(e) = took(st, &mut c, &mut rbuf, (&mut linger, &sock)) {
+                        return e;
+                    }
+                }
                 Err(e) => return e,
             },
             permit = ch.core.reserve(), if !st.notify.is_empty() => match permit {
@@ -341,9 +342,8 @@ async fn connected(
                 match take {
                     Ok(Gathered::Bytes(_)) => {
                         let _ = sock.set_tcp_quickack(true);
-                        match incoming(st, &mut c, &mut rbuf) {
-                            Ok(packets) => linger.read(&sock, packets),
-                            Err(e) => return e,
+                        if let Err(e) = took(st, &mut c, &mut rbuf, (&mut linger, &sock)) {
+                            return e;
                         }
                     }
                     Ok(Gathered::Nothing) => {}
@@ -406,6 +406,20 @@ async fn read(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a read brought: its packets handled, and the linger told how
+/// many (whether the read came through the stream or straight from the
+/// socket when a linger ran out).
+fn took(
+    st: &mut State,
+    c: &mut Conn,
+    buf: &mut BytesMut,
+    (linger, sock): (&mut ReadLinger, &socket2::Socket),
+) -> Result<(), ConnError> {
+    let packets = incoming(st, c, buf)?;
+    linger.read(sock, packets);
+    Ok(())
 }
 
 /// Every whole packet in `buf`; how many there were.

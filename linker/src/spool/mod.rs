@@ -665,14 +665,18 @@ pub fn run(
             }
         };
         take(&mut batch);
-        if batch.len() >= GATHER_FROM {
-            // Under load: let the group grow for a moment, so one sync
-            // covers more requests (an fdatasync costs the same for 10
-            // marks as for 500).
-            std::thread::sleep(GATHER);
-            take(&mut batch);
-        } else if let Some(wait) = last_sync.and_then(|t| SYNC_GAP.checked_sub(t.elapsed())) {
-            // Steady traffic: not more than one sync per SYNC_GAP.
+        // Let the group grow for a moment, so one sync covers more
+        // requests (an fdatasync costs the same for 10 marks as for 500):
+        // under load for GATHER, under steady traffic until SYNC_GAP has
+        // passed since the last sync.
+        let wait = if batch.len() >= GATHER_FROM {
+            GATHER
+        } else {
+            last_sync.map_or(std::time::Duration::ZERO, |t| {
+                SYNC_GAP.saturating_sub(t.elapsed())
+            })
+        };
+        if !wait.is_zero() {
             std::thread::sleep(wait);
             take(&mut batch);
         }
