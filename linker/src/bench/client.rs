@@ -271,10 +271,12 @@ pub async fn publish(
             return Ok(sent);
         }
         let waiting_for_schedule = wbuf.is_empty() && sent < limit && sent >= due;
-        if waiting_for_schedule {
+        if waiting_for_schedule && !pace.armed() {
             // Precisely, not at tokio's millisecond ticks (which sent a
             // rate as bursts of a millisecond's worth), but at most every
             // PACE_MIN: the load generator shares the CPU it measures.
+            // Armed once per wait (a read in between, a PUBACK, leaves
+            // it be: a timer that fires early only turns the loop).
             let next_due = plan.rate.map_or(start, |r| {
                 start + Duration::from_secs_f64((sent as f64) / r)
             });
