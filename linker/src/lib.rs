@@ -68,12 +68,17 @@
 //!   0.5-0.6 µs of CPU per message each; beside real brokers, with
 //!   messages arriving evenly (the bench paces publishers on a `timerfd`;
 //!   it used to send a millisecond's worth at once, which batched for
-//!   free), each message at a moderate rate is a wake-up of each agent:
-//!   36-40 µs per message and agent at 3,800 msgs/s, 7-8.5 at 38,000, a
-//!   third of it the kernel's context switch and the wake-up of the next
-//!   process on this virtual machine (Mosquitto pays the same: 15 µs per
-//!   message and broker at 3,800 msgs/s). A task that does not read does
-//!   not help: the readable socket wakes the thread anyway.
+//!   free), every process in the path sleeps between messages, and a
+//!   wake-up is most of the bill (`bench --compare` counts them: each
+//!   agent's voluntary context switches per message). At 38,000 msgs/s
+//!   brokers and agents alike wake about once per four messages and pay
+//!   22-30 µs a time (8.3 / 7.2 µs per message on the agents, 6.4-7.4 on
+//!   the brokers); at 3,800 msgs/s each message is a wake-up, 37 µs on an
+//!   agent against 13-17 on a broker. A third of it is the kernel's
+//!   context switch on this virtual machine, the rest our code and its
+//!   dependencies with cold caches (the CPU figures, from `/proc`'s
+//!   ticks, agree with `schedstat`'s nanoseconds). A task that does not
+//!   read does not help: the readable socket wakes the thread anyway.
 //!   **`broker.batch_delay`** ([`broker::linger`]) asks the kernel
 //!   instead (`SO_RCVLOWAT`): where traffic is dense, messages gather in
 //!   the socket for up to the delay ([`timer`]: a `timerfd`, so under a

@@ -216,22 +216,26 @@ async fn probe(
 }
 
 /// The CPU column: the whole path's CPU per delivered message (brokers
-/// and agents; the bench's own clients not counted), then each agent's.
+/// and agents; the bench's own clients not counted), then each agent's,
+/// and each agent's wake-ups per message (what most of its CPU at a
+/// moderate rate pays for).
 fn cpu_column(cpu: &[CpuCost]) -> String {
     if cpu.is_empty() {
         return "-".to_owned();
     }
     let path: f64 = cpu.iter().map(|c| c.us_per_msg).sum();
-    let agents: Vec<String> = cpu
-        .iter()
-        .filter(|c| c.name.starts_with("agent"))
-        .map(|c| format!("{} {:.1}", c.name, c.us_per_msg))
-        .collect();
+    let agents: Vec<&CpuCost> = cpu.iter().filter(|c| c.name.starts_with("agent")).collect();
     if agents.is_empty() {
-        format!("path {path:.1} µs")
-    } else {
-        format!("path {path:.1} µs ({} µs)", agents.join(", "))
+        return format!("path {path:.1} µs");
     }
+    let list = |f: &dyn Fn(&CpuCost) -> String| -> String {
+        agents.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "path {path:.1} µs ({} µs; wake-ups {})",
+        list(&|c| format!("{} {:.1}", c.name, c.us_per_msg)),
+        list(&|c| format!("{:.2}", c.wakeups_per_msg)),
+    )
 }
 
 /// `a / b`, or nothing when `b` is 0.
@@ -356,10 +360,11 @@ impl Comparison {
 mod tests {
     use super::*;
 
-    fn cost(name: &str, us: f64) -> CpuCost {
+    fn cost(name: &str, us: f64, wakeups: f64) -> CpuCost {
         CpuCost {
             name: name.into(),
             us_per_msg: us,
+            wakeups_per_msg: wakeups,
             rss_mb: 0.0,
             peak_rss_mb: 0.0,
         }
@@ -368,16 +373,16 @@ mod tests {
     #[test]
     fn the_cpu_column_sums_the_path_and_names_the_agents() {
         assert_eq!(cpu_column(&[]), "-");
-        assert_eq!(cpu_column(&[cost("broker", 4.6)]), "path 4.6 µs");
+        assert_eq!(cpu_column(&[cost("broker", 4.6, 0.5)]), "path 4.6 µs");
         let mqlink = [
-            cost("broker a", 7.0),
-            cost("broker b", 6.5),
-            cost("agent a", 8.0),
-            cost("agent b", 7.4),
+            cost("broker a", 7.0, 0.5),
+            cost("broker b", 6.5, 0.5),
+            cost("agent a", 8.0, 0.291),
+            cost("agent b", 7.4, 0.28),
         ];
         assert_eq!(
             cpu_column(&mqlink),
-            "path 28.9 µs (agent a 8.0, agent b 7.4 µs)"
+            "path 28.9 µs (agent a 8.0, agent b 7.4 µs; wake-ups 0.29, 0.28)"
         );
     }
 }

@@ -49,6 +49,10 @@ pub struct CpuCost {
     pub name: String,
     /// Microseconds of CPU (user + system) per delivered message.
     pub us_per_msg: f64,
+    /// Times per delivered message one of its threads went to sleep and
+    /// was woken again (voluntary context switches): at a moderate rate
+    /// most of the CPU per message is these, not the work itself.
+    pub wakeups_per_msg: f64,
     /// Its resident memory at the end, MB.
     pub rss_mb: f64,
     /// Its peak resident memory, MB.
@@ -101,7 +105,12 @@ impl RunReport {
         let cpu: Vec<String> = self
             .cpu
             .iter()
-            .map(|c| format!("{} {:.1} µs/msg", c.name, c.us_per_msg))
+            .map(|c| {
+                format!(
+                    "{} {:.1} µs/msg ({:.2} wake-ups)",
+                    c.name, c.us_per_msg, c.wakeups_per_msg
+                )
+            })
             .collect();
         format!(
             "{}: {} delivered in {:.2} s = {} msgs/s; lost {} ({:.2} %), duplicated {}, reordered {}; latency p50 {:.3} / p99 {:.3} / max {:.1} ms{}{}",
@@ -143,21 +152,54 @@ pub fn stat_cpu(path: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// CPU time (user + system) of a process and its resident memory (now,
-/// peak), from `/proc`; `None` where that cannot be read. Linux counts
-/// CPU in ticks of `USER_HZ`, 100 on every mainstream configuration.
-pub fn proc_usage(pid: u32) -> Option<(Duration, u64, u64)> {
+/// What a watched process had used at one moment, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// CPU time (user + system). Linux counts it in ticks of `USER_HZ`,
+    /// 100 on every mainstream configuration.
+    pub cpu: Duration,
+    /// Voluntary context switches of all its threads: each is a sleep
+    /// (on a socket, a timer, a lock) and the wake-up after it.
+    pub wakeups: u64,
+    /// Resident memory now, bytes.
+    pub rss: u64,
+    /// Peak resident memory, bytes.
+    pub peak_rss: u64,
+}
+
+/// A process's [`Usage`]; `None` where `/proc` cannot tell (it is gone).
+pub fn proc_usage(pid: u32) -> Option<Usage> {
     let cpu = stat_cpu(&format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let kb = |key: &str| status_field(&status, key).unwrap_or(0);
+    Some(Usage {
+        cpu,
+        wakeups: wakeups(pid),
+        rss: kb("VmRSS:") * 1024,
+        peak_rss: kb("VmHWM:") * 1024,
+    })
+}
+
+/// The first number after `key` in a `/proc/.../status` text.
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Voluntary context switches summed over the threads of `pid` (the
+/// process's own `status` counts only its main thread).
+fn wakeups(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
     };
-    Some((cpu, kb("VmRSS:") * 1024, kb("VmHWM:") * 1024))
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| status_field(&s, "voluntary_ctxt_switches:"))
+        .sum()
 }
 
 /// Run `w` against `at`, naming the result `setup`; the CPU time of
@@ -233,8 +275,7 @@ pub async fn run(
     }
 
     // The measured run.
-    let before: Vec<Option<(Duration, u64, u64)>> =
-        watched.iter().map(|p| proc_usage(p.pid)).collect();
+    let before: Vec<Option<Usage>> = watched.iter().map(|p| proc_usage(p.pid)).collect();
     let start_ns = clock.now_ns();
     let per = |total: u64, i: u32| {
         total / u64::from(w.publishers) + u64::from(u64::from(i) < total % u64::from(w.publishers))
@@ -307,8 +348,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let after: Vec<Option<(Duration, u64, u64)>> =
-        watched.iter().map(|p| proc_usage(p.pid)).collect();
+    let after: Vec<Option<Usage>> = watched.iter().map(|p| proc_usage(p.pid)).collect();
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         t.abort();
@@ -329,12 +369,14 @@ pub async fn run(
         .iter()
         .zip(before.iter().zip(&after))
         .filter_map(|(p, (b, a))| {
-            let ((b, _, _), (a, rss, peak)) = ((*b)?, (*a)?);
+            let (b, a) = ((*b)?, (*a)?);
+            let per_msg = |x: f64| x / (delivered.max(1) as f64);
             Some(CpuCost {
                 name: p.name.clone(),
-                us_per_msg: (a - b).as_secs_f64() * 1e6 / (delivered.max(1) as f64),
-                rss_mb: rss as f64 / 1e6,
-                peak_rss_mb: peak as f64 / 1e6,
+                us_per_msg: per_msg(a.cpu.saturating_sub(b.cpu).as_secs_f64() * 1e6),
+                wakeups_per_msg: per_msg(a.wakeups.saturating_sub(b.wakeups) as f64),
+                rss_mb: a.rss as f64 / 1e6,
+                peak_rss_mb: a.peak_rss as f64 / 1e6,
             })
         })
         .collect();
@@ -359,4 +401,29 @@ pub async fn run(
         },
         cpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn this_thread_wakeups() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        status_field(&status, "voluntary_ctxt_switches:").unwrap()
+    }
+
+    #[test]
+    fn wakeups_count_every_sleep_of_every_thread() {
+        let before = this_thread_wakeups();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mine = this_thread_wakeups();
+        assert!(mine >= before + 5, "{before} -> {mine}");
+        // The process's sum covers this thread and any others.
+        assert!(wakeups(std::process::id()) >= mine);
+        let u = proc_usage(std::process::id()).unwrap();
+        assert!(u.wakeups >= mine && u.rss > 0 && u.peak_rss >= u.rss);
+    }
 }
