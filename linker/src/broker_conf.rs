@@ -306,9 +306,7 @@ mod tests {
     use super::*;
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("mqlink-broker-conf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = crate::scratch::dir(&format!("mqlink-broker-conf-{name}")).unwrap();
         std::fs::create_dir_all(d.join("conf.d")).unwrap();
         let f = d.join("mosquitto.conf");
         std::fs::write(&f, text.replace("@D@", &d.display().to_string())).unwrap();

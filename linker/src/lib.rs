@@ -37,6 +37,8 @@
 //! - [`relay`]: a UDP relay that cuts a link between live agents (demo, tests).
 //! - [`reload`]: what a reload (SIGHUP, `ctl reload`) may change, and its plan.
 //! - [`run`]: `mqlink run`: one agent wired together ([`run::start`]).
+//! - [`scratch`]: throw-away directories under the temp dir (tests), the
+//!   stale ones of finished processes swept.
 //! - [`timer`]: a one-shot timer with microsecond precision (`timerfd`),
 //!   for the read linger and the bench's paced publishers.
 //!
@@ -110,6 +112,7 @@ pub mod plugin_feed;
 pub mod relay;
 pub mod reload;
 pub mod run;
+pub mod scratch;
 pub mod spool;
 pub mod timer;
 pub mod tls;

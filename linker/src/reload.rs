@@ -177,8 +177,10 @@ mod tests {
     use super::*;
 
     fn cfg(text: &str) -> RegionConfig {
-        let dir = std::env::temp_dir().join(format!("mqlink-reload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // One directory per process: relative paths resolve against it,
+        // so two configs compare equal where their text does.
+        static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| crate::scratch::dir("mqlink-reload").unwrap());
         let file = dir.join("a.yaml");
         std::fs::write(&file, text).unwrap();
         mqlink_config::load(&file).unwrap()

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,13 +25,7 @@ fn examples() -> Vec<PathBuf> {
 
 /// A fresh directory holding copies of the example files, so a test can break one.
 fn scratch() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mqlink-check-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = mqlink::scratch::dir("mqlink-check").unwrap();
     for f in examples() {
         std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
     }

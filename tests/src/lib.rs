@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: a failure should panic
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -28,16 +27,9 @@ use tokio::sync::mpsc;
 pub mod procs;
 
 /// A fresh scratch directory under the system temp dir.
+/// (Those of earlier test processes that are gone are removed.)
 pub fn scratch(name: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mqlink-e2e-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    mqlink::scratch::dir(&format!("mqlink-e2e-{name}")).unwrap()
 }
 
 /// A CA and a certificate for each of `names` in `dir/certs` (returned).

@@ -277,7 +277,7 @@ impl ProcFederation {
     /// Peak resident memory (VmHWM) of `region`'s agent process, in bytes.
     pub fn agent_peak_rss(&self, region: &str) -> Option<u64> {
         let pid = self.regions.get(region)?.agent.as_ref()?.id();
-        mqlink::bench::run::proc_usage(pid).map(|(_, _, peak)| peak)
+        mqlink::bench::run::proc_usage(pid).map(|u| u.peak_rss)
     }
 
     /// A test client on `region`'s broker.
@@ -317,7 +317,7 @@ impl AgentProc {
     /// `None` where that cannot be read. Linux reports it in clock ticks of
     /// `USER_HZ`, which is 100 on every mainstream kernel configuration.
     pub fn cpu_time(&self) -> Option<Duration> {
-        mqlink::bench::run::proc_usage(self.id()).map(|(cpu, _, _)| cpu)
+        mqlink::bench::run::proc_usage(self.id()).map(|u| u.cpu)
     }
 }
 

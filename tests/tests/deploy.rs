@@ -117,8 +117,7 @@ fn the_dashboard_queries_only_metrics_the_agent_exports() {
 #[test]
 fn the_kubernetes_manifests_parse_and_their_configs_pass_check() {
     let dir = root().join("deploy/kubernetes");
-    let scratch = std::env::temp_dir().join(format!("mqlink-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch = mqlink::scratch::dir("mqlink-deploy").unwrap();
     let mut configs = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

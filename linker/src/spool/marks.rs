@@ -292,9 +292,7 @@ mod tests {
     use mqlink_proto::dedupe::Seen;
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("mqlink-marks-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+        crate::scratch::dir(&format!("mqlink-marks-{name}")).unwrap()
     }
 
     fn mark(node: &str, epoch: u64, seq: u64) -> Mark {

@@ -824,9 +824,7 @@ mod tests {
     }
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("mqlink-spool-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+        crate::scratch::dir(&format!("mqlink-spool-{name}")).unwrap()
     }
 
     #[test]
