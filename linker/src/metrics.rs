@@ -34,6 +34,7 @@
 //! | `mqlink_spool_corrupt_records_total` | | spool records skipped for a bad checksum |
 //! | `mqlink_handshake_failures_total` | | refused TLS handshakes and identities |
 //! | `mqlink_broker_subscribe_failures_total` | | export (un)subscriptions the local broker refused in its SUBACK / UNSUBACK |
+//! | `mqlink_broker_dropping_total` | | times the local broker (Mosquitto, `interest.dynamic: mosquitto`) logged that it started dropping messages queued for this agent: they were lost before the agent saw them |
 //! | `mqlink_certificate_expiry_days` | | whole days until the agent's certificate expires (a warning is logged under 30) |
 //!
 //! The protocol core keeps plain counters ([`mqlink_proto::Stats`]); a

@@ -29,6 +29,12 @@
 //!   expired them (`Expiring client <id> due to timeout.`).
 //! - Client ids containing spaces are not supported (the log is
 //!   space-separated).
+//!
+//! The same notices say when the broker starts dropping messages queued
+//! for a client beyond its limits (`Outgoing messages are being dropped
+//! for client <id>.`, once per episode: [`dropping_client`]): for the
+//! agent's own client, that is QoS >= 1 traffic the broker acknowledged
+//! to its publishers and then lost before the agent could take it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,6 +80,11 @@ impl LogFollower {
             own_client: own_client.to_owned(),
             clients: BTreeMap::new(),
         }
+    }
+
+    /// The agent's own client id.
+    pub fn own_client(&self) -> &str {
+        &self.own_client
     }
 
     /// Take one log message (topic and payload); returns interest changes.
@@ -204,6 +215,17 @@ impl LogFollower {
     }
 }
 
+/// The client id in a broker log line saying it started dropping
+/// messages queued for that client (Mosquitto 2.x, `max_queued_messages`
+/// or `max_queued_bytes` reached; logged once until the queue drains), if
+/// it is one.
+pub fn dropping_client(line: &str) -> Option<&str> {
+    let rest = line
+        .split_once("Outgoing messages are being dropped for client ")?
+        .1;
+    rest.trim_end().strip_suffix('.')
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -309,5 +331,26 @@ mod tests {
         // Garbage is ignored.
         assert!(l.handle_line(sub, "no colon").is_empty());
         assert!(l.handle_line(sub, "1: dev45 1 a/#/b").is_empty());
+    }
+
+    #[test]
+    fn names_the_client_the_broker_drops_for() {
+        // As Mosquitto 2.0.11 published it on `$SYS/broker/log/N` when the
+        // agent's queue overflowed (`mqlink bench --compare --qos 1`).
+        let line = "1796263908: Outgoing messages are being dropped for client mqlink-bench-a.";
+        assert_eq!(dropping_client(line), Some("mqlink-bench-a"));
+        assert_eq!(
+            dropping_client("1796263909: Client x closed its connection."),
+            None
+        );
+        assert_eq!(
+            dropping_client("1: Outgoing messages are being dropped for client x"),
+            None,
+            "a line cut short is not taken"
+        );
+        assert_eq!(
+            LogFollower::new("mqlink-bench-a").own_client(),
+            "mqlink-bench-a"
+        );
     }
 }

@@ -59,6 +59,12 @@ pub struct Options {
     /// Regions whose admin API listens on every address (0.0.0.0), so
     /// it takes mutual TLS only.
     pub admin_any: Vec<String>,
+    /// Agents follow their broker's log (`dynamic: mosquitto`) on brokers
+    /// without the plugin.
+    pub follow_log: bool,
+    /// Lines appended to every broker's configuration (they override the
+    /// test brokers' defaults: Mosquitto takes the last value).
+    pub broker_extra: String,
 }
 
 /// The `mqlink` binary next to the test binary (`target/<profile>/mqlink`;
@@ -134,7 +140,7 @@ impl ProcFederation {
             } else if opts.persistent_brokers {
                 LocalBroker::mosquitto_persistent(&dir, r)?
             } else {
-                LocalBroker::mosquitto(&dir, r)?
+                LocalBroker::mosquitto_with(&dir, r, &opts.broker_extra)?
             };
             let statics: Vec<String> = interest
                 .iter()
@@ -157,7 +163,7 @@ impl ProcFederation {
                 broker.port(),
                 quic[r],
                 metrics_port,
-                if opts.interest_plugin {
+                if opts.interest_plugin || opts.follow_log {
                     "mosquitto"
                 } else {
                     "none"

@@ -459,3 +459,56 @@ async fn a_long_link_cut_fills_the_spool_and_loses_nothing() {
     assert_eq!(duplicates, 0);
     fed.stop().await;
 }
+
+/// Past its queue limit a broker drops what it queued for the agent and
+/// tells no publisher (here: the link cut, the agent's in-flight window
+/// and the broker's queue kept tiny). The agent follows the broker's log
+/// and counts the broker's notice (`mqlink_broker_dropping_total`), so
+/// that loss shows where an operator looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_dropping_for_the_agent_is_counted() {
+    const DROPPING: &str = "mqlink_broker_dropping_total";
+    let opts = Options {
+        relays: true,
+        follow_log: true,
+        broker_extra: "max_inflight_messages 10\nmax_queued_messages 10\n".into(),
+        ..Options::default()
+    };
+    let fed = ProcFederation::start_with(
+        "broker-drops",
+        &["a", "b"],
+        &[("a", "b", 10)],
+        &[("b", "t/#"), ("b", "probe/#")],
+        &opts,
+    )
+    .unwrap();
+    let (publ, _sub) = clients(&fed, "b", QoS::AtLeastOnce).await;
+    let before = fed.metric("a", DROPPING).await.unwrap_or(0.0);
+    assert_eq!(before, 0.0, "nothing dropped while the link is up");
+    fed.relays["a-b"].cut();
+    // More than the window, the spool (its default size takes them all,
+    // but only once the cut is noticed) and the queue can take at once.
+    for i in 0..3000u64 {
+        publ.inner
+            .publish(
+                format!("t/{}", i % 10),
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(i.to_string()),
+            )
+            .await
+            .unwrap();
+    }
+    let mut counted = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && counted < 1.0 {
+        counted = fed.metric("a", DROPPING).await.unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counted >= 1.0,
+        "the broker's drops were not counted ({counted})"
+    );
+    fed.relays["a-b"].restore();
+    fed.stop().await;
+}

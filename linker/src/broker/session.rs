@@ -33,7 +33,7 @@ use super::linger::{Gathered, ReadLinger};
 use super::stream::{BrokerStream, Connected};
 use super::{ExportState, Session, import_out, message_of};
 use crate::core::{ExportCmd, ImportCmd, Input};
-use crate::mosquitto::{Change, LOG_TOPICS, LogFollower};
+use crate::mosquitto::{Change, LOG_TOPICS, LogFollower, dropping_client};
 use crate::mqtt::codec::{self, AckKind, CodecError, Incoming, Publish, Subscription};
 use crate::plugin_feed::{EXPIRED_TOPIC, PLUGIN_TOPIC, PluginFeed, SYNC_TOPIC, expired_client};
 
@@ -550,6 +550,18 @@ fn publish(st: &mut State, c: &mut Conn, p: Publish) {
         let Ok(line) = std::str::from_utf8(&p.payload) else {
             return;
         };
+        if let Some(f) = st.follower.as_ref()
+            && dropping_client(line) == Some(f.own_client())
+        {
+            // Lost before we could take it: counted here, since nobody
+            // else will (the broker's own counter is global).
+            metrics::counter!("mqlink_broker_dropping_total").increment(1);
+            warn!(
+                client = f.own_client(),
+                "the broker is dropping messages queued for this agent (its \
+                 max_queued_messages / max_queued_bytes): publishers outrun the federation"
+            );
+        }
         if st.plugin.active() {
             // The plugin holds the table; the log only says when an
             // offline session expired, which the plugin cannot see.
