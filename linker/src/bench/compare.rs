@@ -52,6 +52,10 @@ pub struct SetupResult {
     /// The agents' own drops during the workload's run, by reason
     /// (mqlink only): where the lost messages went.
     pub agent_drops: Vec<(String, f64)>,
+    /// Times a broker started dropping what it queued for its agent
+    /// during the run (mqlink only; `mqlink_broker_dropping_total`, from
+    /// Mosquitto's log notice, once per episode).
+    pub broker_dropping: f64,
 }
 
 /// The whole comparison.
@@ -126,6 +130,7 @@ async fn measure(
 ) -> Result<SetupResult, BenchError> {
     let name = setup.kind.name();
     let drops_before = super::setups::drops(&setup.metrics).await;
+    let dropping_before = super::setups::broker_dropping(&setup.metrics).await;
     let report = run(
         name,
         &setup.at,
@@ -136,6 +141,7 @@ async fn measure(
     .await?;
     say(&report.line());
     let mut agent_drops = Vec::new();
+    let mut broker_dropping = 0.0;
     if !setup.metrics.is_empty() {
         // The agents copy their counters to the recorder every second.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -150,12 +156,20 @@ async fn measure(
             .iter()
             .map(|(r, n)| format!("{r} {}", group(*n)))
             .collect();
+        broker_dropping = super::setups::broker_dropping(&setup.metrics).await - dropping_before;
         say(&format!(
-            "  {name}: the agents dropped: {}",
+            "  {name}: the agents dropped: {}{}",
             if said.is_empty() {
                 "nothing".to_owned()
             } else {
                 said.join(", ")
+            },
+            if broker_dropping > 0.0 {
+                "; a broker dropped what it had queued for its agent \
+                 (Mosquitto's notice, mqlink_broker_dropping_total): \
+                 the publishers outran the path for longer than its queue covers"
+            } else {
+                ""
             }
         ));
     }
@@ -164,6 +178,7 @@ async fn measure(
         max_lossless: None,
         probes: Vec::new(),
         agent_drops,
+        broker_dropping,
         run: report,
     };
     if opts.max_lossless {

@@ -141,6 +141,19 @@ pub async fn drops(ports: &[u16]) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
+/// The agents' `mqlink_broker_dropping_total`, summed.
+pub async fn broker_dropping(ports: &[u16]) -> f64 {
+    let mut sum = 0.0;
+    for port in ports {
+        sum += scrape_labeled(*port, "mqlink_broker_dropping_total")
+            .await
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>();
+    }
+    sum
+}
+
 /// Every sample of metric `name` with its labels (`{...}`, or empty).
 async fn scrape_labeled(port: u16, name: &str) -> Vec<(String, f64)> {
     let Some(body) = metrics_text(port).await else {
