@@ -96,16 +96,54 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LocalBrokerError {
 
 /// A TCP port free on 127.0.0.1 (for a broker, a metrics endpoint).
 pub fn free_port() -> Result<u16, LocalBrokerError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(l.local_addr().map_err(io("finding a free port"))?.port())
+    pick_port(|port| TcpListener::bind(("127.0.0.1", port))?.local_addr())
+        .map_err(io("finding a free port"))
 }
 
 /// A UDP port free on 127.0.0.1 (for an agent's QUIC endpoint).
 pub fn free_udp_port() -> Result<u16, LocalBrokerError> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free UDP port"))?;
-    Ok(s.local_addr()
-        .map_err(io("finding a free UDP port"))?
-        .port())
+    pick_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port))?.local_addr())
+        .map_err(io("finding a free UDP port"))
+}
+
+/// A port that `bind` (given a port, 0 for any, it returns the address it
+/// bound) can take now, chosen
+/// below the kernel's ephemeral range where there is room for it: a
+/// broker or an agent restarted on the port it had finds it free again,
+/// where a port from the ephemeral range may meanwhile have become the
+/// local end of some other connection (`Address already in use`). Where
+/// the range leaves no room, the kernel picks (port 0).
+fn pick_port(bind: impl Fn(u16) -> std::io::Result<std::net::SocketAddr>) -> std::io::Result<u16> {
+    const LOW: u16 = 10_000;
+    let high = ephemeral_low().unwrap_or(LOW);
+    if high > LOW + 1_000 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let span = u32::from(high - LOW);
+        // A different start in every process (tests run side by side),
+        // then on through the range.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for _ in 0..64 {
+            let n = NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed);
+            let port = LOW + u16::try_from(seed.wrapping_add(n) % span).unwrap_or(0);
+            if bind(port).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(bind(0)?.port())
+}
+
+/// The low end of the kernel's ephemeral port range (Linux).
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn wait_listening(port: u16, mut alive: impl FnMut() -> bool) -> Result<(), LocalBrokerError> {
@@ -395,5 +433,29 @@ impl Drop for LocalBroker {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_can_be_bound() {
+        let (a, b) = (free_port().unwrap(), free_port().unwrap());
+        assert_ne!(
+            a, b,
+            "one process does not get the same port twice in a row"
+        );
+        if let Some(low) = ephemeral_low().filter(|l| *l > 11_000) {
+            assert!((10_000..low).contains(&a) && (10_000..low).contains(&b));
+        }
+        TcpListener::bind(("127.0.0.1", a)).unwrap();
+        let u = free_udp_port().unwrap();
+        std::net::UdpSocket::bind(("127.0.0.1", u)).unwrap();
+        // Where the range leaves no room, the kernel picks.
+        let any = pick_port(|_| Err(std::io::ErrorKind::AddrInUse.into()));
+        assert!(any.is_err(), "nothing bindable is an error, not a port");
     }
 }
