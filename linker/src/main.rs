@@ -408,6 +408,9 @@ fn log_reload(outcome: &Result<mqlink::reload::Plan, mqlink::reload::ReloadError
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     logging("info,quinn=warn,rumqttc=warn");
     let cfg = mqlink_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Before any thread starts: they inherit it.
+    let sched = mqlink::sched::prefer_batch(mqlink::sched::opted_out());
+    tracing::debug!(?sched, "scheduling policy");
     let rt = agent_runtime().context("starting the runtime")?;
     rt.block_on(async {
         mqlink::metrics::install(cfg.listen.metrics)?;
