@@ -79,7 +79,7 @@
 //!   broker) no longer preempts it halfway through its turn, nor it them.
 //!   Agents A / B at 3,800 msgs/s 40.5 / 35.3 -> 32.1 / 30.5 µs per
 //!   message, p50 0.141 -> 0.125 ms; QoS 1 flat out 0.79-0.81x ->
-//!   0.97-0.99x the bridge's rate.
+//!   0.97-1.04x the bridge's rate (five runs).
 //! - **What is left is wake-ups**: with the brokers out of the way
 //!   (`mqlink bench --pair`) two agents carry 1 M msgs/s at QoS 0 for
 //!   0.5-0.6 µs of CPU per message each; beside real brokers, with

@@ -12,7 +12,8 @@
 //! there is one. Measured with `mqlink bench --compare` on 2 cores
 //! (agents A / B, µs of CPU per message): 40.5 / 35.3 -> 32.1 / 30.5 at
 //! 3,800 msgs/s with p50 0.141 -> 0.125 ms, 8.4 / 7.4 -> 7.7 / 6.5 at
-//! 38,000; QoS 1 flat out 0.79-0.81x -> 0.97-0.99x the bridge's rate.
+//! 38,000; QoS 1 flat out 0.79-0.81x -> 0.97-1.04x the bridge's rate
+//! (five runs).
 //!
 //! A policy set from outside (systemd's `CPUSchedulingPolicy=`, `chrt`)
 //! other than the default is left alone; `MQLINK_SCHED=normal` keeps the
