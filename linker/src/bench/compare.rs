@@ -129,8 +129,7 @@ async fn measure(
     say: &mut impl FnMut(&str),
 ) -> Result<SetupResult, BenchError> {
     let name = setup.kind.name();
-    let drops_before = super::setups::drops(&setup.metrics).await;
-    let dropping_before = super::setups::broker_dropping(&setup.metrics).await;
+    let before = super::setups::agent_counters(&setup.metrics).await;
     let report = run(
         name,
         &setup.at,
@@ -145,9 +144,9 @@ async fn measure(
     if !setup.metrics.is_empty() {
         // The agents copy their counters to the recorder every second.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        let after = super::setups::drops(&setup.metrics).await;
-        for (reason, n) in after {
-            let d = n - drops_before.get(&reason).copied().unwrap_or(0.0);
+        let after = super::setups::agent_counters(&setup.metrics).await;
+        for (reason, n) in after.drops {
+            let d = n - before.drops.get(&reason).copied().unwrap_or(0.0);
             if d > 0.0 {
                 agent_drops.push((reason, d));
             }
@@ -156,7 +155,7 @@ async fn measure(
             .iter()
             .map(|(r, n)| format!("{r} {}", group(*n)))
             .collect();
-        broker_dropping = super::setups::broker_dropping(&setup.metrics).await - dropping_before;
+        broker_dropping = after.broker_dropping - before.broker_dropping;
         say(&format!(
             "  {name}: the agents dropped: {}{}",
             if said.is_empty() {
@@ -243,13 +242,18 @@ fn cpu_column(cpu: &[CpuCost]) -> String {
     if agents.is_empty() {
         return format!("path {path:.1} µs");
     }
-    let list = |f: &dyn Fn(&CpuCost) -> String| -> String {
-        agents.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ")
-    };
+    let costs: Vec<String> = agents
+        .iter()
+        .map(|c| format!("{} {:.1}", c.name, c.us_per_msg))
+        .collect();
+    let wakeups: Vec<String> = agents
+        .iter()
+        .map(|c| format!("{:.2}", c.wakeups_per_msg))
+        .collect();
     format!(
         "path {path:.1} µs ({} µs; wake-ups {})",
-        list(&|c| format!("{} {:.1}", c.name, c.us_per_msg)),
-        list(&|c| format!("{:.2}", c.wakeups_per_msg)),
+        costs.join(", "),
+        wakeups.join(", ")
     )
 }
 

@@ -102,14 +102,7 @@ pub fn mosquitto_available() -> bool {
 /// endpoint on 127.0.0.1:`port`; `None` when it does not answer.
 pub async fn scrape(port: u16, name: &str) -> Option<Vec<f64>> {
     let body = metrics_text(port).await?;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next())
-            .filter_map(|v| v.parse().ok())
-            .collect(),
-    )
+    Some(samples(&body, name).map(|(_, v)| v).collect())
 }
 
 /// The Prometheus text of the endpoint on 127.0.0.1:`port`.
@@ -126,47 +119,48 @@ async fn metrics_text(port: u16) -> Option<String> {
     Some(body)
 }
 
-/// The agents' drop counters, summed by reason (`mqlink_drops_total`).
-pub async fn drops(ports: &[u16]) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
+/// The agents' counters `--compare` reports where losses went, summed
+/// over the agents (one scrape of each).
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    /// `mqlink_drops_total`, by reason.
+    pub drops: std::collections::BTreeMap<String, f64>,
+    /// `mqlink_broker_dropping_total`: episodes of a broker dropping what
+    /// it had queued for its agent.
+    pub broker_dropping: f64,
+}
+
+/// The [`AgentCounters`] of the agents whose metrics are on `ports`.
+pub async fn agent_counters(ports: &[u16]) -> AgentCounters {
+    let mut out = AgentCounters::default();
     for port in ports {
-        for (labels, v) in scrape_labeled(*port, "mqlink_drops_total").await {
+        let Some(body) = metrics_text(*port).await else {
+            continue;
+        };
+        for (labels, v) in samples(&body, "mqlink_drops_total") {
             let reason = labels
                 .split_once("reason=\"")
                 .and_then(|(_, r)| r.split_once('"'))
-                .map_or(labels.as_str(), |(r, _)| r);
-            *out.entry(reason.to_owned()).or_insert(0.0) += v;
+                .map_or(labels, |(r, _)| r);
+            *out.drops.entry(reason.to_owned()).or_insert(0.0) += v;
         }
+        out.broker_dropping += samples(&body, "mqlink_broker_dropping_total")
+            .map(|(_, v)| v)
+            .sum::<f64>();
     }
     out
 }
 
-/// The agents' `mqlink_broker_dropping_total`, summed.
-pub async fn broker_dropping(ports: &[u16]) -> f64 {
-    let mut sum = 0.0;
-    for port in ports {
-        sum += scrape_labeled(*port, "mqlink_broker_dropping_total")
-            .await
-            .iter()
-            .map(|(_, v)| v)
-            .sum::<f64>();
-    }
-    sum
-}
-
-/// Every sample of metric `name` with its labels (`{...}`, or empty).
-async fn scrape_labeled(port: u16, name: &str) -> Vec<(String, f64)> {
-    let Some(body) = metrics_text(port).await else {
-        return Vec::new();
-    };
+/// Every sample of metric `name` in a Prometheus text, with its labels
+/// (`{...}`, or empty).
+fn samples<'a>(body: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| {
+        .filter(move |l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(move |l| {
             let (head, v) = l.rsplit_once(' ')?;
-            Some((head[name.len()..].to_owned(), v.parse().ok()?))
+            Some((&head[name.len()..], v.parse().ok()?))
         })
-        .collect()
 }
 
 /// A region's agent YAML for the bench.
