@@ -106,28 +106,33 @@ pub fn free_udp_port() -> Result<u16, LocalBrokerError> {
         .map_err(io("finding a free UDP port"))
 }
 
-/// A port that `bind` (given a port, 0 for any, it returns the address it
-/// bound) can take now, chosen
-/// below the kernel's ephemeral range where there is room for it: a
-/// broker or an agent restarted on the port it had finds it free again,
-/// where a port from the ephemeral range may meanwhile have become the
-/// local end of some other connection (`Address already in use`). Where
-/// the range leaves no room, the kernel picks (port 0).
+/// A port that `bind` (given a port, 0 for any, it returns the address
+/// it bound) can take now, chosen below the kernel's ephemeral range
+/// where there is room for it: a broker or an agent restarted on the port
+/// it had finds it free again, where a port from the ephemeral range may
+/// meanwhile have become the local end of some other connection
+/// (`Address already in use`). Where the range leaves no room, the kernel
+/// picks (port 0).
 fn pick_port(bind: impl Fn(u16) -> std::io::Result<std::net::SocketAddr>) -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u16 = 10_000;
+    /// Step through the range (prime: it shares no factor with the span).
+    const STEP: u32 = 7_919;
     let high = ephemeral_low().unwrap_or(LOW);
     if high > LOW + 1_000 {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let span = u32::from(high - LOW);
         // A different start in every process (tests run side by side),
-        // then on through the range.
-        let seed = std::process::id().wrapping_mul(2_654_435_761)
-            ^ std::time::SystemTime::now()
+        // then on through the range, call after call.
+        static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos());
+            AtomicU32::new(std::process::id().wrapping_mul(2_654_435_761) ^ nanos)
+        });
+        let span = u32::from(high - LOW);
         for _ in 0..64 {
-            let n = NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed);
-            let port = LOW + u16::try_from(seed.wrapping_add(n) % span).unwrap_or(0);
+            let n = next.fetch_add(STEP, Ordering::Relaxed);
+            let port = LOW + u16::try_from(n % span).unwrap_or(0);
             if bind(port).is_ok() {
                 return Ok(port);
             }
