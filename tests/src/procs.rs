@@ -218,32 +218,6 @@ impl ProcFederation {
         let bin = mqlink_bin()?;
         let dir = self.dir.clone();
         let r = self.regions.get_mut(region).context("no such region")?;
-        if r.starts > 0 {
-            // A restart listens on fresh admin and metrics ports: the old
-            // ones were free while the agent was down, and another test's
-            // connection or listener may have taken one meanwhile (the
-            // restarted agent then refused to start: "Address already in
-            // use"). Peers dial the QUIC port, which stays.
-            let (admin, metrics) = (mqlink::brokers::free_port()?, mqlink::brokers::free_port()?);
-            let text = std::fs::read_to_string(&r.config)?;
-            let mut new = text.clone();
-            for ip in ["127.0.0.1", "0.0.0.0"] {
-                new = new.replace(
-                    &format!("admin: \"{ip}:{}\"", r.admin_port),
-                    &format!("admin: \"{ip}:{admin}\""),
-                );
-            }
-            new = new.replace(
-                &format!("metrics: \"127.0.0.1:{}\"", r.metrics_port),
-                &format!("metrics: \"127.0.0.1:{metrics}\""),
-            );
-            anyhow::ensure!(
-                new != text,
-                "{region}'s listen ports not found in its config"
-            );
-            std::fs::write(&r.config, new)?;
-            (r.admin_port, r.metrics_port) = (admin, metrics);
-        }
         r.starts += 1;
         let log = std::fs::File::create(dir.join(format!("{region}-agent-{}.log", r.starts)))?;
         let child = Command::new(bin)

@@ -189,6 +189,18 @@ fn report(fed: &ProcFederation, got: &Tally, n: u64) -> (u64, u64) {
     (missing.len() as u64, duplicates)
 }
 
+/// Regions a and b, linked; b wants `t/#`.
+fn two(name: &str, opts: &Options) -> ProcFederation {
+    ProcFederation::start_with(
+        name,
+        &["a", "b"],
+        &[("a", "b", 10)],
+        &[("b", "t/#"), ("b", "probe/#")],
+        opts,
+    )
+    .unwrap()
+}
+
 /// Regions a, b, c: the path a - b - c with an expensive spare a - c, or a
 /// triangle; c wants `t/#`.
 fn three(name: &str, spare_cost: u32) -> ProcFederation {
@@ -266,14 +278,7 @@ async fn restarting_the_destination_broker_loses_nothing() {
         persistent_brokers: true,
         ..Options::default()
     };
-    let mut fed = ProcFederation::start_with(
-        "broker-restart",
-        &["a", "b"],
-        &[("a", "b", 10)],
-        &[("b", "t/#"), ("b", "probe/#")],
-        &opts,
-    )
-    .unwrap();
+    let mut fed = two("broker-restart", &opts);
     let (publ, mut sub) = clients(&fed, "b", QoS::AtLeastOnce).await;
     let acts = [(Duration::from_millis(1500), Act::RestartBroker("b"))];
     let load = (N, QoS::AtLeastOnce, Some(RATE), 10);
@@ -315,13 +320,7 @@ async fn stopping_the_origin_agent_drains_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_load_qos1_arrives_exactly_once() {
     const M: u64 = 20_000;
-    let mut fed = ProcFederation::start(
-        "full-load",
-        &["a", "b"],
-        &[("a", "b", 10)],
-        &[("b", "t/#"), ("b", "probe/#")],
-    )
-    .unwrap();
+    let mut fed = two("full-load", &Options::default());
     let (publ, mut sub) = clients(&fed, "b", QoS::AtLeastOnce).await;
     let load = (M, QoS::AtLeastOnce, None, 100);
     let (got, _) = drive(&mut fed, &publ, &mut sub, load, &[], None).await;
@@ -353,13 +352,7 @@ async fn full_load_qos1_arrives_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_load_qos0_counts_every_drop() {
     const M: u64 = 50_000;
-    let mut fed = ProcFederation::start(
-        "full-load-qos0",
-        &["a", "b"],
-        &[("a", "b", 10)],
-        &[("b", "t/#"), ("b", "probe/#")],
-    )
-    .unwrap();
+    let mut fed = two("full-load-qos0", &Options::default());
     let (publ, mut sub) = clients(&fed, "b", QoS::AtMostOnce).await;
     let load = (M, QoS::AtMostOnce, None, 100);
     let (got, _) = drive(&mut fed, &publ, &mut sub, load, &[], None).await;
@@ -429,14 +422,7 @@ async fn a_long_link_cut_fills_the_spool_and_loses_nothing() {
         spool_max_bytes: Some(64 * 1024),
         ..Options::default()
     };
-    let mut fed = ProcFederation::start_with(
-        "link-cut",
-        &["a", "b"],
-        &[("a", "b", 10)],
-        &[("b", "t/#"), ("b", "probe/#")],
-        &opts,
-    )
-    .unwrap();
+    let mut fed = two("link-cut", &opts);
     let (publ, mut sub) = clients(&fed, "b", QoS::AtLeastOnce).await;
     let acts = [
         (Duration::from_secs(1), Act::Cut("a-b")),
@@ -474,14 +460,7 @@ async fn the_broker_dropping_for_the_agent_is_counted() {
         broker_extra: "max_inflight_messages 10\nmax_queued_messages 10\n".into(),
         ..Options::default()
     };
-    let fed = ProcFederation::start_with(
-        "broker-drops",
-        &["a", "b"],
-        &[("a", "b", 10)],
-        &[("b", "t/#"), ("b", "probe/#")],
-        &opts,
-    )
-    .unwrap();
+    let fed = two("broker-drops", &opts);
     let (publ, _sub) = clients(&fed, "b", QoS::AtLeastOnce).await;
     let before = fed.metric("a", DROPPING).await.unwrap_or(0.0);
     assert_eq!(before, 0.0, "nothing dropped while the link is up");
